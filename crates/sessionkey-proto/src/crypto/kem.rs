@@ -1,0 +1,83 @@
+//! ML-KEM-768 (FIPS 203) through aws-lc-rs.
+//!
+//! aws-lc-rs draws ML-KEM randomness from its own generator; it offers no seeded key
+//! generation or encapsulation, so hybrid handshakes cannot be replayed from fixed inputs.
+
+use aws_lc_rs::kem::{Ciphertext, DecapsulationKey, EncapsulationKey, ML_KEM_768};
+use zeroize::Zeroizing;
+
+use crate::error::PeerMisbehaved;
+use crate::Error;
+
+/// Length of an ML-KEM-768 encapsulation (public) key.
+pub(crate) const PUBLIC_LEN: usize = 1184;
+/// Length of an ML-KEM-768 ciphertext.
+pub(crate) const CIPHERTEXT_LEN: usize = 1088;
+/// Length of the ML-KEM shared secret.
+pub(crate) const SECRET_LEN: usize = 32;
+
+/// An ephemeral ML-KEM-768 key pair. aws-lc frees (and cleanses) the secret key on drop.
+pub(crate) struct KemKeyPair {
+    secret: DecapsulationKey,
+    public: [u8; PUBLIC_LEN],
+}
+
+impl KemKeyPair {
+    pub(crate) fn generate() -> Result<Self, Error> {
+        let secret = DecapsulationKey::generate(&ML_KEM_768)?;
+        let bytes = secret.encapsulation_key()?.key_bytes()?;
+        let public = bytes
+            .as_ref()
+            .try_into()
+            .map_err(|_| Error::Crypto("ML-KEM-768 public key of wrong length"))?;
+        Ok(Self { secret, public })
+    }
+
+    pub(crate) fn public(&self) -> &[u8; PUBLIC_LEN] {
+        &self.public
+    }
+
+    /// Decapsulate. A well-formed but altered ciphertext yields an unrelated secret (implicit
+    /// rejection, FIPS 203 6.3), which then fails the next authentication tag.
+    pub(crate) fn decapsulate(
+        &self,
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<[u8; SECRET_LEN]>, Error> {
+        decapsulate_with(&self.secret, ciphertext)
+    }
+}
+
+pub(crate) fn decapsulate_with(
+    secret: &DecapsulationKey,
+    ciphertext: &[u8],
+) -> Result<Zeroizing<[u8; SECRET_LEN]>, Error> {
+    if ciphertext.len() != CIPHERTEXT_LEN {
+        return Err(PeerMisbehaved::InvalidKemCiphertext.into());
+    }
+    let ss = secret
+        .decapsulate(Ciphertext::from(ciphertext))
+        .map_err(|_| Error::from(PeerMisbehaved::InvalidKemCiphertext))?;
+    let mut out = Zeroizing::new([0; SECRET_LEN]);
+    out.copy_from_slice(ss.as_ref());
+    Ok(out)
+}
+
+/// Check an encapsulation key (length and the FIPS 203 7.2 modulus check).
+pub(crate) fn parse_public(public: &[u8]) -> Result<EncapsulationKey, Error> {
+    EncapsulationKey::new(&ML_KEM_768, public)
+        .map_err(|_| PeerMisbehaved::InvalidKemPublicKey.into())
+}
+
+/// Encapsulate to a checked encapsulation key: returns (ciphertext, shared secret).
+pub(crate) fn encapsulate(
+    public: &EncapsulationKey,
+) -> Result<([u8; CIPHERTEXT_LEN], Zeroizing<[u8; SECRET_LEN]>), Error> {
+    let (ct, ss) = public
+        .encapsulate()
+        .map_err(|_| Error::from(PeerMisbehaved::InvalidKemPublicKey))?;
+    let mut ciphertext = [0; CIPHERTEXT_LEN];
+    ciphertext.copy_from_slice(ct.as_ref());
+    let mut secret = Zeroizing::new([0; SECRET_LEN]);
+    secret.copy_from_slice(ss.as_ref());
+    Ok((ciphertext, secret))
+}

@@ -1,0 +1,1 @@
+//! Legacy DES and 3DES suites (in progress).

@@ -1,0 +1,178 @@
+//! The native handshake: a clear [`Header`] bound into the Noise prologue, the responder's
+//! [`Policy`] check, and a [`Refusal`] when the policy says no (docs/PROTOCOL.md).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use sessionkey_proto::crypto::SystemRandom;
+//! use sessionkey_proto::handshake::{Header, Initiator, Policy, Responder};
+//! use sessionkey_proto::keys::Identity;
+//! use sessionkey_proto::noise::Pattern;
+//! use sessionkey_proto::suite::Suite;
+//!
+//! let server = Arc::new(Identity::generate(&mut SystemRandom)?);
+//! let client = Arc::new(Identity::generate(&mut SystemRandom)?);
+//! let header = Header { pattern: Pattern::IK, suite: Suite::Aes256Gcm, hybrid: true, psk: false };
+//!
+//! let mut initiator = Initiator::new(header, Some(client), Some(*server.public_key()), None)?;
+//! let responder = Responder::new(Policy::default(), Some(server), None);
+//! let (mut wire, mut payload) = (vec![0; 4096], vec![0; 4096]);
+//!
+//! let n = initiator.write_hello(b"", &mut wire)?;
+//! let (mut accepted, _) = responder.read_hello(&wire[..n], &mut payload)?;
+//! let n = accepted.state.write_message(b"", &mut wire)?;
+//! initiator.read_reply(&wire[..n], &mut payload)?;
+//! let (client_split, server_split) = (initiator.state.split()?, accepted.state.split()?);
+//! assert_eq!(client_split.handshake_hash, server_split.handshake_hash);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod header;
+mod policy;
+
+use std::sync::Arc;
+
+pub use header::{Header, HEADER_LEN, MAGIC, VERSION};
+pub use policy::{Policy, Refusal, REFUSAL_LEN};
+
+use crate::error::ApiMisuse;
+use crate::keys::{Identity, Psk, PublicKey};
+use crate::noise::{HandshakeBuilder, HandshakeState};
+use crate::Error;
+
+fn build(
+    header: &Header,
+    initiator: bool,
+    local: Option<Arc<Identity>>,
+    remote: Option<PublicKey>,
+    psk: Option<Psk>,
+) -> Result<HandshakeState, Error> {
+    let prologue = header.encode();
+    let mut b = HandshakeBuilder::new(header.noise_params()).prologue(&prologue);
+    if let Some(s) = local {
+        b = b.local_static(s);
+    }
+    if let Some(rs) = remote {
+        b = b.remote_static(rs);
+    }
+    if let Some(psk) = psk {
+        b = b.psk(psk);
+    }
+    if initiator {
+        b.build_initiator()
+    } else {
+        b.build_responder()
+    }
+}
+
+/// The initiator's side of the native handshake.
+#[derive(Debug)]
+pub struct Initiator {
+    /// What was offered.
+    pub header: Header,
+    /// The Noise handshake; after [`read_reply`](Self::read_reply), continue with it directly.
+    pub state: HandshakeState,
+}
+
+impl Initiator {
+    /// Prepare an offer. `local` is this side's identity (none for NN and NK), `remote` the
+    /// responder's known key (NK, IK, KK), `psk` the pre-shared key when `header.psk` is set.
+    pub fn new(
+        header: Header,
+        local: Option<Arc<Identity>>,
+        remote: Option<PublicKey>,
+        psk: Option<Psk>,
+    ) -> Result<Self, Error> {
+        Ok(Self {
+            header,
+            state: build(&header, true, local, remote, psk)?,
+        })
+    }
+
+    /// Write the hello: the header, then the first Noise message carrying `payload`.
+    pub fn write_hello(&mut self, payload: &[u8], out: &mut [u8]) -> Result<usize, Error> {
+        let needed = HEADER_LEN + self.state.next_message_len(payload.len());
+        if out.len() < needed {
+            return Err(ApiMisuse::BufferTooSmall {
+                needed,
+                have: out.len(),
+            }
+            .into());
+        }
+        out[..HEADER_LEN].copy_from_slice(&self.header.encode());
+        let n = self.state.write_message(payload, &mut out[HEADER_LEN..])?;
+        Ok(HEADER_LEN + n)
+    }
+
+    /// Read the responder's first reply: a refusal becomes [`Error::Refused`], anything else
+    /// is the next Noise message. Returns the payload length.
+    pub fn read_reply(&mut self, reply: &[u8], payload_out: &mut [u8]) -> Result<usize, Error> {
+        if let Some(refusal) = Refusal::decode(reply) {
+            return Err(refusal.into());
+        }
+        self.state.read_message(reply, payload_out)
+    }
+}
+
+/// The responder's side: its policy and keys, shared by every handshake it accepts.
+#[derive(Debug)]
+pub struct Responder {
+    policy: Policy,
+    identity: Option<Arc<Identity>>,
+    psk: Option<Psk>,
+}
+
+/// A hello the responder accepted.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The accepted offer.
+    pub header: Header,
+    /// The handshake, with the first message read; write the reply next.
+    pub state: HandshakeState,
+}
+
+impl Responder {
+    /// A responder with `policy`, its identity (required unless only NN is allowed), and a
+    /// pre-shared key if it has one.
+    pub fn new(mut policy: Policy, identity: Option<Arc<Identity>>, psk: Option<Psk>) -> Self {
+        policy.has_psk = psk.is_some();
+        Self {
+            policy,
+            identity,
+            psk,
+        }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Read an initiator's hello. A policy refusal is returned as [`Error::Refused`]: send
+    /// [`Refusal::encode`] back so the initiator can show why. Returns the accepted handshake
+    /// and the first payload's length in `payload_out`.
+    pub fn read_hello(
+        &self,
+        hello: &[u8],
+        payload_out: &mut [u8],
+    ) -> Result<(Accepted, usize), Error> {
+        let raw = Header::decode_raw(hello)?;
+        let header = self.policy.check(&raw)?;
+        let local = if header.pattern.responder_has_static() {
+            Some(
+                self.identity
+                    .clone()
+                    .ok_or(ApiMisuse::MissingKey("responder identity"))?,
+            )
+        } else {
+            None
+        };
+        let psk = (self.psk.as_ref())
+            .filter(|_| header.psk)
+            .map(|p| Psk::from_bytes(*p.expose()));
+        // KK needs the initiator's key in advance; the native protocol does not offer KK's
+        // key lookup yet, so KK is accepted only through the Noise API directly.
+        let mut state = build(&header, false, local, None, psk)?;
+        let n = state.read_message(&hello[HEADER_LEN..], payload_out)?;
+        Ok((Accepted { header, state }, n))
+    }
+}

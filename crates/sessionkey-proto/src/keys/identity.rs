@@ -1,0 +1,181 @@
+//! Static X25519 identities and their public keys.
+
+use std::fmt;
+use std::str::FromStr;
+
+use aws_lc_rs::agreement::PrivateKey;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use zeroize::Zeroizing;
+
+use super::Fingerprint;
+use crate::crypto::{dh, SecureRandom};
+use crate::Error;
+
+/// The type word that starts a public key line in files (`sessionkey-x25519 BASE64 comment`),
+/// as `ssh-ed25519` starts an ssh public key line.
+pub const PUBLIC_KEY_TYPE: &str = "sessionkey-x25519";
+
+/// A static X25519 key pair: who a peer is.
+///
+/// Not `Clone`: share it with `Arc`. `Debug` shows the public key's fingerprint only. The
+/// private key lives in aws-lc, which cleanses it when it is freed.
+pub struct Identity {
+    private: PrivateKey,
+    public: PublicKey,
+}
+
+impl Identity {
+    /// Generate a new identity from `rng`.
+    pub fn generate(rng: &mut dyn SecureRandom) -> Result<Self, Error> {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        rng.fill(&mut bytes[..])?;
+        Self::from_secret_bytes(&bytes)
+    }
+
+    /// Build an identity from its 32 secret bytes.
+    pub fn from_secret_bytes(bytes: &[u8; 32]) -> Result<Self, Error> {
+        let private = dh::private_from_bytes(bytes)?;
+        let public = PublicKey(dh::public_of(&private)?);
+        Ok(Self { private, public })
+    }
+
+    /// The public key.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public
+    }
+
+    pub(crate) fn private(&self) -> &PrivateKey {
+        &self.private
+    }
+
+    /// The 32 secret bytes, for writing the key file.
+    pub(crate) fn secret_bytes(&self) -> Result<Zeroizing<[u8; 32]>, Error> {
+        dh::private_bytes(&self.private)
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("public", &self.public.fingerprint())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An X25519 public key.
+///
+/// Text forms: bare base64 on a command line; a typed line in files,
+/// `sessionkey-x25519 BASE64 [comment]`. [`FromStr`] accepts both.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PublicKey([u8; 32]);
+
+impl PublicKey {
+    /// Wrap 32 public key bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The key's bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The key's fingerprint, `SHA256:...`.
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of_public_key(&self.0)
+    }
+
+    /// Bare base64, as given on a command line.
+    pub fn to_base64(&self) -> String {
+        STANDARD.encode(self.0)
+    }
+
+    /// The typed line written to `.pub` files: `sessionkey-x25519 BASE64 comment`.
+    pub fn to_line(&self, comment: &str) -> String {
+        let comment = comment.trim();
+        if comment.is_empty() {
+            format!("{PUBLIC_KEY_TYPE} {}", self.to_base64())
+        } else {
+            format!("{PUBLIC_KEY_TYPE} {} {comment}", self.to_base64())
+        }
+    }
+}
+
+/// Why a public key text was not understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a sessionkey public key ({0}); expected `{PUBLIC_KEY_TYPE} BASE64` or 44 base64 characters")]
+pub struct ParsePublicKeyError(&'static str);
+
+impl FromStr for PublicKey {
+    type Err = ParsePublicKeyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut words = s.split_whitespace();
+        let first = words.next().ok_or(ParsePublicKeyError("empty"))?;
+        let b64 = if first == PUBLIC_KEY_TYPE {
+            words
+                .next()
+                .ok_or(ParsePublicKeyError("no key after the type"))?
+        } else if first.starts_with("sessionkey-") {
+            return Err(ParsePublicKeyError("unknown key type"));
+        } else {
+            first
+        };
+        let bytes = STANDARD
+            .decode(b64)
+            .map_err(|_| ParsePublicKeyError("invalid base64"))?;
+        let bytes: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| ParsePublicKeyError("not 32 bytes"))?;
+        Ok(Self(bytes))
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_base64())
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", self.fingerprint())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::SystemRandom;
+
+    #[test]
+    fn rfc7748_public_key() {
+        // RFC 7748 section 6.1: Alice's key pair.
+        let sk = hex::decode("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+            .unwrap();
+        let id = Identity::from_secret_bytes(&sk.try_into().unwrap()).unwrap();
+        assert_eq!(
+            hex::encode(id.public_key().as_bytes()),
+            "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+        );
+    }
+
+    #[test]
+    fn text_forms_round_trip() {
+        let id = Identity::generate(&mut SystemRandom).unwrap();
+        let pk = *id.public_key();
+        assert_eq!(pk.to_base64().parse::<PublicKey>().unwrap(), pk);
+        assert_eq!(pk.to_line("alice@laptop").parse::<PublicKey>().unwrap(), pk);
+        // Copy and paste often adds surrounding white space.
+        assert_eq!(
+            format!("  {}\n", pk.to_line(""))
+                .parse::<PublicKey>()
+                .unwrap(),
+            pk
+        );
+        assert!("sessionkey-ed25519 AAAA".parse::<PublicKey>().is_err());
+        assert!("AAAA".parse::<PublicKey>().is_err());
+        assert!(!format!("{id:?}").contains(&pk.to_base64()));
+    }
+}
