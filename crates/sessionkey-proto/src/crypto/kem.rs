@@ -62,10 +62,28 @@ pub(crate) fn decapsulate_with(
     Ok(out)
 }
 
-/// Check an encapsulation key (length and the FIPS 203 7.2 modulus check).
+/// Check an encapsulation key: its length, and the FIPS 203 section 7.2 modulus check.
+///
+/// aws-lc applies the modulus check only inside encapsulation; checking here as well makes a
+/// bad key fail when it is read, before any work is done for it.
 pub(crate) fn parse_public(public: &[u8]) -> Result<EncapsulationKey, Error> {
+    if public.len() != PUBLIC_LEN || !coefficients_reduced(&public[..PUBLIC_LEN - 32]) {
+        return Err(PeerMisbehaved::InvalidKemPublicKey.into());
+    }
     EncapsulationKey::new(&ML_KEM_768, public)
         .map_err(|_| PeerMisbehaved::InvalidKemPublicKey.into())
+}
+
+/// The modulus check: ByteDecode_12 of the encoded vector yields only values below q = 3329,
+/// i.e. re-encoding would give the same bytes. Each 3 bytes hold two 12-bit coefficients.
+fn coefficients_reduced(encoded: &[u8]) -> bool {
+    const Q: u16 = 3329;
+    encoded.chunks_exact(3).all(|b| {
+        let (b0, b1, b2) = (u16::from(b[0]), u16::from(b[1]), u16::from(b[2]));
+        let c0 = b0 | (b1 & 0x0f) << 8;
+        let c1 = b1 >> 4 | b2 << 4;
+        c0 < Q && c1 < Q
+    })
 }
 
 /// Encapsulate to a checked encapsulation key: returns (ciphertext, shared secret).

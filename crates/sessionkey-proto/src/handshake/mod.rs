@@ -133,8 +133,16 @@ pub struct Accepted {
 impl Responder {
     /// A responder with `policy`, its identity (required unless only NN is allowed), and a
     /// pre-shared key if it has one.
+    ///
+    /// Patterns this responder cannot serve are dropped from the policy, so offers of them are
+    /// refused with the list of what it can do: patterns that need the initiator's key in
+    /// advance (KK, KK1; the native protocol has no key lookup for them yet), and patterns
+    /// with a responder key when it has none.
     pub fn new(mut policy: Policy, identity: Option<Arc<Identity>>, psk: Option<Psk>) -> Self {
         policy.has_psk = psk.is_some();
+        policy.patterns.retain(|p| {
+            !p.initiator_premessage() && (identity.is_some() || !p.responder_has_static())
+        });
         Self {
             policy,
             identity,
@@ -169,8 +177,6 @@ impl Responder {
         let psk = (self.psk.as_ref())
             .filter(|_| header.psk)
             .map(|p| Psk::from_bytes(*p.expose()));
-        // KK needs the initiator's key in advance; the native protocol does not offer KK's
-        // key lookup yet, so KK is accepted only through the Noise API directly.
         let mut state = build(&header, false, local, None, psk)?;
         let n = state.read_message(&hello[HEADER_LEN..], payload_out)?;
         Ok((Accepted { header, state }, n))

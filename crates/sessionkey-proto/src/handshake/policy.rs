@@ -58,14 +58,15 @@ impl Policy {
                 supported: VERSION.into(),
             });
         }
+        // Anonymity first: it is the more useful reason for NN and NK offers.
+        if raw.pattern.is_some_and(|p| !p.initiator_has_static()) && !self.allow_anonymous {
+            return Err(Refusal::AnonymousNotAllowed);
+        }
         let pattern = raw.pattern.filter(|p| self.patterns.contains(p)).ok_or(
             Refusal::PatternNotAllowed {
                 allowed: pattern_mask(&self.patterns),
             },
         )?;
-        if !pattern.initiator_has_static() && !self.allow_anonymous {
-            return Err(Refusal::AnonymousNotAllowed);
-        }
         let suite =
             raw.suite
                 .filter(|s| self.suites.contains(s))

@@ -1,0 +1,64 @@
+//! `sessionkey keygen` and `sessionkey pubkey`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use sessionkey_proto::crypto::SystemRandom;
+use sessionkey_proto::keys::{self, Identity};
+
+/// Arguments of `sessionkey keygen`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct KeygenArgs {
+    /// Where to write the private key; the public key goes to PATH.pub. Never overwritten.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "PATH",
+        default_value = "sessionkey.key"
+    )]
+    output: PathBuf,
+    /// Comment for the public key line (default: user@host).
+    #[arg(short = 'C', long)]
+    comment: Option<String>,
+}
+
+/// Arguments of `sessionkey pubkey`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PubkeyArgs {
+    /// A private key file (or a .pub file).
+    path: PathBuf,
+}
+
+fn default_comment() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "user".into());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{user}@{host}")
+}
+
+pub(crate) fn keygen(args: &KeygenArgs) -> Result<()> {
+    let identity = Identity::generate(&mut SystemRandom)?;
+    let comment = args.comment.clone().unwrap_or_else(default_comment);
+    let public_path = keys::write_keypair(&args.output, &identity, &comment)?;
+    let public = identity.public_key();
+    eprintln!(
+        "wrote {} (private, mode 0600) and {}\nfingerprint {}",
+        args.output.display(),
+        public_path.display(),
+        public.fingerprint()
+    );
+    println!("{}", public.to_line(&comment));
+    Ok(())
+}
+
+pub(crate) fn pubkey(args: &PubkeyArgs) -> Result<()> {
+    let public = match keys::read_private_key(&args.path) {
+        Ok(identity) => *identity.public_key(),
+        // A .pub file is fine too; report the private-key error if both fail.
+        Err(private_err) => keys::read_public_key(&args.path).map_err(|_| private_err)?,
+    };
+    println!("{}", public.to_line(""));
+    eprintln!("fingerprint {}", public.fingerprint());
+    Ok(())
+}
