@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use crate::handshake::Refusal;
 
 /// Everything that can go wrong in the protocol core.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The peer sent something invalid; the session or handshake must be closed.
@@ -36,6 +36,21 @@ pub enum Error {
     /// The cryptographic provider failed internally (for example the system random source).
     #[error("internal cryptographic failure: {0}")]
     Crypto(&'static str),
+    /// A deadline passed.
+    #[error("timed out: {0}")]
+    Timeout(#[from] Timeout),
+}
+
+/// Deadlines of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Timeout {
+    /// The handshake did not complete in time.
+    #[error("the handshake did not complete within {0:?}; is the peer a sessionkey endpoint?")]
+    Handshake(std::time::Duration),
+    /// Nothing was received for too long.
+    #[error("nothing received for {0:?}; the peer is gone or the path is broken")]
+    Idle(std::time::Duration),
 }
 
 /// Ways a peer can misbehave. Any of these ends the handshake or session.
@@ -76,6 +91,30 @@ pub enum PeerMisbehaved {
     /// The clear handshake header was not understood.
     #[error("invalid handshake header: {0}")]
     InvalidHeader(&'static str),
+    /// The stream ended without the peer's authenticated close record.
+    #[error("the connection ended without an authenticated close: the stream was truncated")]
+    StreamTruncated,
+    /// The totals in the peer's close record do not match what was received.
+    #[error(
+        "close record says {sent_records} records and {sent_bytes} bytes were sent, \
+         but {received_records} records and {received_bytes} bytes arrived"
+    )]
+    CloseMismatch {
+        /// Records the peer says it sent.
+        sent_records: u64,
+        /// Data bytes the peer says it sent.
+        sent_bytes: u64,
+        /// Records received.
+        received_records: u64,
+        /// Data bytes received.
+        received_bytes: u64,
+    },
+    /// A record that is not allowed at this point, or of an unknown type.
+    #[error("unexpected record: {0}")]
+    UnexpectedRecord(&'static str),
+    /// A datagram replayed, or too old for the replay window.
+    #[error("replayed or too old datagram")]
+    Replay,
 }
 
 /// Ways the caller can misuse the API. These are bugs in the caller, never caused by the peer.
@@ -111,6 +150,12 @@ pub enum ApiMisuse {
     /// A Noise protocol name was not understood or is not supported.
     #[error("unsupported Noise protocol name {0:?}")]
     UnsupportedProtocol(String),
+    /// The session is closed (or this direction is) and cannot send.
+    #[error("the session is closed for sending")]
+    SendClosed,
+    /// The session has not completed its handshake yet.
+    #[error("the session is not established yet")]
+    NotEstablished,
     /// The payload is larger than a message can carry.
     #[error("payload of {len} bytes exceeds the maximum of {max}")]
     PayloadTooLarge {
@@ -154,10 +199,19 @@ pub enum Limit {
     /// The 64-bit nonce counter is exhausted.
     #[error("nonce counter exhausted")]
     NonceExhausted,
+    /// The session reached its configured maximum lifetime.
+    #[error("session lifetime of {0:?} reached; start a new session")]
+    Lifetime(std::time::Duration),
+    /// Failed decryptions across all keys of a session reached the session's bound.
+    #[error("{limit} failed decryptions across the session's keys; the session must end")]
+    SessionIntegrity {
+        /// The limit.
+        limit: u64,
+    },
 }
 
 /// What is wrong with a key file, and how to fix it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyFileProblem {
     /// The private key file can be read by other users.
@@ -179,7 +233,13 @@ pub enum KeyFileProblem {
     Exists,
     /// Reading or writing failed.
     #[error("{0}")]
-    Io(#[from] std::io::Error),
+    Io(std::sync::Arc<std::io::Error>),
+}
+
+impl From<std::io::Error> for KeyFileProblem {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(std::sync::Arc::new(e))
+    }
 }
 
 /// A path rendered for use inside a shell command in an error message.

@@ -47,11 +47,13 @@ mod error;
 pub mod handshake;
 pub mod keys;
 pub mod noise;
+pub mod record;
+pub mod session;
 pub mod suite;
 #[cfg(test)]
 mod test_support;
 
-pub use error::{ApiMisuse, DisplayPath, Error, KeyFileProblem, Limit, PeerMisbehaved};
+pub use error::{ApiMisuse, DisplayPath, Error, KeyFileProblem, Limit, PeerMisbehaved, Timeout};
 pub use keys::Fingerprint;
 
 /// The fingerprint people compare for a session: both peers derive the same one from the

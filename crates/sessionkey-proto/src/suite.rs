@@ -172,6 +172,7 @@ const IV_LABEL: &[u8] = b"sessionkey v1 record iv";
 /// Key, IV and counter shared by both directions' key types.
 struct KeyState {
     suite: Suite,
+    limits: UsageLimits,
     key: AeadKey,
     iv: [u8; NONCE_LEN],
     /// The next record's counter; also the number of records processed.
@@ -179,23 +180,29 @@ struct KeyState {
 }
 
 impl KeyState {
-    fn new(suite: Suite, secret: &SecretKey) -> Result<Self, Error> {
+    fn new(suite: Suite, secret: &SecretKey, limits: UsageLimits) -> Result<Self, Error> {
         let mut key = zeroize::Zeroizing::new([0u8; 32]);
         let key = &mut key[..suite.key_len()];
         hkdf_sha256_expand(secret.expose(), KEY_LABEL, key);
         let mut iv = [0; NONCE_LEN];
         hkdf_sha256_expand(secret.expose(), IV_LABEL, &mut iv);
+        let max = suite.limits();
         Ok(Self {
             suite,
+            limits: UsageLimits {
+                records: limits.records.min(max.records),
+                blocks: limits.blocks.min(max.blocks),
+                failed_decryptions: limits.failed_decryptions.min(max.failed_decryptions),
+            },
             key: AeadKey::new(suite.alg(), key)?,
             iv,
             counter: 0,
         })
     }
 
-    fn nonce(&self) -> [u8; NONCE_LEN] {
+    fn nonce(&self, counter: u64) -> [u8; NONCE_LEN] {
         let mut nonce = self.iv;
-        for (n, c) in nonce[4..].iter_mut().zip(self.counter.to_be_bytes()) {
+        for (n, c) in nonce[4..].iter_mut().zip(counter.to_be_bytes()) {
             *n ^= c;
         }
         nonce
@@ -216,8 +223,17 @@ pub struct SealingKey {
 impl SealingKey {
     /// Derive the sealing key for `suite` from a traffic secret.
     pub fn new(suite: Suite, secret: &SecretKey) -> Result<Self, Error> {
+        Self::with_limits(suite, secret, suite.limits())
+    }
+
+    /// The same, with usage limits lowered to `limits` where they are below the suite's.
+    pub fn with_limits(
+        suite: Suite,
+        secret: &SecretKey,
+        limits: UsageLimits,
+    ) -> Result<Self, Error> {
         Ok(Self {
-            state: KeyState::new(suite, secret)?,
+            state: KeyState::new(suite, secret, limits)?,
             blocks: 0,
         })
     }
@@ -226,7 +242,7 @@ impl SealingKey {
     /// [`Error::LimitReached`] once the suite's confidentiality limit would be passed.
     pub fn seal_in_place(&mut self, aad: &[u8], in_out: &mut [u8]) -> Result<[u8; TAG_LEN], Error> {
         let suite = self.state.suite;
-        let limits = suite.limits();
+        let limits = self.state.limits;
         let blocks = self.blocks.saturating_add(blocks_for(in_out.len()));
         if self.state.counter >= limits.records {
             return Err(Limit::ConfidentialityRecords {
@@ -242,18 +258,21 @@ impl SealingKey {
             }
             .into());
         }
-        let tag = self
-            .state
-            .key
-            .seal_in_place(self.state.nonce(), aad, in_out)?;
+        let nonce = self.state.nonce(self.state.counter);
+        let tag = self.state.key.seal_in_place(nonce, aad, in_out)?;
         self.state.counter += 1;
         self.blocks = blocks;
         Ok(tag)
     }
 
-    /// Records sealed so far.
+    /// Records sealed so far; also the counter of the next record.
     pub fn records(&self) -> u64 {
         self.state.counter
+    }
+
+    /// The limits in force for this key.
+    pub fn limits(&self) -> UsageLimits {
+        self.state.limits
     }
 
     /// 16-byte blocks sealed so far, as counted against [`UsageLimits::blocks`].
@@ -285,8 +304,17 @@ pub struct OpeningKey {
 impl OpeningKey {
     /// Derive the opening key for `suite` from a traffic secret.
     pub fn new(suite: Suite, secret: &SecretKey) -> Result<Self, Error> {
+        Self::with_limits(suite, secret, suite.limits())
+    }
+
+    /// The same, with usage limits lowered to `limits` where they are below the suite's.
+    pub fn with_limits(
+        suite: Suite,
+        secret: &SecretKey,
+        limits: UsageLimits,
+    ) -> Result<Self, Error> {
         Ok(Self {
-            state: KeyState::new(suite, secret)?,
+            state: KeyState::new(suite, secret, limits)?,
             failures: 0,
         })
     }
@@ -299,32 +327,40 @@ impl OpeningKey {
         aad: &[u8],
         in_out: &'a mut [u8],
     ) -> Result<&'a mut [u8], Error> {
-        let suite = self.state.suite;
-        let limits = suite.limits();
+        if self.state.counter == u64::MAX {
+            return Err(Limit::NonceExhausted.into());
+        }
+        let plaintext = self.open_at(self.state.counter, aad, in_out)?;
+        self.state.counter += 1;
+        Ok(plaintext)
+    }
+
+    /// Open the record with explicit counter `counter` (datagrams carry it; streams do not).
+    /// The implicit counter is not touched; a failure counts against the integrity limit.
+    pub(crate) fn open_at<'a>(
+        &mut self,
+        counter: u64,
+        aad: &[u8],
+        in_out: &'a mut [u8],
+    ) -> Result<&'a mut [u8], Error> {
+        let limits = self.state.limits;
         if self.failures >= limits.failed_decryptions {
             return Err(Limit::Integrity {
-                suite: suite.name(),
+                suite: self.state.suite.name(),
                 limit: limits.failed_decryptions,
             }
             .into());
         }
-        if self.state.counter == u64::MAX {
-            return Err(Limit::NonceExhausted.into());
-        }
-        match self
-            .state
+        let nonce = self.state.nonce(counter);
+        self.state
             .key
-            .open_in_place(self.state.nonce(), aad, in_out)
-        {
-            Ok(plaintext) => {
-                self.state.counter += 1;
-                Ok(plaintext)
-            }
-            Err(e) => {
-                self.failures += 1;
-                Err(e)
-            }
-        }
+            .open_in_place(nonce, aad, in_out)
+            .inspect_err(|_| self.failures += 1)
+    }
+
+    /// The suite.
+    pub fn suite(&self) -> Suite {
+        self.state.suite
     }
 
     /// Records opened so far.
@@ -397,6 +433,44 @@ mod tests {
         ));
         assert_eq!((o.records(), o.failures()), (0, 1));
         assert_eq!(o.open_in_place(&[], &mut buf).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn hard_limits_refuse_and_name_themselves() {
+        let secret = SecretKey::from_bytes([7; 32]);
+        let limits = UsageLimits {
+            records: 3,
+            blocks: 1 << 30,
+            failed_decryptions: 2,
+        };
+        let mut s = SealingKey::with_limits(Suite::ChaCha20Poly1305, &secret, limits).unwrap();
+        let mut o = OpeningKey::with_limits(Suite::ChaCha20Poly1305, &secret, limits).unwrap();
+        for _ in 0..3 {
+            s.seal_in_place(&[], &mut [0; 4]).unwrap();
+        }
+        let err = s.seal_in_place(&[], &mut [0; 4]).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::LimitReached(Limit::ConfidentialityRecords { limit: 3, .. })
+        ));
+        // Integrity: two forgeries tolerated, then every open refuses, even a genuine one.
+        for _ in 0..2 {
+            assert!(o.open_in_place(&[], &mut [0; 20]).is_err());
+        }
+        let err = o.open_in_place(&[], &mut [0; 20]).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::LimitReached(Limit::Integrity { limit: 2, .. })
+        ));
+        assert!(err.to_string().contains("integrity limit of 2"));
+        // Limits can only be lowered.
+        let raised = UsageLimits {
+            records: u64::MAX,
+            blocks: u64::MAX,
+            failed_decryptions: u64::MAX,
+        };
+        let s = SealingKey::with_limits(Suite::Aes256Gcm, &secret, raised).unwrap();
+        assert_eq!(s.limits(), Suite::Aes256Gcm.limits());
     }
 
     #[test]

@@ -6,6 +6,8 @@ pub(crate) mod aead;
 pub(crate) mod dh;
 pub(crate) mod hash;
 pub(crate) mod kem;
+#[cfg(test)]
+mod kem_vectors;
 #[cfg(feature = "legacy-ciphers")]
 pub mod legacy;
 

@@ -51,7 +51,7 @@ pub fn write_keypair(path: &Path, identity: &Identity, comment: &str) -> Result<
         let problem = if e.kind() == std::io::ErrorKind::AlreadyExists {
             KeyFileProblem::Exists
         } else {
-            KeyFileProblem::Io(e)
+            KeyFileProblem::from(e)
         };
         key_file_error(path, problem)
     })?;

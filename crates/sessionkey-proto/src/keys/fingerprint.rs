@@ -26,6 +26,12 @@ impl Fingerprint {
         ]))
     }
 
+    /// A fingerprint of a traffic secret, safe to show: a one-way hash under its own label,
+    /// so people can see that every epoch's key differs without learning anything of it.
+    pub(crate) fn of_secret(secret: &[u8; 32]) -> Self {
+        Self(sha256(&[b"sessionkey v1 key fingerprint", secret]))
+    }
+
     /// The 32 hash bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0

@@ -1,0 +1,180 @@
+//! A direction: its traffic secret, record key, epoch and counters. Sealing and opening of
+//! stream records happen here (PROTOCOL.md section 9).
+
+use crate::crypto::aead::TAG_LEN;
+use crate::keys::{Fingerprint, SecretKey};
+use crate::record::{write_prefix, RecordType, LEN_PREFIX};
+use crate::suite::{OpeningKey, SealingKey, Suite, UsageLimits};
+use crate::Error;
+
+use super::event::DirectionStats;
+
+/// Counters shared by both directions.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Totals {
+    pub(crate) records: u64,
+    pub(crate) bytes: u64,
+}
+
+pub(crate) struct SendDirection {
+    secret: SecretKey,
+    key: SealingKey,
+    pub(crate) epoch: u32,
+    fingerprint: Fingerprint,
+    pub(crate) totals: Totals,
+    bytes_this_key: u64,
+    pub(crate) open: bool,
+}
+
+impl SendDirection {
+    pub(crate) fn new(suite: Suite, secret: SecretKey, limits: UsageLimits) -> Result<Self, Error> {
+        Ok(Self {
+            key: SealingKey::with_limits(suite, &secret, limits)?,
+            fingerprint: Fingerprint::of_secret(secret.expose()),
+            secret,
+            epoch: 0,
+            totals: Totals::default(),
+            bytes_this_key: 0,
+            open: true,
+        })
+    }
+
+    /// Move to a new secret; the old one is zeroized as it is dropped.
+    pub(crate) fn install(&mut self, secret: SecretKey) -> Result<(), Error> {
+        let suite = self.key.suite();
+        self.key = SealingKey::with_limits(suite, &secret, self.key.limits())?;
+        self.fingerprint = Fingerprint::of_secret(secret.expose());
+        self.secret = secret;
+        self.epoch += 1;
+        self.bytes_this_key = 0;
+        Ok(())
+    }
+
+    pub(crate) fn secret(&self) -> &SecretKey {
+        &self.secret
+    }
+
+    /// Seal the record whose content is already at `buf[LEN_PREFIX..LEN_PREFIX + len]`;
+    /// returns the frame length.
+    pub(crate) fn seal_in_place(
+        &mut self,
+        kind: RecordType,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Result<usize, Error> {
+        let body = len + 1 + TAG_LEN;
+        let total = LEN_PREFIX + body;
+        if buf.len() < total {
+            return Err(crate::ApiMisuse::BufferTooSmall {
+                needed: total,
+                have: buf.len(),
+            }
+            .into());
+        }
+        write_prefix(buf, body);
+        let (prefix, rest) = buf.split_at_mut(LEN_PREFIX);
+        rest[len] = kind as u8;
+        let tag = self.key.seal_in_place(prefix, &mut rest[..len + 1])?;
+        rest[len + 1..len + 1 + TAG_LEN].copy_from_slice(&tag);
+        self.totals.records += 1;
+        if kind == RecordType::Data {
+            self.totals.bytes += len as u64;
+            self.bytes_this_key += len as u64;
+        }
+        Ok(total)
+    }
+
+    /// Whether the key should be updated before sealing more (policy, or half of a limit).
+    pub(crate) fn wants_update(&self, after_records: u64, after_bytes: u64) -> bool {
+        let limits = self.key.limits();
+        self.key.records() >= after_records.min(limits.records / 2)
+            || self.bytes_this_key >= after_bytes
+            || self.key.blocks() >= limits.blocks / 2
+    }
+
+    pub(crate) fn stats(&self) -> DirectionStats {
+        DirectionStats {
+            epoch: self.epoch,
+            key_fingerprint: self.fingerprint,
+            records: self.totals.records,
+            bytes: self.totals.bytes,
+            records_this_key: self.key.records(),
+            open: self.open,
+        }
+    }
+}
+
+pub(crate) struct RecvDirection {
+    secret: SecretKey,
+    key: OpeningKey,
+    pub(crate) epoch: u32,
+    fingerprint: Fingerprint,
+    pub(crate) totals: Totals,
+    pub(crate) open: bool,
+    limits: UsageLimits,
+}
+
+impl RecvDirection {
+    pub(crate) fn new(suite: Suite, secret: SecretKey, limits: UsageLimits) -> Result<Self, Error> {
+        Ok(Self {
+            key: OpeningKey::with_limits(suite, &secret, limits)?,
+            fingerprint: Fingerprint::of_secret(secret.expose()),
+            secret,
+            epoch: 0,
+            totals: Totals::default(),
+            open: true,
+            limits,
+        })
+    }
+
+    pub(crate) fn install(&mut self, secret: SecretKey) -> Result<(), Error> {
+        let suite = self.key_suite();
+        self.key = OpeningKey::with_limits(suite, &secret, self.limits)?;
+        self.fingerprint = Fingerprint::of_secret(secret.expose());
+        self.secret = secret;
+        self.epoch += 1;
+        Ok(())
+    }
+
+    fn key_suite(&self) -> Suite {
+        self.key.suite()
+    }
+
+    pub(crate) fn secret(&self) -> &SecretKey {
+        &self.secret
+    }
+
+    /// Open a whole frame (`prefix || body`) in place; returns the record type and the
+    /// content's length (the content starts at `LEN_PREFIX`).
+    pub(crate) fn open_in_place(&mut self, frame: &mut [u8]) -> Result<(RecordType, usize), Error> {
+        let (prefix, body) = frame.split_at_mut(LEN_PREFIX);
+        let plain = self.key.open_in_place(prefix, body)?;
+        // The type byte is authenticated; an unknown one is the peer's error.
+        let (&mut kind, content) = plain
+            .split_last_mut()
+            .ok_or(crate::PeerMisbehaved::UnexpectedRecord("empty record"))?;
+        let kind = RecordType::from_byte(kind).ok_or(crate::PeerMisbehaved::UnexpectedRecord(
+            "unknown record type",
+        ))?;
+        self.totals.records += 1;
+        if kind == RecordType::Data {
+            self.totals.bytes += content.len() as u64;
+        }
+        Ok((kind, content.len()))
+    }
+
+    pub(crate) fn failures(&self) -> u64 {
+        self.key.failures()
+    }
+
+    pub(crate) fn stats(&self) -> DirectionStats {
+        DirectionStats {
+            epoch: self.epoch,
+            key_fingerprint: self.fingerprint,
+            records: self.totals.records,
+            bytes: self.totals.bytes,
+            records_this_key: self.key.records(),
+            open: self.open,
+        }
+    }
+}

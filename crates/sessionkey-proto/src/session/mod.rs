@@ -1,0 +1,987 @@
+//! An established session over a byte stream, sans-IO: handshake, records, rotation,
+//! limits, close, events and timers (docs/PROTOCOL.md sections 2, 9 and 10).
+//!
+//! # Call order
+//!
+//! The caller owns the sockets, the clock and the buffers, and drives a [`Session`]:
+//!
+//! 1. Whenever it can write: call [`poll_transmit`](Session::poll_transmit) until it returns
+//!    `None`, sending each frame; then seal application data with
+//!    [`seal_data`](Session::seal_data) (which copies) or
+//!    [`seal_in_place`](Session::seal_in_place) (which does not).
+//! 2. Whenever bytes arrive: append them to a receive buffer and call
+//!    [`read`](Session::read) on it until it reports [`Received::Incomplete`]; deliver
+//!    [`Received::Data`] and drop each frame's bytes from the buffer.
+//! 3. When the transport reaches end of stream: [`handle_eof`](Session::handle_eof). It fails
+//!    unless the peer's authenticated close arrived first.
+//! 4. At [`poll_timeout`](Session::poll_timeout): [`handle_timeout`](Session::handle_timeout).
+//! 5. After each of these: drain [`poll_event`](Session::poll_event).
+//!
+//! Any error closes the session; its [`Event::Closed`] carries the reason.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Instant;
+//! use sessionkey_proto::crypto::SystemRandom;
+//! use sessionkey_proto::handshake::{Header, Initiator, Policy, Responder};
+//! use sessionkey_proto::keys::Identity;
+//! use sessionkey_proto::noise::Pattern;
+//! use sessionkey_proto::record::MAX_FRAME;
+//! use sessionkey_proto::session::{Received, Session, SessionConfig};
+//! use sessionkey_proto::suite::Suite;
+//!
+//! let now = Instant::now();
+//! let server_id = Arc::new(Identity::generate(&mut SystemRandom)?);
+//! let client_id = Arc::new(Identity::generate(&mut SystemRandom)?);
+//! let header = Header { pattern: Pattern::IK, suite: Suite::Aes256Gcm, hybrid: true, psk: false };
+//! let initiator = Initiator::new(header, Some(client_id), Some(*server_id.public_key()), None)?;
+//! let responder = Arc::new(Responder::new(Policy::default(), Some(server_id), None));
+//! let mut client = Session::client(now, initiator, SessionConfig::default(), Box::new(SystemRandom));
+//! let mut server = Session::server(now, responder, SessionConfig::default(), Box::new(SystemRandom));
+//!
+//! // Move every pending frame from one side to the other until both are quiet.
+//! fn pump(from: &mut Session, to: &mut Session, now: Instant) -> Vec<u8> {
+//!     let (mut out, mut delivered) = (vec![0; MAX_FRAME], Vec::new());
+//!     while let Some(n) = from.poll_transmit(now, &mut out).unwrap() {
+//!         let mut frame = out[..n].to_vec();
+//!         match to.read(now, &mut frame).unwrap() {
+//!             Received::Data { content, .. } => delivered.extend_from_slice(&frame[content]),
+//!             _ => {}
+//!         }
+//!     }
+//!     delivered
+//! }
+//! pump(&mut client, &mut server, now); // hello
+//! pump(&mut server, &mut client, now); // reply: both established
+//! assert!(client.is_established() && server.is_established());
+//!
+//! let mut out = vec![0; MAX_FRAME];
+//! let (consumed, n) = client.seal_data(now, b"hello", &mut out)?;
+//! assert_eq!(consumed, 5);
+//! let mut frame = out[..n].to_vec();
+//! let Received::Data { content, .. } = server.read(now, &mut frame)? else { panic!() };
+//! assert_eq!(&frame[content], b"hello");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod config;
+mod direction;
+mod event;
+mod rekey;
+mod schedule;
+mod timer;
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use config::SessionConfig;
+pub use event::{CloseReason, Direction, DirectionStats, Event, SessionInfo};
+
+use crate::crypto::SecureRandom;
+use crate::error::{ApiMisuse, Limit, PeerMisbehaved, Timeout};
+use crate::handshake::{Accepted, Initiator, Refusal, Responder, REFUSAL_LEN};
+use crate::keys::{Fingerprint, PublicKey, SecretKey};
+use crate::noise::{HandshakeState, Pattern};
+use crate::record::{self, Frame, RecordType, LEN_PREFIX, MAX_CONTENT, MIN_RECORD_BODY};
+use crate::suite::{Suite, UsageLimits};
+use crate::Error;
+
+use direction::{RecvDirection, SendDirection};
+use rekey::Rekey;
+use timer::{Timer, Timers};
+
+/// The handshake's role of this side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// This side connected.
+    Initiator,
+    /// This side accepted.
+    Responder,
+}
+
+/// What [`Session::read`] found at the start of the buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// The buffer does not hold a whole frame yet: `needed` bytes in total are required.
+    Incomplete {
+        /// Total bytes the next frame needs, counted from the start of the buffer.
+        needed: usize,
+    },
+    /// A data record: deliver `buf[content]`, then drop `frame_len` bytes from the buffer.
+    Data {
+        /// Length of the whole frame.
+        frame_len: usize,
+        /// Where the decrypted content is in the buffer.
+        content: Range<usize>,
+    },
+    /// A frame for the protocol itself; drop `frame_len` bytes from the buffer.
+    Control {
+        /// Length of the whole frame.
+        frame_len: usize,
+    },
+}
+
+/// A session: the handshake, then records in both directions with automatic rotation.
+pub struct Session {
+    role: Role,
+    config: SessionConfig,
+    state: State,
+    rng: Box<dyn SecureRandom>,
+    timers: Timers,
+    events: VecDeque<Event>,
+    started: Instant,
+}
+
+#[allow(clippy::large_enum_variant)]
+enum State {
+    Handshaking(Box<Handshaking>),
+    Established(Box<Established>),
+    Closed(CloseReason),
+}
+
+enum Handshaking {
+    Client {
+        initiator: Initiator,
+        hello_sent: bool,
+        reply_read: bool,
+    },
+    Server {
+        responder: Arc<Responder>,
+        accepted: Option<Accepted>,
+    },
+    /// The responder refused: send the refusal, then close.
+    Refusing(Refusal),
+}
+
+/// Flags for control records waiting to be sent.
+#[derive(Debug, Default)]
+struct Pending {
+    key_update: bool,
+    rehandshake: bool,
+    ping: bool,
+    close: bool,
+}
+
+struct Established {
+    id: u64,
+    fingerprint: Fingerprint,
+    suite: Suite,
+    pattern: Pattern,
+    hybrid: bool,
+    peer: Option<PublicKey>,
+    send: SendDirection,
+    recv: RecvDirection,
+    salt: SecretKey,
+    rekey: Rekey,
+    pending: Pending,
+    rehandshakes: u32,
+    /// Set when a policy ends the session: the reason reported once both sides closed.
+    ending: Option<Error>,
+}
+
+impl Established {
+    fn info(&self) -> SessionInfo {
+        SessionInfo {
+            id: self.id,
+            fingerprint: self.fingerprint,
+            suite: self.suite,
+            pattern: self.pattern,
+            hybrid: self.hybrid,
+            peer: self.peer,
+            send: self.send.stats(),
+            receive: self.recv.stats(),
+            rehandshakes: self.rehandshakes,
+            failed_decryptions: self.recv.failures(),
+        }
+    }
+}
+
+/// Handshake payloads are not used by this version; a small one is tolerated and ignored.
+const MAX_HANDSHAKE_PAYLOAD: usize = 256;
+
+impl Session {
+    /// A session that connects: the first [`poll_transmit`](Self::poll_transmit) yields the
+    /// hello.
+    pub fn client(
+        now: Instant,
+        initiator: Initiator,
+        config: SessionConfig,
+        rng: Box<dyn SecureRandom>,
+    ) -> Self {
+        let hs = Handshaking::Client {
+            initiator,
+            hello_sent: false,
+            reply_read: false,
+        };
+        Self::new(now, Role::Initiator, hs, config, rng)
+    }
+
+    /// A session that accepts: it waits for a hello and judges it with `responder`'s policy.
+    pub fn server(
+        now: Instant,
+        responder: Arc<Responder>,
+        config: SessionConfig,
+        rng: Box<dyn SecureRandom>,
+    ) -> Self {
+        let hs = Handshaking::Server {
+            responder,
+            accepted: None,
+        };
+        Self::new(now, Role::Responder, hs, config, rng)
+    }
+
+    fn new(
+        now: Instant,
+        role: Role,
+        hs: Handshaking,
+        config: SessionConfig,
+        rng: Box<dyn SecureRandom>,
+    ) -> Self {
+        let mut timers = Timers::default();
+        timers.set(Timer::Handshake, now + config.handshake_timeout);
+        Self {
+            role,
+            config,
+            state: State::Handshaking(Box::new(hs)),
+            rng,
+            timers,
+            events: VecDeque::new(),
+            started: now,
+        }
+    }
+
+    /// This side's handshake role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Whether the handshake completed and the session is not closed.
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, State::Established(_))
+    }
+
+    /// Whether the session is closed, and why.
+    pub fn close_reason(&self) -> Option<&CloseReason> {
+        match &self.state {
+            State::Closed(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// A snapshot of the session, once established.
+    pub fn info(&self) -> Option<SessionInfo> {
+        match &self.state {
+            State::Established(est) => Some(est.info()),
+            _ => None,
+        }
+    }
+
+    /// The next lifecycle event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+
+    /// Ask for a key update of the sending direction (sent at the next transmit).
+    pub fn update_keys(&mut self) {
+        if let State::Established(est) = &mut self.state {
+            est.pending.key_update = true;
+        }
+    }
+
+    /// Ask for a re-handshake: a fresh ephemeral exchange for both directions.
+    pub fn rehandshake(&mut self) {
+        if let State::Established(est) = &mut self.state {
+            est.pending.rehandshake = true;
+        }
+    }
+
+    /// Queue a ping, which keeps an idle peer's timer from expiring.
+    pub fn ping(&mut self) {
+        if let State::Established(est) = &mut self.state {
+            est.pending.ping = true;
+        }
+    }
+
+    /// Close the sending direction: the close record, with this side's totals, is sent at the
+    /// next transmit. Before the handshake completes this abandons the session.
+    pub fn close(&mut self) {
+        match &mut self.state {
+            State::Established(est) => est.pending.close = true,
+            State::Handshaking(_) => self.fail(ApiMisuse::NotEstablished.into()),
+            State::Closed(_) => {}
+        }
+    }
+
+    /// End the session with `error`, and report it.
+    fn fail(&mut self, error: Error) {
+        if matches!(self.state, State::Closed(_)) {
+            return;
+        }
+        let info = self.info();
+        self.state = State::Closed(CloseReason::Error(error.clone()));
+        self.timers.clear();
+        self.events.push_back(Event::Closed {
+            reason: CloseReason::Error(error),
+            info,
+        });
+    }
+
+    fn fail_with<T>(&mut self, error: Error) -> Result<T, Error> {
+        self.fail(error.clone());
+        Err(error)
+    }
+
+    /// Close once both directions are closed.
+    fn maybe_finish(&mut self) {
+        let State::Established(est) = &mut self.state else {
+            return;
+        };
+        if est.send.open || est.recv.open {
+            return;
+        }
+        let info = est.info();
+        let reason = match est.ending.take() {
+            Some(e) => CloseReason::Error(e),
+            None => CloseReason::Clean,
+        };
+        self.state = State::Closed(reason.clone());
+        self.timers.clear();
+        self.events.push_back(Event::Closed {
+            reason,
+            info: Some(info),
+        });
+    }
+
+    /// The limits for every key of this session.
+    fn usage_limits(&self, suite: Suite) -> UsageLimits {
+        self.config.usage_limits.unwrap_or_else(|| suite.limits())
+    }
+
+    fn establish(
+        &mut self,
+        now: Instant,
+        state: HandshakeState,
+        header: crate::handshake::Header,
+    ) -> Result<(), Error> {
+        let split = state.split()?;
+        let secrets = schedule::initial(
+            &split.initiator_to_responder,
+            &split.responder_to_initiator,
+            &split.handshake_hash,
+        );
+        let (send, recv) = match self.role {
+            Role::Initiator => (
+                secrets.initiator_to_responder,
+                secrets.responder_to_initiator,
+            ),
+            Role::Responder => (
+                secrets.responder_to_initiator,
+                secrets.initiator_to_responder,
+            ),
+        };
+        let limits = self.usage_limits(header.suite);
+        let fingerprint = Fingerprint::of_session(&split.handshake_hash);
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&fingerprint.as_bytes()[..8]);
+        let est = Established {
+            id: u64::from_be_bytes(id),
+            fingerprint,
+            suite: header.suite,
+            pattern: header.pattern,
+            hybrid: header.hybrid,
+            peer: split.remote_static,
+            send: SendDirection::new(header.suite, send, limits)?,
+            recv: RecvDirection::new(header.suite, recv, limits)?,
+            salt: secrets.rehandshake,
+            rekey: Rekey::Idle,
+            pending: Pending::default(),
+            rehandshakes: 0,
+            ending: None,
+        };
+        self.events.push_back(Event::Established(est.info()));
+        self.state = State::Established(Box::new(est));
+        self.timers.stop(Timer::Handshake);
+        if let (Role::Initiator, Some(every)) = (self.role, self.config.rehandshake_interval) {
+            self.timers.set(Timer::Rehandshake, now + every);
+        }
+        if let Some(life) = self.config.max_lifetime {
+            self.timers.set(Timer::Lifetime, self.started + life);
+        }
+        if let Some(idle) = self.config.idle_timeout {
+            self.timers.set(Timer::Idle, now + idle);
+        }
+        Ok(())
+    }
+
+    /// Write the next frame this side must send into `out` (at least
+    /// [`MAX_FRAME`](crate::record::MAX_FRAME) bytes is always enough); `None` when nothing
+    /// is pending.
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error> {
+        let result = match &mut self.state {
+            State::Handshaking(_) => self.transmit_handshake(now, out),
+            State::Established(_) => self.transmit_control(out),
+            State::Closed(_) => Ok(None),
+        };
+        match result {
+            Err(e) => self.fail_with(e),
+            ok => ok,
+        }
+    }
+
+    fn transmit_handshake(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error> {
+        let State::Handshaking(hs) = &mut self.state else {
+            return Ok(None);
+        };
+        let have = out.len();
+        let body = out.get_mut(LEN_PREFIX..).ok_or(ApiMisuse::BufferTooSmall {
+            needed: record::MAX_FRAME,
+            have,
+        })?;
+        let (n, finished) = match &mut **hs {
+            Handshaking::Client {
+                initiator,
+                hello_sent,
+                ..
+            } => {
+                if !*hello_sent {
+                    let n = initiator.write_hello(&[], body)?;
+                    *hello_sent = true;
+                    (n, initiator.state.is_finished())
+                } else if initiator.state.is_my_turn() {
+                    let n = initiator.state.write_message(&[], body)?;
+                    (n, initiator.state.is_finished())
+                } else {
+                    return Ok(None);
+                }
+            }
+            Handshaking::Server {
+                accepted: Some(acc),
+                ..
+            } if acc.state.is_my_turn() => {
+                let n = acc.state.write_message(&[], body)?;
+                (n, acc.state.is_finished())
+            }
+            Handshaking::Server { .. } => return Ok(None),
+            Handshaking::Refusing(refusal) => {
+                let refusal = *refusal;
+                body[..REFUSAL_LEN].copy_from_slice(&refusal.encode());
+                record::write_prefix(out, REFUSAL_LEN);
+                self.fail(refusal.into());
+                return Ok(Some(LEN_PREFIX + REFUSAL_LEN));
+            }
+        };
+        record::write_prefix(out, n);
+        if finished {
+            self.finish_handshake(now)?;
+        }
+        Ok(Some(LEN_PREFIX + n))
+    }
+
+    fn finish_handshake(&mut self, now: Instant) -> Result<(), Error> {
+        let State::Handshaking(hs) =
+            std::mem::replace(&mut self.state, State::Closed(CloseReason::Clean))
+        else {
+            return Ok(());
+        };
+        let (state, header) = match *hs {
+            Handshaking::Client { initiator, .. } => (initiator.state, initiator.header),
+            Handshaking::Server {
+                accepted: Some(acc),
+                ..
+            } => (acc.state, acc.header),
+            _ => unreachable!("finish_handshake called without a handshake"),
+        };
+        self.establish(now, state, header)
+    }
+
+    fn transmit_control(&mut self, out: &mut [u8]) -> Result<Option<usize>, Error> {
+        let cfg_records = self.config.key_update_records;
+        let cfg_bytes = self.config.key_update_bytes;
+        let State::Established(est) = &mut self.state else {
+            return Ok(None);
+        };
+        if !est.send.open {
+            return Ok(None);
+        }
+        if est.send.wants_update(cfg_records, cfg_bytes) {
+            est.pending.key_update = true;
+        }
+        // Control records carry at most an X25519 key and an ML-KEM key.
+        const MAX_CONTROL_FRAME: usize = LEN_PREFIX + 32 + 1184 + MIN_RECORD_BODY;
+        if out.len() < MAX_CONTROL_FRAME {
+            return Err(ApiMisuse::BufferTooSmall {
+                needed: MAX_CONTROL_FRAME,
+                have: out.len(),
+            }
+            .into());
+        }
+        let rekey = std::mem::replace(&mut est.rekey, Rekey::Idle);
+        let n = match rekey {
+            Rekey::Replying { reply, send, recv } => {
+                out[LEN_PREFIX..LEN_PREFIX + reply.len()].copy_from_slice(&reply);
+                let n = est
+                    .send
+                    .seal_in_place(RecordType::RehandshakeReply, out, reply.len())?;
+                est.send.install(send)?;
+                est.rekey = Rekey::AwaitingFinish { recv };
+                self.events.push_back(Event::KeyUpdated {
+                    direction: Direction::Send,
+                    info: est.info(),
+                });
+                n
+            }
+            Rekey::Finishing { send } => {
+                let n = est
+                    .send
+                    .seal_in_place(RecordType::RehandshakeFinish, out, 0)?;
+                est.send.install(send)?;
+                est.rehandshakes += 1;
+                self.events.push_back(Event::KeyUpdated {
+                    direction: Direction::Send,
+                    info: est.info(),
+                });
+                self.events.push_back(Event::Rehandshaken(est.info()));
+                n
+            }
+            Rekey::Idle if est.pending.rehandshake => {
+                est.pending.rehandshake = false;
+                let requested = rekey::request(self.rng.as_mut(), est.hybrid)?;
+                let Rekey::Requested { request, .. } = &requested else {
+                    unreachable!()
+                };
+                out[LEN_PREFIX..LEN_PREFIX + request.len()].copy_from_slice(request);
+                let n =
+                    est.send
+                        .seal_in_place(RecordType::RehandshakeRequest, out, request.len())?;
+                est.rekey = requested;
+                n
+            }
+            other => {
+                est.rekey = other;
+                if est.pending.key_update {
+                    est.pending.key_update = false;
+                    let n = est.send.seal_in_place(RecordType::KeyUpdate, out, 0)?;
+                    let next = schedule::ratchet(est.send.secret());
+                    est.send.install(next)?;
+                    self.events.push_back(Event::KeyUpdated {
+                        direction: Direction::Send,
+                        info: est.info(),
+                    });
+                    n
+                } else if est.pending.ping {
+                    est.pending.ping = false;
+                    est.send.seal_in_place(RecordType::Ping, out, 0)?
+                } else if est.pending.close {
+                    est.pending.close = false;
+                    let totals = est.send.totals;
+                    out[LEN_PREFIX..LEN_PREFIX + 8].copy_from_slice(&totals.records.to_be_bytes());
+                    out[LEN_PREFIX + 8..LEN_PREFIX + 16]
+                        .copy_from_slice(&totals.bytes.to_be_bytes());
+                    let n = est.send.seal_in_place(RecordType::Close, out, 16)?;
+                    est.send.open = false;
+                    self.maybe_finish();
+                    n
+                } else {
+                    return Ok(None);
+                }
+            }
+        };
+        Ok(Some(n))
+    }
+
+    /// Whether [`poll_transmit`](Self::poll_transmit) has something to send.
+    fn must_transmit_first(&self) -> bool {
+        let State::Established(est) = &self.state else {
+            return false;
+        };
+        let p = &est.pending;
+        matches!(est.rekey, Rekey::Replying { .. } | Rekey::Finishing { .. })
+            || (p.rehandshake && matches!(est.rekey, Rekey::Idle))
+            || p.key_update
+            || p.ping
+            || p.close
+            || est
+                .send
+                .wants_update(self.config.key_update_records, self.config.key_update_bytes)
+    }
+
+    fn check_can_send(&self) -> Result<(), Error> {
+        match &self.state {
+            State::Established(est) if est.send.open && !est.pending.close => {
+                if let Some(e) = &est.ending {
+                    return Err(e.clone());
+                }
+                Ok(())
+            }
+            State::Established(est) => {
+                Err(est.ending.clone().unwrap_or(ApiMisuse::SendClosed.into()))
+            }
+            State::Handshaking(_) => Err(ApiMisuse::NotEstablished.into()),
+            State::Closed(CloseReason::Error(e)) => Err(e.clone()),
+            State::Closed(CloseReason::Clean) => Err(ApiMisuse::SendClosed.into()),
+        }
+    }
+
+    /// Seal a data record whose content the caller already put at
+    /// `buf[LEN_PREFIX..LEN_PREFIX + len]`, with room after it for the type byte and tag
+    /// ([`MIN_RECORD_BODY`] bytes); returns the frame length. Call
+    /// [`poll_transmit`](Self::poll_transmit) until `None` first: control records go out
+    /// before data.
+    pub fn seal_in_place(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Result<usize, Error> {
+        let _ = now;
+        self.check_can_send()?;
+        if len > MAX_CONTENT {
+            return Err(ApiMisuse::PayloadTooLarge {
+                len,
+                max: MAX_CONTENT,
+            }
+            .into());
+        }
+        if self.must_transmit_first() {
+            return Err(
+                ApiMisuse::OutOfOrder("seal data before the pending control records").into(),
+            );
+        }
+        let State::Established(est) = &mut self.state else {
+            return Err(ApiMisuse::NotEstablished.into());
+        };
+        match est.send.seal_in_place(RecordType::Data, buf, len) {
+            Ok(n) => Ok(n),
+            Err(e @ Error::LimitReached(_)) => self.fail_with(e),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Seal up to one record of `data` into `out`, sending pending control records first.
+    /// Returns `(consumed, written)`: how much of `data` went out, and the frame length in
+    /// `out`. Call again with the rest until all is consumed.
+    pub fn seal_data(
+        &mut self,
+        now: Instant,
+        data: &[u8],
+        out: &mut [u8],
+    ) -> Result<(usize, usize), Error> {
+        self.check_can_send()?;
+        if let Some(n) = self.poll_transmit(now, out)? {
+            return Ok((0, n));
+        }
+        let room = out.len().saturating_sub(LEN_PREFIX + MIN_RECORD_BODY);
+        let len = data.len().min(MAX_CONTENT).min(room);
+        if len == 0 && !data.is_empty() {
+            return Err(ApiMisuse::BufferTooSmall {
+                needed: LEN_PREFIX + MIN_RECORD_BODY + 1,
+                have: out.len(),
+            }
+            .into());
+        }
+        out[LEN_PREFIX..LEN_PREFIX + len].copy_from_slice(&data[..len]);
+        let n = self.seal_in_place(now, out, len)?;
+        Ok((len, n))
+    }
+
+    /// Process the frame at the start of `buf`, decrypting in place. Returns what was found;
+    /// on any error the session is closed and nothing of the frame is delivered.
+    pub fn read(&mut self, now: Instant, buf: &mut [u8]) -> Result<Received, Error> {
+        let result = match &self.state {
+            State::Handshaking(_) => self.read_handshake(now, buf),
+            State::Established(_) => self.read_record(now, buf),
+            State::Closed(CloseReason::Error(e)) => Err(e.clone()),
+            State::Closed(CloseReason::Clean) => {
+                Err(PeerMisbehaved::UnexpectedRecord("data after the session closed").into())
+            }
+        };
+        match result {
+            Err(e) => self.fail_with(e),
+            ok => ok,
+        }
+    }
+
+    fn read_handshake(&mut self, now: Instant, buf: &mut [u8]) -> Result<Received, Error> {
+        let len = match record::frame(buf, 1, self.config.max_record_len.min(record::MAX_BODY))? {
+            Frame::Incomplete(needed) => return Ok(Received::Incomplete { needed }),
+            Frame::Complete(len) => len,
+        };
+        let body = &buf[LEN_PREFIX..LEN_PREFIX + len];
+        let mut payload = [0u8; MAX_HANDSHAKE_PAYLOAD + crate::crypto::aead::TAG_LEN];
+        let State::Handshaking(hs) = &mut self.state else {
+            unreachable!()
+        };
+        let read = |state: &mut HandshakeState, msg: &[u8], payload: &mut [u8]| {
+            state.read_message(msg, payload).map_err(|e| match e {
+                Error::ApiMisuse(ApiMisuse::BufferTooSmall { .. }) => PeerMisbehaved::Oversized {
+                    len: msg.len(),
+                    max: MAX_HANDSHAKE_PAYLOAD,
+                }
+                .into(),
+                e => e,
+            })
+        };
+        let finished = match &mut **hs {
+            Handshaking::Client {
+                initiator,
+                hello_sent,
+                reply_read,
+            } => {
+                if !*hello_sent || initiator.state.is_my_turn() {
+                    return Err(
+                        PeerMisbehaved::UnexpectedRecord("handshake message out of turn").into(),
+                    );
+                }
+                if *reply_read {
+                    read(&mut initiator.state, body, &mut payload)?;
+                } else {
+                    *reply_read = true;
+                    initiator.read_reply(body, &mut payload)?;
+                }
+                initiator.state.is_finished()
+            }
+            Handshaking::Server {
+                responder,
+                accepted,
+            } => match accepted {
+                None => match responder.read_hello(body, &mut payload) {
+                    Ok((acc, _)) => {
+                        *accepted = Some(acc);
+                        false
+                    }
+                    Err(Error::Refused(refusal)) => {
+                        **hs = Handshaking::Refusing(refusal);
+                        false
+                    }
+                    Err(e) => return Err(e),
+                },
+                Some(acc) => {
+                    if acc.state.is_my_turn() {
+                        return Err(PeerMisbehaved::UnexpectedRecord(
+                            "handshake message out of turn",
+                        )
+                        .into());
+                    }
+                    read(&mut acc.state, body, &mut payload)?;
+                    acc.state.is_finished()
+                }
+            },
+            Handshaking::Refusing(_) => {
+                return Err(PeerMisbehaved::UnexpectedRecord("message after a refusal").into())
+            }
+        };
+        if finished {
+            self.finish_handshake(now)?;
+        }
+        Ok(Received::Control {
+            frame_len: LEN_PREFIX + len,
+        })
+    }
+
+    fn read_record(&mut self, now: Instant, buf: &mut [u8]) -> Result<Received, Error> {
+        let max = self.config.max_record_len.min(record::MAX_BODY);
+        let hybrid_ok = self.role;
+        let State::Established(est) = &mut self.state else {
+            unreachable!()
+        };
+        if !est.recv.open {
+            // Checked before looking at the bytes: nothing may follow a close.
+            if buf.is_empty() {
+                return Ok(Received::Incomplete { needed: 1 });
+            }
+            return Err(PeerMisbehaved::UnexpectedRecord("record after the peer's close").into());
+        }
+        let len = match record::frame(buf, MIN_RECORD_BODY, max)? {
+            Frame::Incomplete(needed) => return Ok(Received::Incomplete { needed }),
+            Frame::Complete(len) => len,
+        };
+        let frame_len = LEN_PREFIX + len;
+        let (kind, clen) = est.recv.open_in_place(&mut buf[..frame_len])?;
+        if let Some(idle) = self.config.idle_timeout {
+            self.timers.set(Timer::Idle, now + idle);
+        }
+        let content = LEN_PREFIX..LEN_PREFIX + clen;
+        let empty = |what| {
+            if clen == 0 {
+                Ok(())
+            } else {
+                Err(Error::from(PeerMisbehaved::UnexpectedRecord(what)))
+            }
+        };
+        match kind {
+            RecordType::Data => return Ok(Received::Data { frame_len, content }),
+            RecordType::Ping => empty("ping with content")?,
+            RecordType::KeyUpdate => {
+                empty("key update with content")?;
+                let next = schedule::ratchet(est.recv.secret());
+                est.recv.install(next)?;
+                self.events.push_back(Event::KeyUpdated {
+                    direction: Direction::Receive,
+                    info: est.info(),
+                });
+            }
+            RecordType::RehandshakeRequest => {
+                let ours_wins = hybrid_ok == Role::Initiator;
+                match &est.rekey {
+                    Rekey::Requested { .. } if ours_wins => {} // the peer answers ours instead
+                    Rekey::Idle | Rekey::Requested { .. } => {
+                        let (reply, secrets) =
+                            rekey::answer(self.rng.as_mut(), est.hybrid, &est.salt, &buf[content])?;
+                        let (send, recv) = split_secrets(
+                            self.role,
+                            secrets.initiator_to_responder,
+                            secrets.responder_to_initiator,
+                        );
+                        est.salt = secrets.rehandshake;
+                        est.rekey = Rekey::Replying { reply, send, recv };
+                    }
+                    _ => {
+                        return Err(PeerMisbehaved::UnexpectedRecord(
+                            "re-handshake request during a re-handshake",
+                        )
+                        .into())
+                    }
+                }
+            }
+            RecordType::RehandshakeReply => {
+                let Rekey::Requested { e, kem, request } = &est.rekey else {
+                    return Err(PeerMisbehaved::UnexpectedRecord(
+                        "re-handshake reply without a request",
+                    )
+                    .into());
+                };
+                let secrets =
+                    rekey::complete(e, kem.as_deref(), &est.salt, request, &buf[content])?;
+                let (send, recv) = split_secrets(
+                    self.role,
+                    secrets.initiator_to_responder,
+                    secrets.responder_to_initiator,
+                );
+                est.salt = secrets.rehandshake;
+                est.recv.install(recv)?;
+                est.rekey = Rekey::Finishing { send };
+                self.events.push_back(Event::KeyUpdated {
+                    direction: Direction::Receive,
+                    info: est.info(),
+                });
+            }
+            RecordType::RehandshakeFinish => {
+                empty("re-handshake finish with content")?;
+                let Rekey::AwaitingFinish { .. } = &est.rekey else {
+                    return Err(PeerMisbehaved::UnexpectedRecord(
+                        "re-handshake finish without a reply",
+                    )
+                    .into());
+                };
+                let Rekey::AwaitingFinish { recv } = std::mem::replace(&mut est.rekey, Rekey::Idle)
+                else {
+                    unreachable!()
+                };
+                est.recv.install(recv)?;
+                est.rehandshakes += 1;
+                self.events.push_back(Event::KeyUpdated {
+                    direction: Direction::Receive,
+                    info: est.info(),
+                });
+                self.events.push_back(Event::Rehandshaken(est.info()));
+            }
+            RecordType::Close => {
+                if clen != 16 {
+                    return Err(PeerMisbehaved::UnexpectedRecord(
+                        "close record of the wrong length",
+                    )
+                    .into());
+                }
+                let c = &buf[content];
+                let sent_records = u64::from_be_bytes(c[..8].try_into().unwrap_or_default());
+                let sent_bytes = u64::from_be_bytes(c[8..].try_into().unwrap_or_default());
+                // The close record itself is not in the sender's totals.
+                let received_records = est.recv.totals.records - 1;
+                let received_bytes = est.recv.totals.bytes;
+                if (sent_records, sent_bytes) != (received_records, received_bytes) {
+                    return Err(PeerMisbehaved::CloseMismatch {
+                        sent_records,
+                        sent_bytes,
+                        received_records,
+                        received_bytes,
+                    }
+                    .into());
+                }
+                est.recv.open = false;
+                self.timers.stop(Timer::Idle);
+                self.maybe_finish();
+            }
+        }
+        Ok(Received::Control { frame_len })
+    }
+
+    /// The transport reached end of stream. Clean only after the peer's close record;
+    /// otherwise the stream was truncated, and the session closes with that error.
+    pub fn handle_eof(&mut self, now: Instant) -> Result<(), Error> {
+        let _ = now;
+        match &self.state {
+            State::Established(est) if !est.recv.open => Ok(()),
+            State::Closed(CloseReason::Clean) => Ok(()),
+            State::Closed(CloseReason::Error(e)) => Err(e.clone()),
+            _ => self.fail_with(PeerMisbehaved::StreamTruncated.into()),
+        }
+    }
+
+    /// Act on the deadlines due at `now`; does nothing when called early.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.timers.expired(Timer::Handshake, now) {
+            return self.fail(Timeout::Handshake(self.config.handshake_timeout).into());
+        }
+        if self.timers.expired(Timer::Idle, now) {
+            let idle = self.config.idle_timeout.unwrap_or_default();
+            return self.fail(Timeout::Idle(idle).into());
+        }
+        let State::Established(est) = &mut self.state else {
+            return;
+        };
+        if self.timers.expired(Timer::Lifetime, now) {
+            self.timers.stop(Timer::Lifetime);
+            self.timers.stop(Timer::Rehandshake);
+            let life = self.config.max_lifetime.unwrap_or_default();
+            est.ending = Some(Limit::Lifetime(life).into());
+            est.pending.close = true;
+        }
+        if self.timers.expired(Timer::Rehandshake, now) {
+            est.pending.rehandshake = true;
+            if let Some(every) = self.config.rehandshake_interval {
+                self.timers.set(Timer::Rehandshake, now + every);
+            }
+        }
+    }
+}
+
+/// (send, receive) secrets for `role` from the initiator-to-responder and reverse secrets.
+fn split_secrets(role: Role, i2r: SecretKey, r2i: SecretKey) -> (SecretKey, SecretKey) {
+    match role {
+        Role::Initiator => (i2r, r2i),
+        Role::Responder => (r2i, i2r),
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Handshaking(_) => "handshaking",
+            State::Established(est) if est.send.open && est.recv.open => "established",
+            State::Established(_) => "closing",
+            State::Closed(_) => "closed",
+        };
+        f.debug_struct("Session")
+            .field("role", &self.role)
+            .field("state", &state)
+            .field("info", &self.info())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,133 @@
+//! The in-band re-handshake: a fresh X25519 (and ML-KEM-768 when hybrid) exchange carried in
+//! records and mixed into the key schedule (PROTOCOL.md section 10.3).
+//!
+//! ```text
+//! requester                                   peer
+//!   REHANDSHAKE_REQUEST(e_pub [|| ek])  -->     (old keys)
+//!                                       <--   REHANDSHAKE_REPLY(e_pub [|| ct])  (old key,
+//!                                             then the peer sends under the new key)
+//!   REHANDSHAKE_FINISH                  -->   (old key, then the requester sends under the new key)
+//! ```
+
+use aws_lc_rs::agreement::PrivateKey;
+use zeroize::Zeroizing;
+
+use crate::crypto::dh::{self, DH_LEN};
+use crate::crypto::hash::sha256;
+use crate::crypto::kem::{self, KemKeyPair};
+use crate::crypto::SecureRandom;
+use crate::error::PeerMisbehaved;
+use crate::keys::SecretKey;
+use crate::Error;
+
+use super::schedule::{self, Secrets};
+
+/// Where a session is in a re-handshake.
+pub(crate) enum Rekey {
+    Idle,
+    /// This side sent a request and waits for the reply.
+    Requested {
+        e: PrivateKey,
+        kem: Option<Box<KemKeyPair>>,
+        request: Box<[u8]>,
+    },
+    /// This side must send its reply, then switch its sending key.
+    Replying {
+        reply: Box<[u8]>,
+        send: SecretKey,
+        recv: SecretKey,
+    },
+    /// This side replied and waits for the requester's finish to switch its receiving key.
+    AwaitingFinish {
+        recv: SecretKey,
+    },
+    /// This side got the reply and must send its finish, then switch its sending key.
+    Finishing {
+        send: SecretKey,
+    },
+}
+
+/// Generate a request: ephemeral keys and the record content carrying their public halves.
+pub(crate) fn request(rng: &mut dyn SecureRandom, hybrid: bool) -> Result<Rekey, Error> {
+    let mut secret = Zeroizing::new([0u8; DH_LEN]);
+    rng.fill(&mut secret[..])?;
+    let e = dh::private_from_bytes(&secret)?;
+    let mut content = dh::public_of(&e)?.to_vec();
+    let kem = if hybrid {
+        let pair = KemKeyPair::generate()?;
+        content.extend_from_slice(pair.public());
+        Some(Box::new(pair))
+    } else {
+        None
+    };
+    Ok(Rekey::Requested {
+        e,
+        kem,
+        request: content.into_boxed_slice(),
+    })
+}
+
+fn request_len(hybrid: bool) -> usize {
+    DH_LEN + if hybrid { kem::PUBLIC_LEN } else { 0 }
+}
+
+fn reply_len(hybrid: bool) -> usize {
+    DH_LEN + if hybrid { kem::CIPHERTEXT_LEN } else { 0 }
+}
+
+/// Answer a peer's request: returns the reply content and the new secrets.
+pub(crate) fn answer(
+    rng: &mut dyn SecureRandom,
+    hybrid: bool,
+    salt: &SecretKey,
+    request: &[u8],
+) -> Result<(Box<[u8]>, Secrets), Error> {
+    if request.len() != request_len(hybrid) {
+        return Err(
+            PeerMisbehaved::UnexpectedRecord("re-handshake request of the wrong length").into(),
+        );
+    }
+    let mut secret = Zeroizing::new([0u8; DH_LEN]);
+    rng.fill(&mut secret[..])?;
+    let e = dh::private_from_bytes(&secret)?;
+    let mut reply = dh::public_of(&e)?.to_vec();
+    let shared = dh::agree(&e, &request[..DH_LEN])?;
+    let kem_secret = if hybrid {
+        let ek = kem::parse_public(&request[DH_LEN..])?;
+        let (ct, ss) = kem::encapsulate(&ek)?;
+        reply.extend_from_slice(&ct);
+        Some(ss)
+    } else {
+        None
+    };
+    let transcript = sha256(&[request, &reply]);
+    let secrets = schedule::rehandshake(salt, &shared, kem_secret.as_deref(), &transcript);
+    Ok((reply.into_boxed_slice(), secrets))
+}
+
+/// Complete a request with the peer's reply: the new secrets.
+pub(crate) fn complete(
+    e: &PrivateKey,
+    kem: Option<&KemKeyPair>,
+    salt: &SecretKey,
+    request: &[u8],
+    reply: &[u8],
+) -> Result<Secrets, Error> {
+    if reply.len() != reply_len(kem.is_some()) {
+        return Err(
+            PeerMisbehaved::UnexpectedRecord("re-handshake reply of the wrong length").into(),
+        );
+    }
+    let shared = dh::agree(e, &reply[..DH_LEN])?;
+    let kem_secret = match kem {
+        Some(pair) => Some(pair.decapsulate(&reply[DH_LEN..])?),
+        None => None,
+    };
+    let transcript = sha256(&[request, reply]);
+    Ok(schedule::rehandshake(
+        salt,
+        &shared,
+        kem_secret.as_deref(),
+        &transcript,
+    ))
+}
