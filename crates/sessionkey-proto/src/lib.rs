@@ -48,6 +48,7 @@ pub mod handshake;
 pub mod keys;
 pub mod noise;
 pub mod record;
+pub mod replay;
 pub mod session;
 pub mod suite;
 #[cfg(test)]

@@ -1,7 +1,12 @@
 //! # sessionkey
 //!
-//! Fresh, short-lived session keys for byte streams, tunnels and VPNs. This crate will hold
-//! the tokio layer (secure streams, tunnels, the VPN); today it re-exports the sans-IO
-//! protocol core, [`proto`], on which everything is built.
+//! Fresh, short-lived session keys for byte streams, tunnels and VPNs, on tokio.
+//! [`SecureStream`] runs the sans-IO core ([`proto`]) over any `AsyncRead + AsyncWrite`
+//! transport.
 
+mod error;
+mod stream;
+
+pub use error::protocol_error;
 pub use sessionkey_proto as proto;
+pub use stream::SecureStream;

@@ -1,7 +1,7 @@
 //! Hash functions, HMAC and the Noise HKDF (Noise rev 34, section 4.3).
 
 use ::hmac::{Mac, SimpleHmac};
-use aws_lc_rs::{digest, hmac};
+use aws_lc_rs::digest;
 use blake2::Blake2s256;
 use zeroize::Zeroizing;
 
@@ -46,46 +46,62 @@ impl HashChoice {
         }
     }
 
-    /// HMAC-HASH(key, a || b).
-    fn hmac2(self, key: &[u8], a: &[u8], b: &[u8]) -> Zeroizing<[u8; HASH_LEN]> {
-        Zeroizing::new(match self {
-            Self::Sha256 => {
-                let key = hmac::Key::new(hmac::HMAC_SHA256, key);
-                let mut ctx = hmac::Context::with_key(&key);
-                ctx.update(a);
-                ctx.update(b);
-                to_array(ctx.sign().as_ref())
-            }
-            Self::Blake2s => {
-                // SimpleHmac accepts keys of any length, so this cannot fail.
-                let mut mac = <SimpleHmac<Blake2s256> as Mac>::new_from_slice(key)
-                    .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-                mac.update(a);
-                mac.update(b);
-                mac.finalize().into_bytes().into()
-            }
-        })
+    /// HMAC-BLAKE2s(key, a || b).
+    fn hmac_blake2s(key: &[u8], a: &[u8], b: &[u8]) -> Zeroizing<[u8; HASH_LEN]> {
+        // SimpleHmac accepts keys of any length, so this cannot fail.
+        let mut mac = <SimpleHmac<Blake2s256> as Mac>::new_from_slice(key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(a);
+        mac.update(b);
+        Zeroizing::new(mac.finalize().into_bytes().into())
     }
 
-    /// Noise's HKDF(chaining_key, input_key_material, n), for n = 2 or 3 outputs.
+    /// Noise's HKDF(chaining_key, input_key_material, n), for n = 2 or 3 outputs. For
+    /// SHA-256 this is exactly RFC 5869 (extract with the chaining key as salt, expand with
+    /// empty info), done by aws-lc in one pass; BLAKE2s follows section 4.3's HMAC steps.
     pub(crate) fn hkdf<const N: usize>(
         self,
         chaining_key: &[u8; HASH_LEN],
         ikm: &[u8],
     ) -> [Zeroizing<[u8; HASH_LEN]>; N] {
         debug_assert!(N == 2 || N == 3);
-        let temp_key = self.hmac2(chaining_key, ikm, &[]);
-        let mut prev: Zeroizing<[u8; HASH_LEN]> = Zeroizing::new([0; HASH_LEN]);
-        std::array::from_fn(|i| {
-            let counter = [i as u8 + 1];
-            let out = if i == 0 {
-                self.hmac2(&*temp_key, &counter, &[])
-            } else {
-                self.hmac2(&*temp_key, &*prev, &counter)
-            };
-            *prev = *out;
-            out
-        })
+        match self {
+            Self::Sha256 => {
+                use aws_lc_rs::hkdf::{KeyType, Salt, HKDF_SHA256};
+                struct Len(usize);
+                impl KeyType for Len {
+                    fn len(&self) -> usize {
+                        self.0
+                    }
+                }
+                let mut okm = Zeroizing::new([0u8; 3 * HASH_LEN]);
+                let okm = &mut okm[..N * HASH_LEN];
+                Salt::new(HKDF_SHA256, chaining_key)
+                    .extract(ikm)
+                    .expand(&[], Len(okm.len()))
+                    .and_then(|k| k.fill(okm))
+                    .unwrap_or_else(|_| unreachable!("at most 96 bytes of HKDF output"));
+                std::array::from_fn(|i| {
+                    let mut out = Zeroizing::new([0; HASH_LEN]);
+                    out.copy_from_slice(&okm[i * HASH_LEN..(i + 1) * HASH_LEN]);
+                    out
+                })
+            }
+            Self::Blake2s => {
+                let temp_key = Self::hmac_blake2s(chaining_key, ikm, &[]);
+                let mut prev: Zeroizing<[u8; HASH_LEN]> = Zeroizing::new([0; HASH_LEN]);
+                std::array::from_fn(|i| {
+                    let counter = [i as u8 + 1];
+                    let out = if i == 0 {
+                        Self::hmac_blake2s(&*temp_key, &counter, &[])
+                    } else {
+                        Self::hmac_blake2s(&*temp_key, &*prev, &counter)
+                    };
+                    *prev = *out;
+                    out
+                })
+            }
+        }
     }
 }
 
@@ -124,24 +140,21 @@ pub(crate) fn hkdf_sha256_expand(prk: &[u8; HASH_LEN], label: &[u8], out: &mut [
 mod tests {
     use super::*;
 
-    // Noise's HKDF is RFC 5869 extract (salt = chaining key) followed by expand with empty info.
+    // Noise section 4.3's HKDF, step by step with HMAC-SHA256, against the one-pass
+    // RFC 5869 implementation used for SHA-256.
     #[test]
-    fn noise_hkdf_matches_rfc5869() {
+    fn noise_hkdf_matches_section_4_3() {
+        use aws_lc_rs::hmac::{sign, Key, HMAC_SHA256};
         let ck = [7u8; 32];
         let ikm = b"input key material";
         let [a, b, c] = HashChoice::Sha256.hkdf::<3>(&ck, ikm);
-        let salt = aws_lc_rs::hkdf::Salt::new(aws_lc_rs::hkdf::HKDF_SHA256, &ck);
-        let prk = salt.extract(ikm);
-        struct L;
-        impl aws_lc_rs::hkdf::KeyType for L {
-            fn len(&self) -> usize {
-                96
-            }
-        }
-        let mut expected = [0u8; 96];
-        prk.expand(&[], L).unwrap().fill(&mut expected).unwrap();
-        assert_eq!(&expected[..32], &a[..]);
-        assert_eq!(&expected[32..64], &b[..]);
-        assert_eq!(&expected[64..], &c[..]);
+        let temp = sign(&Key::new(HMAC_SHA256, &ck), ikm);
+        let temp = Key::new(HMAC_SHA256, temp.as_ref());
+        let o1 = sign(&temp, &[1]);
+        let o2 = sign(&temp, &[o1.as_ref(), &[2]].concat());
+        let o3 = sign(&temp, &[o2.as_ref(), &[3]].concat());
+        assert_eq!(o1.as_ref(), &a[..]);
+        assert_eq!(o2.as_ref(), &b[..]);
+        assert_eq!(o3.as_ref(), &c[..]);
     }
 }

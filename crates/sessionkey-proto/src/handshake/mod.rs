@@ -113,12 +113,25 @@ impl Initiator {
     }
 }
 
+/// Decides whether an initiator's static key may connect.
+pub type Authorizer = Arc<dyn Fn(&PublicKey) -> bool + Send + Sync>;
+
 /// The responder's side: its policy and keys, shared by every handshake it accepts.
-#[derive(Debug)]
 pub struct Responder {
     policy: Policy,
     identity: Option<Arc<Identity>>,
     psk: Option<Psk>,
+    authorizer: Option<Authorizer>,
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Responder")
+            .field("policy", &self.policy)
+            .field("identity", &self.identity)
+            .field("authorizer", &self.authorizer.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A hello the responder accepted.
@@ -147,7 +160,21 @@ impl Responder {
             policy,
             identity,
             psk,
+            authorizer: None,
         }
+    }
+
+    /// Admit only initiators whose static key `authorize` accepts. Where the first message
+    /// reveals the key (IK), a refused key gets [`Refusal::KeyNotAuthorized`] before any reply;
+    /// otherwise (XX) the caller checks [`HandshakeState::remote_static`] when it completes.
+    pub fn with_authorizer(mut self, authorize: Authorizer) -> Self {
+        self.authorizer = Some(authorize);
+        self
+    }
+
+    /// Whether `key` may connect (always true without an authorizer).
+    pub fn authorizes(&self, key: &PublicKey) -> bool {
+        self.authorizer.as_ref().is_none_or(|a| a(key))
     }
 
     /// The policy in force.
@@ -179,6 +206,11 @@ impl Responder {
             .map(|p| Psk::from_bytes(*p.expose()));
         let mut state = build(&header, false, local, None, psk)?;
         let n = state.read_message(&hello[HEADER_LEN..], payload_out)?;
+        if let Some(key) = state.remote_static() {
+            if !self.authorizes(key) {
+                return Err(Refusal::KeyNotAuthorized.into());
+            }
+        }
         Ok((Accepted { header, state }, n))
     }
 }

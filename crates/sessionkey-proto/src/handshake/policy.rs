@@ -136,6 +136,12 @@ pub enum Refusal {
          opt in with --insecure-anonymous"
     )]
     AnonymousNotAllowed,
+    /// The initiator's static key is not among the keys the responder admits.
+    #[error(
+        "the responder does not admit this initiator's key; ask its operator to add your \
+         public key (`sessionkey pubkey KEYFILE`) to its authorized peers"
+    )]
+    KeyNotAuthorized,
     /// The header set flags this version does not know.
     #[error("the offer set header flags the responder does not know; upgrade the responder")]
     UnknownFlags,
@@ -173,6 +179,7 @@ impl Refusal {
             Self::PskNotConfigured => (6, 0),
             Self::AnonymousNotAllowed => (7, 0),
             Self::UnknownFlags => (8, 0),
+            Self::KeyNotAuthorized => (9, 0),
             Self::Other(code) => (code, 0),
         }
     }
@@ -202,6 +209,7 @@ impl Refusal {
             6 => Self::PskNotConfigured,
             7 => Self::AnonymousNotAllowed,
             8 => Self::UnknownFlags,
+            9 => Self::KeyNotAuthorized,
             code => Self::Other(code),
         })
     }

@@ -1,6 +1,6 @@
 //! The Noise Protocol Framework, revision 34, with the HFS extension's `e1`/`ekem1` tokens.
 //!
-//! [`HandshakeState`], [`SymmetricState`](symmetric) and [`CipherState`] follow sections 5.1-5.3
+//! [`HandshakeState`], SymmetricState and [`CipherState`] follow sections 5.1-5.3
 //! of the specification. Supported: DH 25519 (plus ML-KEM-768 for `hfs`); ciphers AESGCM and
 //! ChaChaPoly; hashes SHA256 and BLAKE2s; patterns NN, NK, XX, IK, KK with any psk modifiers
 //! the specification allows. Everything is sans-IO: messages are read from and written into

@@ -10,6 +10,8 @@ use crate::crypto::aead::TAG_LEN;
 use crate::error::PeerMisbehaved;
 use crate::Error;
 
+pub mod datagram;
+
 /// Length of the frame length prefix.
 pub const LEN_PREFIX: usize = 2;
 /// The largest frame body.

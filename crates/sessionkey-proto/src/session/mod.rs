@@ -132,6 +132,8 @@ pub struct Session {
     timers: Timers,
     events: VecDeque<Event>,
     started: Instant,
+    /// The session as it was when it closed.
+    final_info: Option<SessionInfo>,
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -249,6 +251,7 @@ impl Session {
             timers,
             events: VecDeque::new(),
             started: now,
+            final_info: None,
         }
     }
 
@@ -262,6 +265,16 @@ impl Session {
         matches!(self.state, State::Established(_))
     }
 
+    /// Whether the peer closed its direction with its authenticated close record: nothing
+    /// more will arrive, and end of stream is clean.
+    pub fn is_peer_closed(&self) -> bool {
+        match &self.state {
+            State::Established(est) => !est.recv.open,
+            State::Closed(CloseReason::Clean) => true,
+            _ => false,
+        }
+    }
+
     /// Whether the session is closed, and why.
     pub fn close_reason(&self) -> Option<&CloseReason> {
         match &self.state {
@@ -270,11 +283,11 @@ impl Session {
         }
     }
 
-    /// A snapshot of the session, once established.
+    /// A snapshot of the session, once established (after closing: as it was at the end).
     pub fn info(&self) -> Option<SessionInfo> {
         match &self.state {
             State::Established(est) => Some(est.info()),
-            _ => None,
+            _ => self.final_info.clone(),
         }
     }
 
@@ -325,6 +338,7 @@ impl Session {
             return;
         }
         let info = self.info();
+        self.final_info = info.clone();
         self.state = State::Closed(CloseReason::Error(error.clone()));
         self.timers.clear();
         self.events.push_back(Event::Closed {
@@ -351,6 +365,7 @@ impl Session {
             Some(e) => CloseReason::Error(e),
             None => CloseReason::Clean,
         };
+        self.final_info = Some(info.clone());
         self.state = State::Closed(reason.clone());
         self.timers.clear();
         self.events.push_back(Event::Closed {
@@ -698,6 +713,9 @@ impl Session {
             State::Handshaking(_) => self.read_handshake(now, buf),
             State::Established(_) => self.read_record(now, buf),
             State::Closed(CloseReason::Error(e)) => Err(e.clone()),
+            State::Closed(CloseReason::Clean) if buf.is_empty() => {
+                Ok(Received::Incomplete { needed: 1 })
+            }
             State::Closed(CloseReason::Clean) => {
                 Err(PeerMisbehaved::UnexpectedRecord("data after the session closed").into())
             }

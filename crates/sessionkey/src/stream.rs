@@ -1,0 +1,421 @@
+//! `SecureStream`: a [`Session`] over any async byte stream, itself `AsyncRead + AsyncWrite`.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+
+use sessionkey_proto::crypto::SystemRandom;
+use sessionkey_proto::handshake::{Initiator, Responder};
+use sessionkey_proto::record::MAX_FRAME;
+use sessionkey_proto::session::{Event, Received, Session, SessionConfig, SessionInfo};
+use sessionkey_proto::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::mpsc;
+use tokio::time::Sleep;
+
+use crate::error::to_io;
+
+/// Receive buffer: room for a whole frame plus what arrived after it.
+const READ_BUF: usize = 2 * MAX_FRAME;
+/// Send buffer: a control frame and a data record can wait together.
+const WRITE_BUF: usize = 2 * MAX_FRAME;
+
+/// An encrypted, authenticated, self-rotating byte stream.
+///
+/// Reads deliver only authenticated data; a tampered, truncated or otherwise broken stream
+/// is an `io::Error` (the [`sessionkey_proto::Error`] inside says which), never a clean end
+/// of file. `shutdown` sends the authenticated close record. Keys rotate by the session's
+/// policy while the stream is read or written.
+pub struct SecureStream<T> {
+    io: T,
+    session: Session,
+    rbuf: Box<[u8]>,
+    /// Unprocessed received bytes are `rbuf[rpos..rlen]`.
+    rpos: usize,
+    rlen: usize,
+    /// Decrypted data not yet handed to the reader, and the frame to drop after it.
+    plain: std::ops::Range<usize>,
+    plain_frame_end: usize,
+    wbuf: Box<[u8]>,
+    /// Sealed bytes not yet written are `wbuf[wpos..wlen]`.
+    wpos: usize,
+    wlen: usize,
+    timer: Pin<Box<Sleep>>,
+    events: Option<mpsc::UnboundedSender<Event>>,
+    read_eof: bool,
+    close_sent: bool,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> SecureStream<T> {
+    /// Connect: run the initiator's handshake over `io`, within the config's handshake
+    /// timeout.
+    pub async fn connect(io: T, initiator: Initiator, config: SessionConfig) -> io::Result<Self> {
+        let timeout = config.handshake_timeout;
+        let session = Session::client(Instant::now(), initiator, config, Box::new(SystemRandom));
+        Self::handshake(io, session, timeout).await
+    }
+
+    /// Accept: run the responder's handshake over `io`.
+    pub async fn accept(
+        io: T,
+        responder: Arc<Responder>,
+        config: SessionConfig,
+    ) -> io::Result<Self> {
+        let timeout = config.handshake_timeout;
+        let session = Session::server(Instant::now(), responder, config, Box::new(SystemRandom));
+        Self::handshake(io, session, timeout).await
+    }
+
+    async fn handshake(io: T, session: Session, timeout: std::time::Duration) -> io::Result<Self> {
+        let mut stream = Self::new(io, session);
+        let run = async {
+            loop {
+                stream.queue_transmit()?;
+                stream.flush_wbuf().await?;
+                if stream.session.is_established() {
+                    return Ok(());
+                }
+                if let Some(reason) = stream.session.close_reason() {
+                    return Err(to_io(reason_error(reason)));
+                }
+                stream.process_handshake_input().await?;
+            }
+        };
+        match tokio::time::timeout(timeout, run).await {
+            Ok(Ok(())) => Ok(stream),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(to_io(sessionkey_proto::Timeout::Handshake(timeout).into())),
+        }
+    }
+
+    async fn process_handshake_input(&mut self) -> io::Result<()> {
+        loop {
+            match self
+                .session
+                .read(Instant::now(), &mut self.rbuf[self.rpos..self.rlen])
+            {
+                Ok(Received::Incomplete { needed }) => {
+                    self.make_room(needed);
+                    let n = self.io.read(&mut self.rbuf[self.rlen..]).await?;
+                    if n == 0 {
+                        return Err(to_io(
+                            self.session.handle_eof(Instant::now()).err().unwrap_or(
+                                sessionkey_proto::PeerMisbehaved::StreamTruncated.into(),
+                            ),
+                        ));
+                    }
+                    self.rlen += n;
+                }
+                Ok(Received::Control { frame_len }) => {
+                    self.rpos += frame_len;
+                    return Ok(());
+                }
+                Ok(Received::Data { .. }) => {
+                    unreachable!("no data records during the handshake")
+                }
+                Err(e) => return Err(to_io(e)),
+            }
+        }
+    }
+
+    async fn flush_wbuf(&mut self) -> io::Result<()> {
+        if self.wpos < self.wlen {
+            self.io.write_all(&self.wbuf[self.wpos..self.wlen]).await?;
+        }
+        self.wpos = 0;
+        self.wlen = 0;
+        self.io.flush().await
+    }
+}
+
+impl<T> SecureStream<T> {
+    fn new(io: T, session: Session) -> Self {
+        Self {
+            io,
+            session,
+            rbuf: vec![0; READ_BUF].into_boxed_slice(),
+            rpos: 0,
+            rlen: 0,
+            plain: 0..0,
+            plain_frame_end: 0,
+            wbuf: vec![0; WRITE_BUF].into_boxed_slice(),
+            wpos: 0,
+            wlen: 0,
+            timer: Box::pin(tokio::time::sleep(std::time::Duration::from_secs(3600))),
+            events: None,
+            read_eof: false,
+            close_sent: false,
+        }
+    }
+
+    /// The session: fingerprints, epochs, counters.
+    pub fn info(&self) -> Option<SessionInfo> {
+        self.session.info()
+    }
+
+    /// Lifecycle events from now on. Only one receiver exists; a second call replaces it.
+    pub fn events(&mut self) -> mpsc::UnboundedReceiver<Event> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.events = Some(tx);
+        rx
+    }
+
+    /// Update the sending key now (it is also done automatically by policy).
+    pub fn update_keys(&mut self) {
+        self.session.update_keys();
+    }
+
+    /// Start a re-handshake now: a fresh ephemeral exchange (also done by policy).
+    pub fn rehandshake(&mut self) {
+        self.session.rehandshake();
+    }
+
+    /// The underlying transport.
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
+
+    /// The underlying transport, mutably (for socket options; never write to it).
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.io
+    }
+
+    fn drain_events(&mut self) {
+        while let Some(event) = self.session.poll_event() {
+            log_event(&event);
+            if let Some(tx) = &self.events {
+                if tx.send(event).is_err() {
+                    self.events = None;
+                }
+            }
+        }
+    }
+
+    /// Make sure `rbuf[rpos..]` can grow to `needed` bytes.
+    fn make_room(&mut self, needed: usize) {
+        if self.rpos + needed > self.rbuf.len() || self.rpos == self.rlen {
+            self.rbuf.copy_within(self.rpos..self.rlen, 0);
+            self.rlen -= self.rpos;
+            self.rpos = 0;
+        }
+    }
+
+    /// Move pending control frames into the send buffer.
+    fn queue_transmit(&mut self) -> io::Result<()> {
+        let now = Instant::now();
+        while self.wbuf.len() - self.wlen >= MAX_FRAME {
+            match self.session.poll_transmit(now, &mut self.wbuf[self.wlen..]) {
+                Ok(Some(n)) => self.wlen += n,
+                Ok(None) => break,
+                Err(e) => {
+                    self.drain_events();
+                    return Err(to_io(e));
+                }
+            }
+        }
+        self.drain_events();
+        Ok(())
+    }
+}
+
+fn reason_error(reason: &sessionkey_proto::session::CloseReason) -> Error {
+    match reason {
+        sessionkey_proto::session::CloseReason::Error(e) => e.clone(),
+        sessionkey_proto::session::CloseReason::Clean => {
+            sessionkey_proto::ApiMisuse::SendClosed.into()
+        }
+    }
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::Established(info) => tracing::info!(
+            session = format_args!("{:016x}", info.id),
+            fingerprint = %info.fingerprint,
+            suite = %info.suite,
+            pattern = info.pattern.name(),
+            hybrid = info.hybrid,
+            peer = ?info.peer.map(|p| p.fingerprint()),
+            "session established"
+        ),
+        Event::KeyUpdated { direction, info } => {
+            let d = match direction {
+                sessionkey_proto::session::Direction::Send => info.send,
+                sessionkey_proto::session::Direction::Receive => info.receive,
+            };
+            tracing::debug!(
+                session = format_args!("{:016x}", info.id),
+                ?direction,
+                epoch = d.epoch,
+                key = %d.key_fingerprint.short(),
+                records = d.records,
+                bytes = d.bytes,
+                "key updated"
+            )
+        }
+        Event::Rehandshaken(info) => tracing::debug!(
+            session = format_args!("{:016x}", info.id),
+            rehandshakes = info.rehandshakes,
+            "re-handshake complete"
+        ),
+        Event::Closed { reason, info } => tracing::info!(
+            session = format_args!("{:016x}", info.as_ref().map_or(0, |i| i.id)),
+            sent = info.as_ref().map_or(0, |i| i.send.bytes),
+            received = info.as_ref().map_or(0, |i| i.receive.bytes),
+            %reason,
+            "session closed"
+        ),
+        _ => {}
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> SecureStream<T> {
+    /// Write out as much of the send buffer as the transport takes now.
+    fn poll_flush_wbuf(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.wpos < self.wlen {
+            let n =
+                ready!(Pin::new(&mut self.io).poll_write(cx, &self.wbuf[self.wpos..self.wlen]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.wpos += n;
+        }
+        self.wpos = 0;
+        self.wlen = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Fire due timers, send what the session wants sent, and arm the timer for later.
+    fn poll_drive(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        while let Some(deadline) = self.session.poll_timeout() {
+            self.timer
+                .as_mut()
+                .reset(tokio::time::Instant::from_std(deadline));
+            if self.timer.as_mut().poll(cx).is_pending() {
+                break;
+            }
+            self.session.handle_timeout(Instant::now());
+        }
+        self.queue_transmit()?;
+        match self.poll_flush_wbuf(cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => Ok(()),
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for SecureStream<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.plain.is_empty() {
+                let n = this.plain.len().min(out.remaining());
+                out.put_slice(&this.rbuf[this.plain.start..this.plain.start + n]);
+                this.plain.start += n;
+                if this.plain.is_empty() {
+                    this.rpos = this.plain_frame_end;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.read_eof || (this.session.is_peer_closed() && this.rpos == this.rlen) {
+                return Poll::Ready(Ok(()));
+            }
+            this.poll_drive(cx)?;
+            let now = Instant::now();
+            let result = this.session.read(now, &mut this.rbuf[this.rpos..this.rlen]);
+            // Replies (key updates, re-handshakes) may now be due, whatever was read.
+            this.drain_events();
+            match result {
+                Ok(Received::Data { frame_len, content }) => {
+                    this.plain = this.rpos + content.start..this.rpos + content.end;
+                    this.plain_frame_end = this.rpos + frame_len;
+                    if this.plain.is_empty() {
+                        this.rpos = this.plain_frame_end;
+                    }
+                }
+                Ok(Received::Control { frame_len }) => {
+                    this.rpos += frame_len;
+                    this.poll_drive(cx)?;
+                }
+                Ok(Received::Incomplete { needed }) => {
+                    this.make_room(needed);
+                    let mut buf = ReadBuf::new(&mut this.rbuf[this.rlen..]);
+                    ready!(Pin::new(&mut this.io).poll_read(cx, &mut buf))?;
+                    let n = buf.filled().len();
+                    if n == 0 {
+                        // End of stream: clean only after the peer's close record.
+                        let r = this.session.handle_eof(Instant::now());
+                        this.drain_events();
+                        r.map_err(to_io)?;
+                        this.read_eof = true;
+                        return Poll::Ready(Ok(()));
+                    }
+                    this.rlen += n;
+                }
+                Err(e) => return Poll::Ready(Err(to_io(e))),
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for SecureStream<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        this.poll_drive(cx)?;
+        loop {
+            // Backpressure: take new data only when a whole record fits in the send buffer.
+            if this.wbuf.len() - this.wlen < MAX_FRAME {
+                ready!(this.poll_flush_wbuf(cx))?;
+            }
+            let now = Instant::now();
+            let (consumed, n) = this
+                .session
+                .seal_data(now, data, &mut this.wbuf[this.wlen..])
+                .map_err(|e| {
+                    this.drain_events();
+                    to_io(e)
+                })?;
+            this.wlen += n;
+            this.drain_events();
+            if consumed > 0 {
+                // Start writing now; what the transport does not take stays buffered.
+                if let Poll::Ready(Err(e)) = this.poll_flush_wbuf(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                return Poll::Ready(Ok(consumed));
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.queue_transmit()?;
+        ready!(this.poll_flush_wbuf(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.close_sent {
+            this.session.close();
+            this.close_sent = true;
+        }
+        this.queue_transmit()?;
+        ready!(this.poll_flush_wbuf(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
