@@ -4,37 +4,100 @@ mod cmd;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
-/// Fresh, short-lived session keys for every connection: authenticated ephemeral key exchange
-/// (hybrid X25519 + ML-KEM-768 by default), a fast AEAD, automatic rotation.
+/// Fresh, short-lived session keys for every connection: an authenticated ephemeral key
+/// exchange (hybrid X25519 + ML-KEM-768 by default), a fast AEAD, automatic rotation.
 ///
-/// Exit status: 0 on success, 2 for usage errors, 78 for bad configuration or key files,
-/// 70 for internal errors.
+/// Exit status: 0 success (for pipes: only after the peer's authenticated close); 2 usage;
+/// 69 peer unavailable; 76 tampering or truncation; 77 key refused or changed; 78 bad
+/// configuration or key file; 70 other internal errors.
 #[derive(Debug, Parser)]
 #[command(name = "sessionkey", version, about, long_about)]
 struct Cli {
+    /// More logging (repeat for more).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Log format on standard error.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Show a session key's life in memory: handshakes for each suite, fingerprints, timings.
+    /// See a session key's whole life: a real tunnel on loopback, rotation, close.
     Demo(cmd::demo::Args),
     /// Generate a static identity: a private key file (mode 0600) and PATH.pub.
     Keygen(cmd::keygen::KeygenArgs),
     /// Print the public key line of a private or public key file.
     Pubkey(cmd::keygen::PubkeyArgs),
+    /// Encrypted TCP tunnels: one session per connection.
+    Tunnel(cmd::tunnel::Args),
+    /// One session between standard input/output and a peer, like ncat.
+    Pipe(cmd::pipe::Args),
+    /// The live sessions of running tunnel processes.
+    Status(cmd::status::Args),
+}
+
+fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    // The demo prints its own account of events; logs would repeat it.
+    let quiet_default = if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    let default = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => quiet_default,
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter =
+        EnvFilter::try_from_env("SESSIONKEY_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Demo(args) => cmd::demo::run(&args),
-        Command::Keygen(args) => cmd::keygen::keygen(&args),
-        Command::Pubkey(args) => cmd::keygen::pubkey(&args),
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sessionkey: cannot start the runtime: {e}");
+            return ExitCode::from(70);
+        }
     };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Demo(args) => cmd::demo::run(&args).await,
+            Command::Keygen(args) => cmd::keygen::keygen(&args),
+            Command::Pubkey(args) => cmd::keygen::pubkey(&args),
+            Command::Tunnel(args) => cmd::tunnel::run(args).await,
+            Command::Pipe(args) => cmd::pipe::run(args).await,
+            Command::Status(args) => cmd::status::run(&args).await,
+        }
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

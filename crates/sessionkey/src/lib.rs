@@ -5,8 +5,11 @@
 //! transport.
 
 mod error;
+pub mod status;
 mod stream;
+pub mod trust;
+pub mod tunnel;
 
 pub use error::protocol_error;
 pub use sessionkey_proto as proto;
-pub use stream::SecureStream;
+pub use stream::{RotationHandle, SecureStream, StatusCell};

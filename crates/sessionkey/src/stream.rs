@@ -18,6 +18,49 @@ use tokio::time::Sleep;
 
 use crate::error::to_io;
 
+/// Asks a stream, from another task, to rotate its keys: applied at its next read or write.
+#[derive(Debug, Clone, Default)]
+pub struct RotationHandle(Arc<RotationFlags>);
+
+#[derive(Debug, Default)]
+struct RotationFlags {
+    update: std::sync::atomic::AtomicBool,
+    rehandshake: std::sync::atomic::AtomicBool,
+}
+
+impl RotationHandle {
+    /// Update the sending key (one-way ratchet).
+    pub fn update_keys(&self) {
+        self.0
+            .update
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Run a fresh ephemeral exchange for both directions.
+    pub fn rehandshake(&self) {
+        self.0
+            .rehandshake
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The latest snapshot of a session, shared with whoever shows status.
+#[derive(Debug, Clone, Default)]
+pub struct StatusCell(Arc<std::sync::Mutex<Option<SessionInfo>>>);
+
+impl StatusCell {
+    fn set(&self, info: Option<SessionInfo>) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = info;
+        }
+    }
+
+    /// The snapshot, if the session was established.
+    pub fn get(&self) -> Option<SessionInfo> {
+        self.0.lock().ok().and_then(|s| s.clone())
+    }
+}
+
 /// Receive buffer: room for a whole frame plus what arrived after it.
 const READ_BUF: usize = 2 * MAX_FRAME;
 /// Send buffer: a control frame and a data record can wait together.
@@ -45,6 +88,8 @@ pub struct SecureStream<T> {
     wlen: usize,
     timer: Pin<Box<Sleep>>,
     events: Option<mpsc::UnboundedSender<Event>>,
+    status: Option<StatusCell>,
+    rotation: Option<RotationHandle>,
     read_eof: bool,
     close_sent: bool,
 }
@@ -146,6 +191,8 @@ impl<T> SecureStream<T> {
             wlen: 0,
             timer: Box::pin(tokio::time::sleep(std::time::Duration::from_secs(3600))),
             events: None,
+            status: None,
+            rotation: None,
             read_eof: false,
             close_sent: false,
         }
@@ -163,6 +210,28 @@ impl<T> SecureStream<T> {
         rx
     }
 
+    /// A cell that always holds the session's latest snapshot (for status views). Kept up to
+    /// date as records flow.
+    pub fn status_cell(&mut self) -> StatusCell {
+        let cell = self.status.get_or_insert_with(StatusCell::default).clone();
+        cell.set(self.session.info());
+        cell
+    }
+
+    fn publish(&self) {
+        if let Some(cell) = &self.status {
+            cell.set(self.session.info());
+        }
+    }
+
+    /// A handle that asks this stream to rotate keys from another task (for instance while
+    /// the stream is split into halves).
+    pub fn rotation_handle(&mut self) -> RotationHandle {
+        self.rotation
+            .get_or_insert_with(RotationHandle::default)
+            .clone()
+    }
+
     /// Update the sending key now (it is also done automatically by policy).
     pub fn update_keys(&mut self) {
         self.session.update_keys();
@@ -178,12 +247,18 @@ impl<T> SecureStream<T> {
         &self.io
     }
 
+    /// The underlying transport, giving up the session (for instance to reset it).
+    pub fn into_inner(self) -> T {
+        self.io
+    }
+
     /// The underlying transport, mutably (for socket options; never write to it).
     pub fn get_mut(&mut self) -> &mut T {
         &mut self.io
     }
 
     fn drain_events(&mut self) {
+        self.publish();
         while let Some(event) = self.session.poll_event() {
             log_event(&event);
             if let Some(tx) = &self.events {
@@ -290,6 +365,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SecureStream<T> {
 
     /// Fire due timers, send what the session wants sent, and arm the timer for later.
     fn poll_drive(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if let Some(handle) = &self.rotation {
+            use std::sync::atomic::Ordering::Relaxed;
+            if handle.0.update.swap(false, Relaxed) {
+                self.session.update_keys();
+            }
+            if handle.0.rehandshake.swap(false, Relaxed) {
+                self.session.rehandshake();
+            }
+        }
         while let Some(deadline) = self.session.poll_timeout() {
             self.timer
                 .as_mut()

@@ -56,6 +56,8 @@ pub struct SessionInfo {
     pub rehandshakes: u32,
     /// Failed decryptions over the session.
     pub failed_decryptions: u64,
+    /// When the next scheduled re-handshake is due, if one is scheduled.
+    pub next_rehandshake: Option<std::time::Instant>,
 }
 
 /// Why a session ended.

@@ -196,6 +196,7 @@ impl Established {
             receive: self.recv.stats(),
             rehandshakes: self.rehandshakes,
             failed_decryptions: self.recv.failures(),
+            next_rehandshake: None,
         }
     }
 }
@@ -286,7 +287,10 @@ impl Session {
     /// A snapshot of the session, once established (after closing: as it was at the end).
     pub fn info(&self) -> Option<SessionInfo> {
         match &self.state {
-            State::Established(est) => Some(est.info()),
+            State::Established(est) => Some(SessionInfo {
+                next_rehandshake: self.timers.get(Timer::Rehandshake),
+                ..est.info()
+            }),
             _ => self.final_info.clone(),
         }
     }
@@ -788,7 +792,19 @@ impl Session {
                         .into());
                     }
                     read(&mut acc.state, body, &mut payload)?;
-                    acc.state.is_finished()
+                    // Where the initiator's key arrived only now (XX), judge it now; the
+                    // refusal replaces the first record so the initiator learns why.
+                    let refused = acc.state.is_finished()
+                        && acc
+                            .state
+                            .remote_static()
+                            .is_some_and(|k| !responder.authorizes(k));
+                    if refused {
+                        **hs = Handshaking::Refusing(Refusal::KeyNotAuthorized);
+                        false
+                    } else {
+                        acc.state.is_finished()
+                    }
                 }
             },
             Handshaking::Refusing(_) => {
@@ -815,6 +831,19 @@ impl Session {
                 return Ok(Received::Incomplete { needed: 1 });
             }
             return Err(PeerMisbehaved::UnexpectedRecord("record after the peer's close").into());
+        }
+        // A responder that refuses a key it learned in the last handshake message sends a
+        // refusal instead of the first record; no record is that short.
+        if est.recv.totals.records == 0 && buf.get(..LEN_PREFIX) == Some(&[0, REFUSAL_LEN as u8]) {
+            let Some(body) = buf.get(LEN_PREFIX..LEN_PREFIX + REFUSAL_LEN) else {
+                return Ok(Received::Incomplete {
+                    needed: LEN_PREFIX + REFUSAL_LEN,
+                });
+            };
+            return Err(match Refusal::decode(body) {
+                Some(refusal) => refusal.into(),
+                None => PeerMisbehaved::UnexpectedRecord("malformed refusal").into(),
+            });
         }
         let len = match record::frame(buf, MIN_RECORD_BODY, max)? {
             Frame::Incomplete(needed) => return Ok(Received::Incomplete { needed }),

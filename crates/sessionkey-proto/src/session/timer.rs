@@ -25,6 +25,10 @@ impl Timers {
         self.0[timer as usize] = None;
     }
 
+    pub(crate) fn get(&self, timer: Timer) -> Option<Instant> {
+        self.0[timer as usize]
+    }
+
     pub(crate) fn next(&self) -> Option<Instant> {
         self.0.iter().flatten().min().copied()
     }

@@ -1,0 +1,163 @@
+//! `sessionkey pipe`: one session between standard input/output and a peer.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use sessionkey::tunnel::ClientConfig;
+use sessionkey::SecureStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::common::{self, SessionOpts};
+
+/// Arguments of `sessionkey pipe`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    side: Side,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Side {
+    /// Wait for one peer on ADDR.
+    Listen {
+        /// Address to listen on.
+        addr: String,
+        /// This side's private key.
+        #[arg(long)]
+        key: PathBuf,
+        /// Keys allowed to connect, one a line.
+        #[arg(long, value_name = "FILE")]
+        authorized_peers: Option<PathBuf>,
+        /// A key allowed to connect (repeatable).
+        #[arg(long, value_name = "PUBKEY")]
+        allow: Vec<String>,
+        /// Admit any peer. Insecure.
+        #[arg(long)]
+        insecure_anonymous: bool,
+        #[command(flatten)]
+        opts: SessionOpts,
+    },
+    /// Connect to a listening peer at ADDR.
+    Connect {
+        /// The peer's address.
+        addr: String,
+        /// This side's private key.
+        #[arg(long)]
+        key: PathBuf,
+        /// The peer's public key.
+        #[arg(long, value_name = "PUBKEY")]
+        server_key: Option<String>,
+        /// Peer keys by host (ssh known_hosts grammar).
+        #[arg(long, value_name = "FILE")]
+        known_peers: Option<PathBuf>,
+        /// Learn an unknown peer key into --known-peers.
+        #[arg(long, requires = "known_peers")]
+        accept_new: bool,
+        /// Do not check the peer's key. Insecure.
+        #[arg(long)]
+        insecure_anonymous: bool,
+        #[command(flatten)]
+        opts: SessionOpts,
+    },
+}
+
+pub(crate) async fn run(args: Args) -> Result<()> {
+    let stream = match args.side {
+        Side::Listen {
+            addr,
+            key,
+            authorized_peers,
+            allow,
+            insecure_anonymous,
+            opts,
+        } => {
+            let identity = common::load_identity(&key)?;
+            let responder = common::responder(
+                identity,
+                &opts,
+                authorized_peers.as_deref(),
+                &allow,
+                insecure_anonymous,
+            )?;
+            let listener = TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            let (tcp, from) = listener.accept().await?;
+            tracing::info!(peer = %from, "connection");
+            SecureStream::accept(tcp, responder, common::session_config())
+                .await
+                .with_context(|| format!("handshake with {from} failed"))?
+        }
+        Side::Connect {
+            addr,
+            key,
+            server_key,
+            known_peers,
+            accept_new,
+            insecure_anonymous,
+            opts,
+        } => {
+            let config = ClientConfig {
+                name: "pipe".into(),
+                server: addr,
+                identity: common::load_identity(&key)?,
+                trust: common::server_trust(
+                    server_key.as_deref(),
+                    known_peers.as_deref(),
+                    accept_new,
+                    insecure_anonymous,
+                )?,
+                suite: opts.suite(),
+                hybrid: !opts.classic,
+                psk: opts.psk()?,
+                session: common::session_config(),
+            };
+            config.connect().await?
+        }
+    };
+    pipe(stream).await
+}
+
+/// stdin -> peer (then the close record), peer -> stdout; success only after the peer's
+/// authenticated close.
+async fn pipe(stream: SecureStream<TcpStream>) -> Result<()> {
+    let (mut r, mut w) = tokio::io::split(stream);
+    let up = async {
+        let mut stdin = tokio::io::stdin();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = stdin
+                .read(&mut buf)
+                .await
+                .context("reading standard input")?;
+            if n == 0 {
+                break;
+            }
+            w.write_all(&buf[..n])
+                .await
+                .context("sending to the peer")?;
+            w.flush().await?;
+        }
+        w.shutdown().await.context("closing the session")?;
+        anyhow::Ok(())
+    };
+    let down = async {
+        let mut stdout = tokio::io::stdout();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = r
+                .read(&mut buf)
+                .await
+                .context("the session from the peer failed")?;
+            if n == 0 {
+                break;
+            }
+            stdout.write_all(&buf[..n]).await?;
+        }
+        stdout.flush().await?;
+        anyhow::Ok(())
+    };
+    tokio::try_join!(up, down)?;
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! `sessionkey status`: the live sessions of running tunnel processes.
+
+use anyhow::Result;
+use serde_json::Value;
+
+/// Arguments of `sessionkey status`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn run(args: &Args) -> Result<()> {
+    let processes = sessionkey::status::query_all().await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&Value::Array(processes))?
+        );
+        return Ok(());
+    }
+    if processes.is_empty() {
+        println!(
+            "no running sessionkey tunnel (control sockets in {})",
+            sessionkey::status::control_dir().display()
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<8} {:<10} {:<7} {:<22} {:<16} {:>6} {:<18} {:>5} {:>5} {:>12} {:>12} {:>9}",
+        "pid",
+        "tunnel",
+        "role",
+        "remote",
+        "peer",
+        "age",
+        "suite",
+        "tx-ep",
+        "rx-ep",
+        "sent",
+        "received",
+        "rehs-in"
+    );
+    for p in &processes {
+        for s in p["sessions"].as_array().into_iter().flatten() {
+            let peer = s["peer"]
+                .as_str()
+                .map(|f| &f[..f.len().min(16)])
+                .unwrap_or("-");
+            println!(
+                "{:<8} {:<10} {:<7} {:<22} {:<16} {:>5}s {:<18} {:>5} {:>5} {:>12} {:>12} {:>8}",
+                p["pid"],
+                s["tunnel"].as_str().unwrap_or(""),
+                s["role"].as_str().unwrap_or(""),
+                s["remote"].as_str().unwrap_or(""),
+                peer,
+                s["age_secs"],
+                s["suite"].as_str().unwrap_or("-"),
+                s["send"]["epoch"],
+                s["receive"]["epoch"],
+                s["send"]["bytes"],
+                s["receive"]["bytes"],
+                s["next_rehandshake_secs"]
+                    .as_u64()
+                    .map(|v| format!("{v}s"))
+                    .unwrap_or("-".into()),
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! Who may connect, and whom to connect to: authorized-peers files (the grammar of ssh's
+//! `authorized_keys`) and known-peers files (the grammar of ssh's `known_hosts`).
+//!
+//! ```text
+//! # authorized peers: one key a line
+//! sessionkey-x25519 m3Lq...= alice@laptop
+//!
+//! # known peers: host patterns, then the key
+//! [203.0.113.5]:7000,vpn.example.com:7000 sessionkey-x25519 k9Xa...= added 2026-11-26
+//! ```
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sessionkey_proto::keys::{PublicKey, PUBLIC_KEY_TYPE};
+
+/// A trust file problem, naming the file and line.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    /// The file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// A line is not in the file's grammar.
+    #[error("{}:{line}: {why}", path.display())]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        why: String,
+    },
+    /// The server presented a different key than the one on record.
+    #[error("{0}")]
+    KeyChanged(Box<KeyChanged>),
+    /// The server's key is not on record and learning it was not allowed.
+    #[error(
+        "the server {host} presented key {fingerprint}, which is not in {}; \
+         if you trust it, run again with --accept-new, or add it with:\n  echo '{host} {line}' >> {}",
+        path.display(),
+        path.display()
+    )]
+    UnknownHost {
+        /// The host as written in the file.
+        host: String,
+        /// The presented key's fingerprint.
+        fingerprint: String,
+        /// The key line to add.
+        line: String,
+        /// The known-peers file.
+        path: PathBuf,
+    },
+}
+
+/// A changed server key: what ssh prints, with the command that removes the old entry.
+#[derive(Debug)]
+pub struct KeyChanged {
+    host: String,
+    fingerprint: String,
+    path: PathBuf,
+    line: usize,
+}
+
+impl fmt::Display for KeyChanged {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bar = "@".repeat(59);
+        writeln!(f, "{bar}")?;
+        writeln!(
+            f,
+            "@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @"
+        )?;
+        writeln!(f, "{bar}")?;
+        writeln!(f, "IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!")?;
+        writeln!(
+            f,
+            "Someone could be eavesdropping on you right now (man-in-the-middle attack)!"
+        )?;
+        writeln!(
+            f,
+            "It is also possible that the server's key has just been changed."
+        )?;
+        writeln!(
+            f,
+            "The fingerprint for the sessionkey key sent by {} is",
+            self.host
+        )?;
+        writeln!(f, "{}.", self.fingerprint)?;
+        writeln!(f, "Please contact your system administrator.")?;
+        writeln!(f, "Offending key in {}:{}", self.path.display(), self.line)?;
+        writeln!(
+            f,
+            "  remove it with: sed -i '{}d' {}",
+            self.line,
+            self.path.display()
+        )?;
+        write!(f, "Host key verification failed.")
+    }
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> TrustError {
+    TrustError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Lines that carry content: (1-based number, trimmed text).
+fn content_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+}
+
+/// The keys allowed to connect to a server.
+#[derive(Debug, Clone, Default)]
+pub struct AuthorizedPeers {
+    keys: Vec<(PublicKey, String)>,
+}
+
+impl AuthorizedPeers {
+    /// Parse an authorized-peers file: `sessionkey-x25519 BASE64 [comment]` a line.
+    pub fn load(path: &Path) -> Result<Self, TrustError> {
+        let text = fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+        let mut keys = Vec::new();
+        for (line, content) in content_lines(&text) {
+            let syntax = |why: String| TrustError::Syntax {
+                path: path.to_path_buf(),
+                line,
+                why,
+            };
+            if !content.starts_with(PUBLIC_KEY_TYPE) {
+                return Err(syntax(format!(
+                    "expected `{PUBLIC_KEY_TYPE} BASE64 [comment]` (options are not supported)"
+                )));
+            }
+            let key: PublicKey = content.parse().map_err(|e| syntax(format!("{e}")))?;
+            let comment = content
+                .split_whitespace()
+                .skip(2)
+                .collect::<Vec<_>>()
+                .join(" ");
+            keys.push((key, comment));
+        }
+        Ok(Self { keys })
+    }
+
+    /// Add keys given on the command line.
+    pub fn allow(&mut self, key: PublicKey) {
+        self.keys.push((key, String::from("--allow")));
+    }
+
+    /// Whether `key` may connect.
+    pub fn contains(&self, key: &PublicKey) -> bool {
+        self.keys.iter().any(|(k, _)| k == key)
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether no key is allowed.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// The host string written to known-peers files for an address: `[host]:port`, as ssh
+/// writes hosts on ports other than 22.
+pub fn host_pattern(addr: &str) -> String {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.starts_with('[') => format!("[{host}]:{port}"),
+        _ => addr.to_string(),
+    }
+}
+
+/// The outcome of checking a server key against a known-peers file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKey {
+    /// On record and matching.
+    Known,
+    /// Not on record; it was added (trust on first use, `--accept-new`).
+    Learned,
+}
+
+/// A known-peers file: server keys learned or given, by host.
+#[derive(Debug)]
+pub struct KnownPeers {
+    path: PathBuf,
+}
+
+impl KnownPeers {
+    /// Use `path` (it need not exist yet).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// The key on record for `host`, with its line number.
+    pub fn lookup(&self, host: &str) -> Result<Option<(PublicKey, usize)>, TrustError> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&self.path, e)),
+        };
+        let pattern = host_pattern(host);
+        for (line, content) in content_lines(&text) {
+            let syntax = |why: String| TrustError::Syntax {
+                path: self.path.clone(),
+                line,
+                why,
+            };
+            let (hosts, key) = content
+                .split_once(char::is_whitespace)
+                .ok_or_else(|| syntax("expected `HOSTS sessionkey-x25519 BASE64`".into()))?;
+            if hosts.split(',').any(|h| h == pattern || h == host) {
+                let key: PublicKey = key.trim().parse().map_err(|e| syntax(format!("{e}")))?;
+                return Ok(Some((key, line)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Check the key `host` presented: accept it if on record; learn it if new and
+    /// `accept_new`; refuse a changed key with ssh's warning.
+    pub fn verify(
+        &self,
+        host: &str,
+        key: &PublicKey,
+        accept_new: bool,
+    ) -> Result<HostKey, TrustError> {
+        match self.lookup(host)? {
+            Some((known, _)) if known == *key => Ok(HostKey::Known),
+            Some((_, line)) => Err(TrustError::KeyChanged(Box::new(KeyChanged {
+                host: host_pattern(host),
+                fingerprint: key.fingerprint().to_string(),
+                path: self.path.clone(),
+                line,
+            }))),
+            None if accept_new => {
+                let mut file = fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)
+                    .map_err(|e| io_err(&self.path, e))?;
+                writeln!(file, "{} {}", host_pattern(host), key.to_line(""))
+                    .map_err(|e| io_err(&self.path, e))?;
+                Ok(HostKey::Learned)
+            }
+            None => Err(TrustError::UnknownHost {
+                host: host_pattern(host),
+                fingerprint: key.fingerprint().to_string(),
+                line: key.to_line(""),
+                path: self.path.clone(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(b: u8) -> PublicKey {
+        PublicKey::from_bytes([b; 32])
+    }
+
+    #[test]
+    fn known_peers_learn_then_refuse_a_change() {
+        let dir = std::env::temp_dir().join(format!("sk-trust-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("known_peers");
+        let kp = KnownPeers::new(&path);
+        assert!(matches!(
+            kp.verify("127.0.0.1:7000", &key(1), false),
+            Err(TrustError::UnknownHost { .. })
+        ));
+        assert_eq!(
+            kp.verify("127.0.0.1:7000", &key(1), true).unwrap(),
+            HostKey::Learned
+        );
+        assert_eq!(
+            kp.verify("127.0.0.1:7000", &key(1), false).unwrap(),
+            HostKey::Known
+        );
+        let err = kp
+            .verify("127.0.0.1:7000", &key(2), true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
+            "{err}"
+        );
+        assert!(err.contains(&key(2).fingerprint().to_string()), "{err}");
+        assert!(
+            err.contains(&format!("sed -i '1d' {}", path.display())),
+            "{err}"
+        );
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with("[127.0.0.1]:7000 sessionkey-x25519 "),
+            "{text}"
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn authorized_peers_grammar() {
+        let dir = std::env::temp_dir().join(format!("sk-auth-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("authorized_peers");
+        fs::write(
+            &path,
+            format!(
+                "# team\n\n{}\n  {} bob\n",
+                key(3).to_line("alice"),
+                key(4).to_line("")
+            ),
+        )
+        .unwrap();
+        let ap = AuthorizedPeers::load(&path).unwrap();
+        assert!(ap.contains(&key(3)) && ap.contains(&key(4)) && !ap.contains(&key(5)));
+        fs::write(&path, "no-agent-forwarding sessionkey-x25519 AAAA\n").unwrap();
+        let err = AuthorizedPeers::load(&path).unwrap_err().to_string();
+        assert!(err.contains(":1:"), "{err}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

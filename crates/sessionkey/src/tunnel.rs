@@ -1,0 +1,277 @@
+//! TCP tunnels: the server side accepts sessions and forwards each to a target; the client
+//! side listens locally and carries each connection through its own session (one session
+//! per connection, as spiped does).
+//!
+//! A session that ends in error (tampering, truncation, a vanished peer, a limit) aborts the
+//! plain TCP connection on that side with a reset, so the application sees an error, never
+//! a clean end of file. A clean close of the session closes the plain side cleanly.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use sessionkey_proto::handshake::{Header, Initiator, Responder};
+use sessionkey_proto::keys::{Identity, Psk, PublicKey};
+use sessionkey_proto::noise::Pattern;
+use sessionkey_proto::session::SessionConfig;
+use sessionkey_proto::suite::Suite;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::status::Registry;
+use crate::trust::{HostKey, KnownPeers, TrustError};
+use crate::SecureStream;
+
+/// Copy buffer per direction: large enough for a full record per write.
+const COPY_BUF: usize = 256 * 1024;
+
+/// How a client decides the server is the right one.
+#[derive(Debug)]
+pub enum ServerTrust {
+    /// The server's key is given: IK, one round trip.
+    Pinned(PublicKey),
+    /// Keys by host in a known-peers file; XX so that a changed key can be shown.
+    KnownPeers {
+        /// The file.
+        file: KnownPeers,
+        /// Learn a key not yet on record (trust on first use).
+        accept_new: bool,
+    },
+    /// No check at all (`--insecure-anonymous`).
+    InsecureNone,
+}
+
+/// What a tunnel client needs.
+#[derive(Debug)]
+pub struct ClientConfig {
+    /// A name for logs and status.
+    pub name: String,
+    /// The server's address.
+    pub server: String,
+    /// This side's identity.
+    pub identity: Arc<Identity>,
+    /// How to check the server.
+    pub trust: ServerTrust,
+    /// The record suite to offer.
+    pub suite: Suite,
+    /// Offer the hybrid X25519 + ML-KEM-768 exchange.
+    pub hybrid: bool,
+    /// A pre-shared key, mixed into the handshake.
+    pub psk: Option<[u8; 32]>,
+    /// Rotation and lifetime policy.
+    pub session: SessionConfig,
+}
+
+/// What a tunnel server needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// A name for logs and status.
+    pub name: String,
+    /// Where to forward each session's plain bytes.
+    pub target: String,
+    /// Policy, identity, authorized keys.
+    pub responder: Arc<Responder>,
+    /// Rotation and lifetime policy.
+    pub session: SessionConfig,
+}
+
+/// A session-level failure, with what to tell the user.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    /// The peer could not be reached.
+    #[error("cannot reach {addr}: {source}")]
+    Unreachable {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The handshake failed (refused, wrong key, timeout, garbage).
+    #[error("handshake with {addr} failed: {source}")]
+    Handshake {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The server's key failed the known-peers check.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+}
+
+impl ClientConfig {
+    fn header(&self) -> Header {
+        let pattern = match self.trust {
+            ServerTrust::Pinned(_) => Pattern::IK,
+            _ => Pattern::XX,
+        };
+        Header {
+            pattern,
+            suite: self.suite,
+            hybrid: self.hybrid,
+            psk: self.psk.is_some(),
+        }
+    }
+
+    /// Open one session to the server and check its key.
+    pub async fn connect(&self) -> Result<SecureStream<TcpStream>, TunnelError> {
+        let tcp =
+            TcpStream::connect(&self.server)
+                .await
+                .map_err(|source| TunnelError::Unreachable {
+                    addr: self.server.clone(),
+                    source,
+                })?;
+        let _ = tcp.set_nodelay(true);
+        let remote = match self.trust {
+            ServerTrust::Pinned(key) => Some(key),
+            _ => None,
+        };
+        let psk = self.psk.map(Psk::from_bytes);
+        let handshake_err = |source| TunnelError::Handshake {
+            addr: self.server.clone(),
+            source,
+        };
+        let initiator = Initiator::new(self.header(), Some(self.identity.clone()), remote, psk)
+            .map_err(|e| handshake_err(crate::error::to_io(e)))?;
+        let stream = SecureStream::connect(tcp, initiator, self.session.clone())
+            .await
+            .map_err(handshake_err)?;
+        if let ServerTrust::KnownPeers { file, accept_new } = &self.trust {
+            let key = stream
+                .info()
+                .and_then(|i| i.peer)
+                .ok_or_else(|| handshake_err(io::Error::other("the server sent no key")))?;
+            if file.verify(&self.server, &key, *accept_new)? == HostKey::Learned {
+                tracing::warn!(server = %self.server, key = %key.fingerprint(), "learned a new server key");
+            }
+        }
+        Ok(stream)
+    }
+}
+
+/// Run a tunnel client: listen on `listen`, one session per local connection.
+pub async fn run_client(
+    listener: TcpListener,
+    config: Arc<ClientConfig>,
+    registry: Registry,
+) -> io::Result<()> {
+    loop {
+        let (local, from) = listener.accept().await?;
+        let config = config.clone();
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let _ = local.set_nodelay(true);
+            let mut secure = match config.connect().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(tunnel = %config.name, local = %from, "{e}");
+                    abort(local);
+                    return;
+                }
+            };
+            let remote = secure.get_ref().peer_addr().unwrap_or(from);
+            let _reg = registry.register(&config.name, "client", remote, secure.status_cell());
+            forward(secure, local, &config.name).await;
+        });
+    }
+}
+
+/// Run a tunnel server: accept sessions on `listener`, forward each to the target.
+pub async fn run_server(
+    listener: TcpListener,
+    config: ServerConfig,
+    registry: Registry,
+) -> io::Result<()> {
+    loop {
+        let (tcp, from) = listener.accept().await?;
+        let config = config.clone();
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let mut secure = match SecureStream::accept(
+                tcp,
+                config.responder.clone(),
+                config.session.clone(),
+            )
+            .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(tunnel = %config.name, remote = %from, "handshake failed: {e}");
+                    return;
+                }
+            };
+            let target = match TcpStream::connect(&config.target).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(tunnel = %config.name, target = %config.target, "cannot reach the target: {e}");
+                    abort(secure.into_inner());
+                    return;
+                }
+            };
+            let _ = target.set_nodelay(true);
+            let _reg = registry.register(&config.name, "server", from, secure.status_cell());
+            forward(secure, target, &config.name).await;
+        });
+    }
+}
+
+/// Reset a TCP connection: linger zero, then close, so the peer gets RST, not FIN.
+pub fn abort(tcp: TcpStream) {
+    let _ = tcp.set_zero_linger();
+    drop(tcp);
+}
+
+/// Carry bytes both ways until both directions end. On any session error both TCP
+/// connections are reset.
+pub async fn forward(secure: SecureStream<TcpStream>, plain: TcpStream, name: &str) {
+    let (mut s_read, mut s_write) = tokio::io::split(secure);
+    let (mut p_read, mut p_write) = plain.into_split();
+    // plain -> secure: end of the plain input closes the session's sending direction.
+    let up = async {
+        copy(&mut p_read, &mut s_write).await?;
+        s_write.shutdown().await
+    };
+    // secure -> plain: a clean close (the peer's close record) ends the plain side with FIN.
+    let down = async {
+        copy(&mut s_read, &mut p_write).await?;
+        p_write.shutdown().await
+    };
+    let result = tokio::try_join!(up, down);
+    if let Err(e) = result {
+        tracing::warn!(tunnel = %name, "session ended in error, resetting the connection: {e}");
+        let plain = p_read.reunite(p_write).ok();
+        let secure = s_read.unsplit(s_write);
+        if let Some(p) = plain {
+            abort(p);
+        }
+        abort(secure.into_inner());
+    }
+}
+
+async fn copy<R, W>(r: &mut R, w: &mut W) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; COPY_BUF];
+    let mut total = 0;
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(total);
+        }
+        w.write_all(&buf[..n]).await?;
+        // Interactive traffic must not wait in a send buffer for more to come.
+        w.flush().await?;
+        total += n as u64;
+    }
+}
+
+/// The address a listener is bound to, for messages.
+pub fn local_addr(l: &TcpListener) -> String {
+    l.local_addr()
+        .map(|a: SocketAddr| a.to_string())
+        .unwrap_or_default()
+}
