@@ -48,19 +48,24 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
                 .as_str()
                 .map(|f| &f[..f.len().min(16)])
                 .unwrap_or("-");
+            let text = |v: &Value| match v {
+                Value::String(s) => s.clone(),
+                Value::Null => "-".into(),
+                other => other.to_string(),
+            };
             println!(
-                "{:<8} {:<10} {:<7} {:<22} {:<16} {:>5}s {:<18} {:>5} {:>5} {:>12} {:>12} {:>8}",
-                p["pid"],
-                s["tunnel"].as_str().unwrap_or(""),
-                s["role"].as_str().unwrap_or(""),
-                s["remote"].as_str().unwrap_or(""),
+                "{:<8} {:<10} {:<7} {:<22} {:<16} {:>6} {:<18} {:>5} {:>5} {:>12} {:>12} {:>9}",
+                text(&p["pid"]),
+                text(&s["tunnel"]),
+                text(&s["role"]),
+                text(&s["remote"]),
                 peer,
-                s["age_secs"],
-                s["suite"].as_str().unwrap_or("-"),
-                s["send"]["epoch"],
-                s["receive"]["epoch"],
-                s["send"]["bytes"],
-                s["receive"]["bytes"],
+                format!("{}s", text(&s["age_secs"])),
+                text(&s["suite"]),
+                text(&s["send"]["epoch"]),
+                text(&s["receive"]["epoch"]),
+                text(&s["send"]["bytes"]),
+                text(&s["receive"]["bytes"]),
                 s["next_rehandshake_secs"]
                     .as_u64()
                     .map(|v| format!("{v}s"))
