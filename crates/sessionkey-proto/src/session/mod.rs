@@ -821,7 +821,7 @@ impl Session {
 
     fn read_record(&mut self, now: Instant, buf: &mut [u8]) -> Result<Received, Error> {
         let max = self.config.max_record_len.min(record::MAX_BODY);
-        let hybrid_ok = self.role;
+        let role = self.role;
         let State::Established(est) = &mut self.state else {
             unreachable!()
         };
@@ -875,7 +875,7 @@ impl Session {
                 });
             }
             RecordType::RehandshakeRequest => {
-                let ours_wins = hybrid_ok == Role::Initiator;
+                let ours_wins = role == Role::Initiator;
                 match &est.rekey {
                     Rekey::Requested { .. } if ours_wins => {} // the peer answers ours instead
                     Rekey::Idle | Rekey::Requested { .. } => {
