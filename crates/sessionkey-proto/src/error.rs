@@ -15,16 +15,16 @@ use crate::handshake::Refusal;
 pub enum Error {
     /// The peer sent something invalid; the session or handshake must be closed.
     #[error("peer misbehaved: {0}")]
-    PeerMisbehaved(#[from] PeerMisbehaved),
+    PeerMisbehaved(PeerMisbehaved),
     /// The caller used the API in a way it does not allow.
     #[error("API misuse: {0}")]
-    ApiMisuse(#[from] ApiMisuse),
+    ApiMisuse(ApiMisuse),
     /// A usage bound of a key or a session was reached.
     #[error("limit reached: {0}")]
-    LimitReached(#[from] Limit),
+    LimitReached(Limit),
     /// The responder's policy refused the initiator's offer.
     #[error("refused by the responder: {0}")]
-    Refused(#[from] Refusal),
+    Refused(Refusal),
     /// A key file could not be used.
     #[error("key file {}: {problem}", path.display())]
     KeyFile {
@@ -38,7 +38,7 @@ pub enum Error {
     Crypto(&'static str),
     /// A deadline passed.
     #[error("timed out: {0}")]
-    Timeout(#[from] Timeout),
+    Timeout(Timeout),
 }
 
 /// Deadlines of a session.
@@ -258,6 +258,26 @@ impl fmt::Display for DisplayPath {
         }
     }
 }
+
+// Not `#[from]`: that would also make the inner error the source, and error reports that
+// print the chain would say everything twice.
+macro_rules! from_inner {
+    ($($variant:ident($inner:ty)),*) => {$(
+        impl From<$inner> for Error {
+            fn from(e: $inner) -> Self {
+                Self::$variant(e)
+            }
+        }
+    )*};
+}
+
+from_inner!(
+    PeerMisbehaved(PeerMisbehaved),
+    ApiMisuse(ApiMisuse),
+    LimitReached(Limit),
+    Refused(Refusal),
+    Timeout(Timeout)
+);
 
 impl From<aws_lc_rs::error::Unspecified> for Error {
     fn from(_: aws_lc_rs::error::Unspecified) -> Self {

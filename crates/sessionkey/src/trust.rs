@@ -20,7 +20,7 @@ use sessionkey_proto::keys::{PublicKey, PUBLIC_KEY_TYPE};
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
     /// The file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         /// The file.
         path: PathBuf,

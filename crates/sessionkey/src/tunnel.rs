@@ -79,7 +79,7 @@ pub struct ServerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
     /// The peer could not be reached.
-    #[error("cannot reach {addr}: {source}")]
+    #[error("cannot reach {addr}")]
     Unreachable {
         /// The address.
         addr: String,
@@ -87,7 +87,7 @@ pub enum TunnelError {
         source: io::Error,
     },
     /// The handshake failed (refused, wrong key, timeout, garbage).
-    #[error("handshake with {addr} failed: {source}")]
+    #[error("handshake with {addr} failed")]
     Handshake {
         /// The address.
         addr: String,
@@ -165,7 +165,7 @@ pub async fn run_client(
             let mut secure = match config.connect().await {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::error!(tunnel = %config.name, local = %from, "{e}");
+                    tracing::error!(tunnel = %config.name, local = %from, "{}", chain(&e));
                     abort(local);
                     return;
                 }
@@ -215,6 +215,18 @@ pub async fn run_server(
             forward(secure, target, &config.name).await;
         });
     }
+}
+
+/// An error and its causes, as one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// Reset a TCP connection: linger zero, then close, so the peer gets RST, not FIN.

@@ -26,8 +26,14 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
                 _ => CONFIG,
             };
         }
-        if let Some(TunnelError::Unreachable { .. }) = cause.downcast_ref::<TunnelError>() {
-            return UNAVAILABLE;
+        match cause.downcast_ref::<TunnelError>() {
+            Some(TunnelError::Unreachable { .. }) => return UNAVAILABLE,
+            // Transparent: the TrustError inside is not a separate link of the chain.
+            Some(TunnelError::Trust(
+                TrustError::KeyChanged(_) | TrustError::UnknownHost { .. },
+            )) => return NOPERM,
+            Some(TunnelError::Trust(_)) => return CONFIG,
+            _ => {}
         }
         let proto = cause.downcast_ref::<Error>().or_else(|| {
             cause

@@ -1,0 +1,38 @@
+//! Write the seed corpus: `cargo run --example write_seeds` (from fuzz/) puts genuine inputs
+//! in `corpus/<target>/seed-<name>`, and runs each through its target once.
+
+use std::fs;
+use std::path::Path;
+
+use sessionkey_proto_fuzz::{datagram, handshake, stream};
+
+type Run = fn(&[u8]);
+type Target = (&'static str, Vec<(String, Vec<u8>)>, Run);
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+    let targets: [Target; 3] = [
+        ("record_stream", stream::seeds(), stream::run),
+        ("record_datagram", datagram::seeds(), datagram::run),
+        ("handshake_read", handshake::seeds(), handshake::run),
+    ];
+    for (target, seeds, run) in targets {
+        let dir = root.join(target);
+        fs::create_dir_all(&dir).expect("corpus directory");
+        for (name, bytes) in &seeds {
+            run(bytes);
+            let name: String = name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            fs::write(dir.join(format!("seed-{name}")), bytes).expect("write seed");
+        }
+        println!("{target}: {} seeds in {}", seeds.len(), dir.display());
+    }
+}

@@ -1,0 +1,7 @@
+//! `handshake_read`: see `sessionkey_proto_fuzz::handshake` (fuzz/src/handshake.rs) for the input format and
+//! the properties checked.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| sessionkey_proto_fuzz::handshake::run(data));

@@ -1,0 +1,7 @@
+//! `record_datagram`: see `sessionkey_proto_fuzz::datagram` (fuzz/src/datagram.rs) for the input format and
+//! the properties checked.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| sessionkey_proto_fuzz::datagram::run(data));
