@@ -22,8 +22,9 @@ use crate::status::Registry;
 use crate::trust::{HostKey, KnownPeers, TrustError};
 use crate::SecureStream;
 
-/// Copy buffer per direction: large enough for a full record per write.
-const COPY_BUF: usize = 256 * 1024;
+/// Copy buffer per direction: a whole number of full records, so a full read never leaves
+/// a small tail record (an extra AEAD call, send and wakeup each time).
+const COPY_BUF: usize = 4 * sessionkey_proto::record::MAX_CONTENT;
 
 /// How a client decides the server is the right one.
 #[derive(Debug)]

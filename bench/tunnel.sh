@@ -1,0 +1,352 @@
+#!/usr/bin/env bash
+# bench/tunnel.sh — iperf3 through a sessionkey tunnel beside the peer tools of
+# ../shared/bench/peers.sh (no-crypto relay ceiling, spiped, stunnel4, ssh -L), in one run.
+#
+#   iperf3 -c -> [sessionkey tunnel client 127.0.0.1:PA] -> [sessionkey tunnel server 127.0.0.1:PB]
+#             -> iperf3 -s 127.0.0.1:PS
+#
+# The peers are measured by peers.sh itself (SECTIONS=A, one stream, OUT_TSV), and
+# sessionkey exactly as peers.sh measures a tunnel: same 3-hop loopback topology, same
+# iperf3 flags (-t T -P 1 -J, receiver-side rate), CPU sampled in [1.5 s, T-1 s]. N rounds,
+# each one peers.sh run followed by one sessionkey run, so the two see the same machine
+# load; every figure is the median over the rounds.
+#
+# Prints a markdown table (Gbit/s and ratios); the last line of standard output is
+#   tunnel-ratio-best-peer: R
+# where R = sessionkey Gbit/s / best peer Gbit/s (peers: the rows with crypto; the
+# no-crypto relays are the ceiling, not peers), two decimals.
+#
+# Usage: sudo bench/tunnel.sh       (root: apt-get installs, and peers.sh requires it)
+# Env knobs (defaults):
+#   T=5               iperf3 -t seconds per configuration (>= 4)
+#   N=3               rounds (medians are taken over them)
+#   SK_SUITE=aes-256-gcm   --suite for the sessionkey tunnel (aes-256-gcm, aes-128-gcm,
+#                     chacha20-poly1305); the headline row
+#   SK_EXTRA_SUITES=""     more suites to measure as extra rows (not in the ratio)
+#   SK_CLASSIC=0      1: --classic (X25519 only; only the handshake differs)
+#   SK_BASE_PORT=25210     sessionkey uses ports +1 (iperf3), +2 (server), +3 (client)
+#   SESSIONKEY_BIN=   use this binary instead of building target/release/sessionkey
+#   SHARED=           the shared/ folder (default: ../../shared from this script)
+#   OUT_MD=file       also write the table to this file
+#   OUT_TSV=file      also write machine-readable rows (label, median Gbit/s, runs, ...)
+#   KEEP_WORK=1       keep the temp dir (logs, iperf3 JSON, peers.sh tables)
+# Everything it starts it stops (trap on EXIT/INT/TERM); keys live in the temp dir.
+set -euo pipefail
+
+T=${T:-5}
+N=${N:-3}
+SK_SUITE=${SK_SUITE:-aes-256-gcm}
+SK_EXTRA_SUITES=${SK_EXTRA_SUITES:-}
+SK_CLASSIC=${SK_CLASSIC:-0}
+SK_BASE_PORT=${SK_BASE_PORT:-25210}
+OUT_MD=${OUT_MD:-}
+OUT_TSV=${OUT_TSV:-}
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+SHARED=${SHARED:-$(cd "$HERE/../.." && pwd)/shared}
+PEERS=$SHARED/bench/peers.sh
+
+log() { printf '[tunnel-bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "FATAL: $*"; exit 1; }
+
+[ -f "$PEERS" ] || die "peers.sh not found at $PEERS: this script expects the shared/ folder beside the repository (set SHARED=/path/to/shared)"
+[ "$(id -u)" = 0 ] || die "must run as root (apt-get, and peers.sh needs root)"
+[ "$T" -ge 4 ] 2>/dev/null || die "T must be an integer >= 4 (CPU is sampled in [1.5 s, T-1 s])"
+[ "$N" -ge 1 ] 2>/dev/null || die "N must be an integer >= 1"
+
+CLASSIC_TAG=""
+[ "$SK_CLASSIC" = 1 ] && CLASSIC_TAG=", classic"
+PS=$((SK_BASE_PORT + 1)) # iperf3 server
+PB=$((SK_BASE_PORT + 2)) # sessionkey tunnel server (exit)
+PA=$((SK_BASE_PORT + 3)) # sessionkey tunnel client (entry)
+
+# ---------------------------------------------------------------- cleanup
+WORK=$(mktemp -d -t sk-tunnel-bench.XXXXXX)
+chmod 700 "$WORK"
+PIDS=()          # processes this script started (sessionkey tunnels, iperf3 server)
+PEERS_PID=""     # peers.sh while it runs
+POLICY_RC_MADE=0 # whether we created /usr/sbin/policy-rc.d for the install
+
+stop_pid() { # stop_pid PID [SECONDS=2]: TERM, wait, then KILL
+	local pid=$1 i
+	kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+	kill -TERM "$pid" 2>/dev/null || true
+	for i in $(seq 1 $((${2:-2} * 20))); do
+		kill -0 "$pid" 2>/dev/null || break
+		[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" = Z ] && break
+		sleep 0.05
+	done
+	kill -0 "$pid" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ] &&
+		kill -KILL "$pid" 2>/dev/null
+	wait "$pid" 2>/dev/null || true
+}
+
+stop_all() {
+	local pid
+	for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+	PIDS=()
+	# peers.sh, if it is running: give it time to stop what it started (its own trap)
+	if [ -n "$PEERS_PID" ]; then stop_pid "$PEERS_PID" 30; PEERS_PID=""; fi
+}
+
+cleanup() {
+	local rc=$?
+	trap - EXIT INT TERM
+	stop_all
+	[ "$POLICY_RC_MADE" = 1 ] && rm -f /usr/sbin/policy-rc.d
+	if [ "${KEEP_WORK:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'log interrupted; exit 130' INT TERM
+
+start_bg() { # start_bg NAME CMD... ; sets LAST_PID
+	local name=$1
+	shift
+	"$@" >"$WORK/$name.log" 2>&1 </dev/null &
+	LAST_PID=$!
+	PIDS+=("$LAST_PID")
+}
+
+# ---------------------------------------------------------------- install
+# command -> Debian package; peers.sh skips a peer whose tool is missing, so install them all.
+need_pkgs=()
+while read -r cmd pkg; do
+	command -v "$cmd" >/dev/null 2>&1 || [ -x "$cmd" ] || need_pkgs+=("$pkg")
+done <<-'EOF'
+	iperf3 iperf3
+	jq jq
+	socat socat
+	spiped spiped
+	stunnel4 stunnel4
+	/usr/sbin/sshd openssh-server
+	ssh openssh-client
+	ssh-keygen openssh-client
+	openssl openssl
+	ip iproute2
+	ss iproute2
+	flock util-linux
+	awk gawk
+EOF
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+	mapfile -t need_pkgs < <(printf '%s\n' "${need_pkgs[@]}" | sort -u)
+	command -v apt-get >/dev/null || die "missing ${need_pkgs[*]} and no apt-get to install them"
+	log "installing with apt-get: ${need_pkgs[*]}"
+	# Do not let the packages start services (sshd on :22, iperf3 daemon): a temporary
+	# policy-rc.d, only if the machine has none.
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod 755 /usr/sbin/policy-rc.d
+		POLICY_RC_MADE=1
+	fi
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -q >&2 || die "apt-get update failed"
+	apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >&2 || die "apt-get install ${need_pkgs[*]} failed"
+	if [ "$POLICY_RC_MADE" = 1 ]; then rm -f /usr/sbin/policy-rc.d; POLICY_RC_MADE=0; fi
+fi
+command -v cargo >/dev/null || [ -n "${SESSIONKEY_BIN:-}" ] ||
+	die "cargo is needed to build sessionkey (and peers.sh's relay): install Rust (https://rustup.rs)"
+
+# ---------------------------------------------------------------- build
+if [ -n "${SESSIONKEY_BIN:-}" ]; then
+	SK=$SESSIONKEY_BIN
+else
+	log "building sessionkey (cargo build --release -p sessionkey-cli)"
+	(cd "$REPO" && cargo build --release -q -p sessionkey-cli) >&2 || die "sessionkey build failed"
+	SK=$REPO/target/release/sessionkey
+fi
+[ -x "$SK" ] || die "no sessionkey binary at $SK"
+
+# ---------------------------------------------------------------- helpers
+port_busy() { ss -Hltn "sport = :$1" | grep -q .; }
+
+wait_listen() { # wait_listen PORT
+	local i
+	for i in $(seq 1 100); do
+		ss -Hltn "sport = :$1" 2>/dev/null | grep -q . && return 0
+		sleep 0.05
+	done
+	log "timeout waiting for port $1"
+	return 1
+}
+
+# utime+stime (ticks) of whole processes (all threads) — the tunnel has no child processes
+proc_ticks() {
+	local s=0 pid v
+	for pid in "$@"; do
+		v=$(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+		s=$((s + v))
+	done
+	echo "$s"
+}
+
+# "busy steal total" jiffies, all CPUs (same formula as peers.sh)
+sys_ticks() { awk '/^cpu /{busy=$2+$3+$4+$7+$8; steal=$9; tot=$2+$3+$4+$5+$6+$7+$8+$9; print busy, steal, tot; exit}' /proc/stat; }
+
+SK_RESULTS=$WORK/sessionkey.tsv
+: >"$SK_RESULTS"
+
+# sk_iperf LABEL ROUND PIDS... : one iperf3 run through the entry port, like peers.sh run_iperf
+sk_iperf() {
+	local label=$1 round=$2
+	shift 2
+	local json=$WORK/sk-$round-$(echo "$label" | tr -c 'A-Za-z0-9_.-' '_').json
+	iperf3 -c 127.0.0.1 -p "$PA" -t "$T" -P 1 -J >"$json" 2>"$json.err" &
+	local cpid=$!
+	sleep 1.5
+	local t0 tk0 s0 t1 tk1 s1
+	t0=$(date +%s.%N); tk0=$(proc_ticks "$@"); s0=$(sys_ticks)
+	sleep "$(awk -v t="$T" 'BEGIN{print t-2.5}')"
+	t1=$(date +%s.%N); tk1=$(proc_ticks "$@"); s1=$(sys_ticks)
+	local waited=0
+	while kill -0 "$cpid" 2>/dev/null && [ $waited -lt $(((T + 15) * 10)) ]; do sleep 0.1; waited=$((waited + 1)); done
+	kill -0 "$cpid" 2>/dev/null && kill -TERM "$cpid" 2>/dev/null
+	wait "$cpid" 2>/dev/null || true
+	local gbps=FAIL retr=-
+	if jq -e '.end.sum_received.bits_per_second' "$json" >/dev/null 2>&1; then
+		gbps=$(jq '.end.sum_received.bits_per_second' "$json" | awk '{printf "%.2f", $1/1e9}')
+		retr=$(jq '.end.sum_sent.retransmits // 0' "$json")
+	else
+		log "iperf3 through sessionkey failed: $(jq -r '.error // empty' "$json" 2>/dev/null) $(head -c 300 "$json.err")"
+		log "tunnel logs: $(tail -n 3 "$WORK"/sk-*.log 2>/dev/null | tr '\n' ' ')"
+	fi
+	local tcpu syscpu steal
+	read -r tcpu syscpu steal < <(awk -v t0="$t0" -v t1="$t1" -v a="$tk0" -v b="$tk1" \
+		-v hz="$(getconf CLK_TCK)" -v s0="$s0" -v s1="$s1" -v ncpu="$(nproc)" 'BEGIN{
+			dt=t1-t0; split(s0,x," "); split(s1,y," "); dtot=y[3]-x[3]; if (dtot<=0) dtot=1
+			printf "%.0f %.0f %.0f\n", (b-a)/hz/dt*100, (y[1]-x[1])/dtot*100*ncpu, (y[2]-x[2])/dtot*100*ncpu }')
+	# same columns as peers.sh OUT_TSV
+	printf 'SK\t%s\t1\t%s\t%s\t%s\t-\t%s\t%s\t%s\n' "$label" "$gbps" "$retr" "$tcpu" "$syscpu" "$steal" "round $round" >>"$SK_RESULTS"
+	log "SK | $label | round $round | $gbps Gbit/s | tunnel CPU ${tcpu}% | sys ${syscpu}%/$(($(nproc) * 100))% | steal ${steal}%"
+}
+
+# one sessionkey measurement: fresh iperf3 server and tunnel pair, then stop them
+sk_round() {
+	local round=$1 suite=$2 p
+	for p in $PS $PB $PA; do port_busy "$p" && die "port $p busy (set SK_BASE_PORT)"; done
+	local classic=()
+	[ "$SK_CLASSIC" = 1 ] && classic=(--classic)
+	start_bg sk-iperf3-srv iperf3 -s -B 127.0.0.1 -p "$PS"
+	wait_listen "$PS" || die "iperf3 server did not start: $(tail -3 "$WORK/sk-iperf3-srv.log")"
+	start_bg sk-server "$SK" -q tunnel server --listen "127.0.0.1:$PB" --to "127.0.0.1:$PS" \
+		--key "$KEYS/server.key" --allow "$CLIENT_PUB" --suite "$suite" "${classic[@]}"
+	local srv=$LAST_PID
+	wait_listen "$PB" || die "sessionkey tunnel server did not start: $(tail -3 "$WORK/sk-server.log")"
+	start_bg sk-client "$SK" -q tunnel client --listen "127.0.0.1:$PA" --server "127.0.0.1:$PB" \
+		--key "$KEYS/client.key" --server-key "$SERVER_PUB" --suite "$suite" "${classic[@]}"
+	local cli=$LAST_PID
+	wait_listen "$PA" || die "sessionkey tunnel client did not start: $(tail -3 "$WORK/sk-client.log")"
+	sk_iperf "sessionkey tunnel, $suite$CLASSIC_TAG" "$round" "$cli" "$srv"
+	stop_all
+}
+
+# ---------------------------------------------------------------- keys
+KEYS=$WORK/keys
+mkdir -m 700 "$KEYS"
+for k in server client; do
+	"$SK" -q keygen -o "$KEYS/$k.key" >/dev/null 2>"$WORK/keygen.log" || die "sessionkey keygen failed: $(cat "$WORK/keygen.log")"
+done
+SERVER_PUB=$("$SK" -q pubkey "$KEYS/server.key" 2>>"$WORK/keygen.log") || die "sessionkey pubkey failed: $(cat "$WORK/keygen.log")"
+CLIENT_PUB=$("$SK" -q pubkey "$KEYS/client.key" 2>>"$WORK/keygen.log") || die "sessionkey pubkey failed: $(cat "$WORK/keygen.log")"
+
+# ---------------------------------------------------------------- run
+SECONDS=0
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+log "work dir $WORK; T=$T s, N=$N rounds, peers from $PEERS; load average $LOAD0"
+PEER_TSVS=()
+for round in $(seq 1 "$N"); do
+	log "round $round/$N: peers.sh (SECTIONS=A PAR_A=0 T=$T)"
+	tsv=$WORK/peers-$round.tsv
+	SECTIONS=A PAR_A=0 T=$T OUT_TSV=$tsv bash "$PEERS" >"$WORK/peers-$round.md" &
+	PEERS_PID=$!
+	wait "$PEERS_PID" || die "peers.sh failed (round $round)"
+	PEERS_PID=""
+	[ -s "$tsv" ] || die "peers.sh wrote no rows (round $round)"
+	PEER_TSVS+=("$tsv")
+	for suite in $SK_SUITE $SK_EXTRA_SUITES; do
+		log "round $round/$N: sessionkey, $suite"
+		sk_round "$round" "$suite"
+	done
+done
+
+# ---------------------------------------------------------------- report
+ALL=$WORK/all.tsv
+cat "${PEER_TSVS[@]}" "$SK_RESULTS" >"$ALL"
+HEADLINE="sessionkey tunnel, $SK_SUITE$CLASSIC_TAG"
+
+# per label (first-seen order): median Gbit/s, the runs, median tunnel CPU %, median system busy %
+SUMMARY=$WORK/summary.tsv
+awk -F'\t' '
+	function median(s,   a, n, i, j, t) {
+		n = split(s, a, " ")
+		if (n == 0) return ""
+		for (i = 2; i <= n; i++) { t = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > t; j--) a[j+1] = a[j]; a[j+1] = t }
+		return (n % 2) ? a[(n+1)/2] + 0 : (a[n/2] + a[n/2+1]) / 2
+	}
+	{
+		l = $2
+		if (!(l in seen)) { seen[l] = 1; order[++k] = l; sec[l] = $1 }
+		runs[l] = runs[l] (runs[l] == "" ? "" : " ") $4
+		if ($4 != "FAIL") g[l] = g[l] " " $4
+		if ($6 != "-") c[l] = c[l] " " $6
+		if ($8 != "-") b[l] = b[l] " " $8
+	}
+	END {
+		for (i = 1; i <= k; i++) {
+			l = order[i]; m = median(g[l])
+			printf "%s\t%s\t%s\t%s\t%s\t%s\n", sec[l], l, (m == "" ? "FAIL" : sprintf("%.2f", m)), runs[l],
+				(median(c[l]) == "" ? "-" : sprintf("%.0f", median(c[l]))), (median(b[l]) == "" ? "-" : sprintf("%.0f", median(b[l])))
+		}
+	}' "$ALL" >"$SUMMARY"
+
+# roles: reference (direct), ceiling candidates (the no-crypto rust relay: copy, splice),
+# no-crypto (socat), peer (crypto), sessionkey
+role_of() {
+	case $1 in
+	*"no tunnel"*) echo reference ;;
+	"rust relay"*"no crypto"*) echo no-crypto-relay ;;
+	*"no crypto"*) echo no-crypto ;;
+	"sessionkey tunnel"*) echo sessionkey ;;
+	*) echo peer ;;
+	esac
+}
+
+SK_G=$(awk -F'\t' -v l="$HEADLINE" '$2 == l {print $3}' "$SUMMARY")
+[ -n "$SK_G" ] && [ "$SK_G" != FAIL ] || die "no sessionkey measurement (see the logs above; KEEP_WORK=1 keeps $WORK)"
+CEIL_G=0 CEIL_L=""
+BEST_G=0 BEST_L=""
+while IFS=$'\t' read -r _sec label g _runs _c _b; do
+	[ "$g" = FAIL ] && continue
+	case $(role_of "$label") in
+	no-crypto-relay) awk -v a="$g" -v b="$CEIL_G" 'BEGIN{exit !(a > b)}' && { CEIL_G=$g; CEIL_L=$label; } ;;
+	peer) awk -v a="$g" -v b="$BEST_G" 'BEGIN{exit !(a > b)}' && { BEST_G=$g; BEST_L=$label; } ;;
+	esac
+done <"$SUMMARY"
+[ -n "$BEST_L" ] || die "no peer (spiped, stunnel4, ssh) was measured: see peers.sh output in $WORK"
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b + 0 > 0) printf "%.2f", a / b; else printf "-" }'; }
+
+TABLE=$WORK/table.md
+{
+	echo "# bench/tunnel.sh $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname): $(nproc) CPU $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo), kernel $(uname -r)"
+	echo "# iperf3 -t $T -P 1, receiver side, 3 hops on loopback; medians of $N rounds (peers.sh then sessionkey in each round); load average at start $LOAD0"
+	echo
+	echo "| path | role | Gbit/s (median) | runs | tunnel CPU % (of 1 core) | system busy % (of $(($(nproc) * 100))) | / ceiling | sessionkey / this |"
+	echo "|---|---|---:|---|---:|---:|---:|---:|"
+	while IFS=$'\t' read -r _sec label g runs c b; do
+		role=$(role_of "$label")
+		[ "$label" = "$CEIL_L" ] && role="ceiling (best no-crypto relay)"
+		[ "$label" = "$BEST_L" ] && role="best peer"
+		printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$label" "$role" "$g" "$runs" "$c" "$b" \
+			"$(ratio "$g" "$CEIL_G")" "$(ratio "$SK_G" "$g")"
+	done <"$SUMMARY"
+	echo
+	echo "sessionkey ($SK_SUITE): $SK_G Gbit/s; best peer: $BEST_L, $BEST_G Gbit/s; ceiling: $CEIL_L, $CEIL_G Gbit/s"
+	echo "tunnel-ratio-ceiling: $(ratio "$SK_G" "$CEIL_G")"
+	echo "total wall time: ${SECONDS}s"
+} >"$TABLE"
+[ -n "$OUT_MD" ] && cp "$TABLE" "$OUT_MD"
+[ -n "$OUT_TSV" ] && cp "$SUMMARY" "$OUT_TSV"
+cat "$TABLE"
+echo "tunnel-ratio-best-peer: $(ratio "$SK_G" "$BEST_G")"
