@@ -46,6 +46,7 @@ pub mod crypto;
 mod error;
 pub mod handshake;
 pub mod keys;
+pub mod msg;
 pub mod noise;
 pub mod record;
 pub mod replay;
@@ -53,6 +54,7 @@ pub mod session;
 pub mod suite;
 #[cfg(test)]
 mod test_support;
+pub mod vpn;
 
 pub use error::{ApiMisuse, DisplayPath, Error, KeyFileProblem, Limit, PeerMisbehaved, Timeout};
 pub use keys::Fingerprint;

@@ -120,6 +120,21 @@ pub(crate) fn sha256(parts: &[&[u8]]) -> [u8; HASH_LEN] {
     to_array(ctx.finish().as_ref())
 }
 
+/// HMAC-SHA256 (RFC 2104) of the concatenation of `parts` under `key`.
+pub(crate) fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; HASH_LEN] {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
+    let mut ctx = aws_lc_rs::hmac::Context::with_key(&key);
+    for p in parts {
+        ctx.update(p);
+    }
+    to_array(ctx.sign().as_ref())
+}
+
+/// Whether `a == b`, in time independent of their contents (for MACs).
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
 /// HKDF-SHA256 (RFC 5869) expand of a pseudorandom key with a label, into `out`.
 pub(crate) fn hkdf_sha256_expand(prk: &[u8; HASH_LEN], label: &[u8], out: &mut [u8]) {
     struct Len(usize);
@@ -132,6 +147,23 @@ pub(crate) fn hkdf_sha256_expand(prk: &[u8; HASH_LEN], label: &[u8], out: &mut [
     let info = [label];
     // Lengths used here are at most 255 * 32 bytes, the only failure condition of expand.
     prk.expand(&info, Len(out.len()))
+        .and_then(|okm| okm.fill(out))
+        .unwrap_or_else(|_| unreachable!("HKDF output length within 255 * HashLen"));
+}
+
+/// HKDF-SHA256 (RFC 5869): extract with `salt`, then expand with `info`, into `out`
+/// (at most 255 * 32 bytes; the callers ask for at most 64).
+pub(crate) fn hkdf_sha256(salt: &[u8], ikm: &[u8], info: &[u8], out: &mut [u8]) {
+    struct Len(usize);
+    impl aws_lc_rs::hkdf::KeyType for Len {
+        fn len(&self) -> usize {
+            self.0
+        }
+    }
+    let info = [info];
+    aws_lc_rs::hkdf::Salt::new(aws_lc_rs::hkdf::HKDF_SHA256, salt)
+        .extract(ikm)
+        .expand(&info, Len(out.len()))
         .and_then(|okm| okm.fill(out))
         .unwrap_or_else(|_| unreachable!("HKDF output length within 255 * HashLen"));
 }

@@ -15,6 +15,8 @@ pub(crate) const PUBLIC_LEN: usize = 1184;
 pub(crate) const CIPHERTEXT_LEN: usize = 1088;
 /// Length of the ML-KEM shared secret.
 pub(crate) const SECRET_LEN: usize = 32;
+/// Length of an expanded ML-KEM-768 decapsulation (private) key, FIPS 203 table 3.
+pub(crate) const DECAPSULATION_LEN: usize = 2400;
 
 /// An ephemeral ML-KEM-768 key pair. aws-lc frees (and cleanses) the secret key on drop.
 pub(crate) struct KemKeyPair {
@@ -45,6 +47,45 @@ impl KemKeyPair {
     ) -> Result<Zeroizing<[u8; SECRET_LEN]>, Error> {
         decapsulate_with(&self.secret, ciphertext)
     }
+}
+
+/// A new ML-KEM-768 decapsulation key and its encapsulation key's bytes.
+pub(crate) fn generate_decapsulation_key() -> Result<(DecapsulationKey, [u8; PUBLIC_LEN]), Error> {
+    let pair = KemKeyPair::generate()?;
+    Ok((pair.secret, pair.public))
+}
+
+/// The expanded (2400-byte) form of a decapsulation key, for storing it.
+pub(crate) fn decapsulation_key_bytes(
+    secret: &DecapsulationKey,
+) -> Result<Zeroizing<Vec<u8>>, Error> {
+    let bytes = secret.key_bytes()?;
+    Ok(Zeroizing::new(bytes.as_ref().to_vec()))
+}
+
+/// Rebuild a decapsulation key from its expanded form and its encapsulation key. FIPS 203
+/// embeds ek in dk (bytes 1152..2336, followed by H(ek)); both are checked, so a stored key
+/// that was corrupted or paired with the wrong public key is refused here.
+pub(crate) fn decapsulation_key_from_bytes(
+    dk: &[u8],
+    ek: &[u8; PUBLIC_LEN],
+) -> Result<DecapsulationKey, Error> {
+    const EK_AT: usize = 1152;
+    if dk.len() != DECAPSULATION_LEN
+        || dk[EK_AT..EK_AT + PUBLIC_LEN] != ek[..]
+        || dk[EK_AT + PUBLIC_LEN..EK_AT + PUBLIC_LEN + 32] != sha3_256(ek)[..]
+    {
+        return Err(Error::Crypto("ML-KEM-768 decapsulation key inconsistent"));
+    }
+    DecapsulationKey::new(&ML_KEM_768, dk)
+        .map_err(|_| Error::Crypto("ML-KEM-768 decapsulation key rejected"))
+}
+
+fn sha3_256(data: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA3_256, data);
+    let mut out = [0; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 pub(crate) fn decapsulate_with(

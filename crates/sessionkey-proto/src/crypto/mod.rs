@@ -10,6 +10,7 @@ pub(crate) mod kem;
 mod kem_vectors;
 #[cfg(feature = "legacy-ciphers")]
 pub mod legacy;
+pub(crate) mod sig;
 
 use crate::Error;
 

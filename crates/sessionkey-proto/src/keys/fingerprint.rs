@@ -32,6 +32,21 @@ impl Fingerprint {
         Self(sha256(&[b"sessionkey v1 key fingerprint", secret]))
     }
 
+    /// A SHA-256 value computed elsewhere, shown as a fingerprint: a TLS certificate's
+    /// public-key hash, or a TLS session's exporter value (RFC 8446 7.5).
+    pub fn from_sha256(hash: [u8; 32]) -> Self {
+        Self(hash)
+    }
+
+    /// The fingerprint of a messaging identity (its typed signing and X25519 identity key
+    /// encodings), under its own label (docs/MESSAGING.md, "Identity").
+    pub(crate) fn of_msg_identity(encoded_keys: &[u8]) -> Self {
+        Self(sha256(&[
+            b"sessionkey v1 msg identity fingerprint",
+            encoded_keys,
+        ]))
+    }
+
     /// The 32 hash bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0

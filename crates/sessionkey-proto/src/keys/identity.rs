@@ -49,6 +49,22 @@ impl Identity {
         &self.private
     }
 
+    /// A 32-byte key derived from this identity's secret for another purpose, named by
+    /// `info`: HKDF-SHA256 with an all-zero salt, the secret as input keying material and
+    /// `"sessionkey v1 derived key" || info` as info. The messaging client encrypts its state
+    /// at rest with such a key, so that its key file is the one secret to guard.
+    pub fn derive_key(&self, info: &[u8]) -> Result<Zeroizing<[u8; 32]>, Error> {
+        let secret = self.secret_bytes()?;
+        let mut out = Zeroizing::new([0u8; 32]);
+        crate::crypto::hash::hkdf_sha256(
+            &[0; 32],
+            &secret[..],
+            &[b"sessionkey v1 derived key".as_slice(), info].concat(),
+            &mut out[..],
+        );
+        Ok(out)
+    }
+
     /// The 32 secret bytes, for writing the key file.
     pub(crate) fn secret_bytes(&self) -> Result<Zeroizing<[u8; 32]>, Error> {
         dh::private_bytes(&self.private)

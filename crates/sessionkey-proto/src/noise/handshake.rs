@@ -51,6 +51,7 @@ pub struct HandshakeBuilder<'a> {
     s: Option<Arc<Identity>>,
     rs: Option<PublicKey>,
     psks: Vec<Psk>,
+    defer_psks: bool,
     rng: Option<Box<dyn SecureRandom>>,
 }
 
@@ -63,6 +64,7 @@ impl<'a> HandshakeBuilder<'a> {
             s: None,
             rs: None,
             psks: Vec::new(),
+            defer_psks: false,
             rng: None,
         }
     }
@@ -88,6 +90,16 @@ impl<'a> HandshakeBuilder<'a> {
     /// A pre-shared key; call once per psk modifier, in the order of the protocol name.
     pub fn psk(mut self, psk: Psk) -> Self {
         self.psks.push(psk);
+        self
+    }
+
+    /// Build without the pre-shared keys; supply them later with
+    /// [`HandshakeState::add_psk`], before the message whose `psk` token uses them. A
+    /// responder that learns who the initiator is (and so which key to use) only from the
+    /// first message needs this, as the VPN's responder does (`IKpsk2`: the psk is used in
+    /// the second message). A missing psk makes that message fail.
+    pub fn defer_psks(mut self) -> Self {
+        self.defer_psks = true;
         self
     }
 
@@ -132,7 +144,7 @@ impl<'a> HandshakeBuilder<'a> {
             (false, true) => return Err(ApiMisuse::UnexpectedKey("remote static key").into()),
             _ => {}
         }
-        if self.psks.len() != p.psk_count() {
+        if self.psks.len() != p.psk_count() && !(self.defer_psks && self.psks.is_empty()) {
             return Err(if self.psks.len() < p.psk_count() {
                 ApiMisuse::MissingKey("pre-shared key")
             } else {
@@ -351,6 +363,16 @@ impl HandshakeState {
                 Err(e)
             }
         }
+    }
+
+    /// Supply a pre-shared key to a state built with [`HandshakeBuilder::defer_psks`], in
+    /// the order of the protocol name's psk modifiers. Fails if the protocol needs no more.
+    pub fn add_psk(&mut self, psk: Psk) -> Result<(), Error> {
+        if self.psks.len() >= self.params.psk_count() {
+            return Err(ApiMisuse::UnexpectedKey("pre-shared key").into());
+        }
+        self.psks.push(psk);
+        Ok(())
     }
 
     fn take_psk(&mut self) -> Result<Zeroizing<[u8; 32]>, Error> {

@@ -1,0 +1,171 @@
+//! `sessionkey vpn up CONFIG | down NAME | show [NAME] [--json]`: the VPN (docs/VPN.md).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use sessionkey::vpn::{self, StopHandle, VpnConfig, VpnError};
+
+use super::common::config_error;
+
+/// The `vpn` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Command {
+    /// Bring up the VPN described by CONFIG and run it in the foreground (systemd-friendly)
+    /// until SIGTERM, Ctrl-C or `sessionkey vpn down NAME`; the interface is removed on exit.
+    Up(UpArgs),
+    /// Stop the running VPN NAME (its interface is removed).
+    Down(DownArgs),
+    /// Show the running VPNs: peers, endpoints, latest handshakes, traffic, counters.
+    Show(ShowArgs),
+}
+
+/// Arguments of `vpn up`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct UpArgs {
+    /// The configuration file (TOML; see docs/VPN.md). The interface is named after the file
+    /// unless it sets `name`.
+    config: PathBuf,
+}
+
+/// Arguments of `vpn down`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DownArgs {
+    /// The interface name.
+    name: String,
+}
+
+/// Arguments of `vpn show`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ShowArgs {
+    /// Only this interface.
+    name: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Up(args) => up(args).await,
+        Command::Down(args) => {
+            vpn::down(&args.name).await?;
+            eprintln!("vpn {} stopped; its interface is removed", args.name);
+            Ok(())
+        }
+        Command::Show(args) => show(args).await,
+    }
+}
+
+async fn up(args: UpArgs) -> Result<()> {
+    let config = VpnConfig::load(&args.config).map_err(|e| config_error(e.to_string()))?;
+    let name = config.name.clone();
+    match vpn::run(config, StopHandle::new()).await {
+        Ok(()) => Ok(()),
+        Err(VpnError::Config(e)) => Err(config_error(e.to_string())),
+        Err(e) => Err(e).with_context(|| format!("vpn {name}")),
+    }
+}
+
+async fn show(args: ShowArgs) -> Result<()> {
+    let all = vpn::show(args.name.as_deref()).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&Value::Array(all))?);
+        return Ok(());
+    }
+    if all.is_empty() {
+        println!(
+            "no running sessionkey VPN (control sockets in {})",
+            vpn::vpn_control_dir().display()
+        );
+        return Ok(());
+    }
+    for (i, v) in all.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        print_interface(v);
+    }
+    Ok(())
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn bytes(v: &Value) -> String {
+    let b = v.as_u64().unwrap_or(0) as f64;
+    match b {
+        b if b >= 1024.0 * 1024.0 * 1024.0 => format!("{:.2} GiB", b / (1024.0 * 1024.0 * 1024.0)),
+        b if b >= 1024.0 * 1024.0 => format!("{:.2} MiB", b / (1024.0 * 1024.0)),
+        b if b >= 1024.0 => format!("{:.2} KiB", b / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+fn print_interface(v: &Value) {
+    println!(
+        "interface: {} (pid {})",
+        text(&v["interface"]),
+        text(&v["pid"])
+    );
+    println!("  public key: {}", text(&v["public_key"]));
+    println!("  listening port: {}", text(&v["listen_port"]));
+    let addrs: Vec<String> = v["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(text)
+        .collect();
+    println!("  addresses: {}  mtu {}", addrs.join(", "), text(&v["mtu"]));
+    println!(
+        "  suite: {}, {}",
+        text(&v["suite"]),
+        if v["hybrid"].as_bool() == Some(true) {
+            "hybrid X25519 + ML-KEM-768"
+        } else {
+            "classical X25519"
+        }
+    );
+    for p in v["peers"].as_array().into_iter().flatten() {
+        println!();
+        println!("peer: {}", text(&p["public_key"]));
+        println!("  endpoint: {}", text(&p["endpoint"]));
+        let ips: Vec<String> = p["allowed_ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
+        println!("  allowed ips: {}", ips.join(", "));
+        match p["latest_handshake_secs_ago"].as_f64() {
+            Some(s) => println!(
+                "  latest handshake: {s:.0} s ago (key epoch {}, {} handshakes, send key {})",
+                text(&p["epoch"]),
+                text(&p["handshakes"]),
+                text(&p["send_key"]),
+            ),
+            None => println!("  latest handshake: none yet"),
+        }
+        println!(
+            "  transfer: {} received, {} sent",
+            bytes(&p["rx_bytes"]),
+            bytes(&p["tx_bytes"])
+        );
+    }
+    let counters: Vec<String> = v["counters"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, n)| n.as_u64().is_some_and(|n| n > 0))
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    if !counters.is_empty() {
+        println!();
+        println!("dropped or refused: {}", counters.join(", "));
+    }
+}

@@ -1,0 +1,611 @@
+//! `sessionkey vpn` end to end, as root: two network namespaces joined by a veth pair, a
+//! VPN process in each, and traffic between their tunnel addresses. The test makes the
+//! namespaces itself (unique names) and removes them in a drop guard, even on failure.
+//!
+//! A's packets to B go through a small UDP relay run by the test inside A's namespace, so
+//! the test can capture and replay a data packet and move A's apparent address (roaming).
+//!
+//! It checks: ping; a 32 MiB TCP transfer with a SHA-256 check while handshakes repeat every
+//! 1.5 s; a replayed data packet is dropped; a packet with a spoofed inner source is
+//! dropped; an initiation from an unknown key is counted; a change of endpoint keeps the
+//! tunnel up; `vpn down` and SIGTERM stop the processes and remove the interfaces.
+//!
+//! Needs root, /dev/net/tun, `ip` (iproute2) and `ping` (iputils-ping). Without them it
+//! fails, saying what is missing: CI runs it as root.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sessionkey");
+const VETH_A: &str = "10.231.0.1";
+const VETH_B: &str = "10.231.0.2";
+const TUN_A: &str = "10.231.1.1";
+const TUN_B: &str = "10.231.1.2";
+const PORT: u16 = 51820;
+
+fn preconditions() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .unwrap_or_default();
+    assert_eq!(
+        uid, "0",
+        "the VPN test needs root (network namespaces, /dev/net/tun); run it as root, e.g. \
+         sudo -E cargo test -p sessionkey-cli --test vpn_netns (CI runs as root)"
+    );
+    assert!(
+        Path::new("/dev/net/tun").exists(),
+        "/dev/net/tun is missing: modprobe tun (in a container: --device /dev/net/tun)"
+    );
+    for (tool, package) in [("ip", "iproute2"), ("ping", "iputils-ping")] {
+        let found = Command::new(tool)
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        assert!(found, "`{tool}` is missing: apt-get install {package}");
+    }
+}
+
+fn run(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn ip(args: &[&str]) {
+    run(Command::new("ip").args(args));
+}
+
+/// The namespaces, the VPN processes and the temp dir; all removed when dropped.
+struct Lab {
+    ns_a: String,
+    ns_b: String,
+    tun_a: String,
+    tun_b: String,
+    dir: PathBuf,
+    vpns: Vec<Child>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // SIGTERM first, so a VPN removes its interface and control socket itself.
+        for child in &mut self.vpns {
+            if let Ok(None) = child.try_wait() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for child in &mut self.vpns {
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in [&self.ns_a, &self.ns_b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Lab {
+    fn new() -> Self {
+        let id = std::process::id() % 100_000;
+        let lab = Self {
+            ns_a: format!("skv{id}a"),
+            ns_b: format!("skv{id}b"),
+            tun_a: format!("skv{id}ta"),
+            tun_b: format!("skv{id}tb"),
+            dir: std::env::temp_dir().join(format!("skv-test-{id}")),
+            vpns: Vec::new(),
+        };
+        let _ = std::fs::remove_dir_all(&lab.dir);
+        std::fs::create_dir_all(&lab.dir).unwrap();
+        let (va, vb) = (format!("skv{id}va"), format!("skv{id}vb"));
+        ip(&["netns", "add", &lab.ns_a]);
+        ip(&["netns", "add", &lab.ns_b]);
+        ip(&[
+            "link", "add", &va, "netns", &lab.ns_a, "type", "veth", "peer", "name", &vb, "netns",
+            &lab.ns_b,
+        ]);
+        ip(&[
+            "-n",
+            &lab.ns_a,
+            "addr",
+            "add",
+            &format!("{VETH_A}/24"),
+            "dev",
+            &va,
+        ]);
+        ip(&[
+            "-n",
+            &lab.ns_b,
+            "addr",
+            "add",
+            &format!("{VETH_B}/24"),
+            "dev",
+            &vb,
+        ]);
+        for (ns, dev) in [(&lab.ns_a, &va), (&lab.ns_b, &vb)] {
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        lab
+    }
+
+    fn keygen(&self, name: &str) -> String {
+        let key = self.dir.join(name);
+        run(Command::new(BIN)
+            .args(["keygen", "-C", name, "-o"])
+            .arg(&key));
+        let line = std::fs::read_to_string(self.dir.join(format!("{name}.pub"))).unwrap();
+        line.split_whitespace().nth(1).unwrap().to_string()
+    }
+
+    fn start(&mut self, ns: &str, config: &Path, log: &str) {
+        let log = File::create(self.dir.join(log)).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, BIN, "-v", "vpn", "up"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.vpns.push(child);
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+
+    fn wait_for_link(&self, ns: &str, dev: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let ok = Command::new("ip")
+                .args(["-n", ns, "link", "show", dev])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "interface {dev} did not appear in {ns}; logs:\n{}\n{}",
+            self.log("a.log"),
+            self.log("b.log")
+        );
+    }
+
+    fn link_exists(&self, ns: &str, dev: &str) -> bool {
+        Command::new("ip")
+            .args(["-n", ns, "link", "show", dev])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn ping(&self, ns: &str, args: &[&str]) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", ns, "ping", "-q"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// `vpn show NAME --json` of one interface.
+    fn show(&self, name: &str) -> Value {
+        let out = run(Command::new(BIN).args(["vpn", "show", name, "--json"]));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0].clone()
+    }
+}
+
+/// Run `f` on a thread inside network namespace `ns`.
+fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
+
+/// A UDP relay inside A's namespace: A sends to `front` (127.0.0.1), the relay forwards
+/// from its `back` socket to B. It keeps the last data packet from A, can replay it, and
+/// can move to a new `back` port (A appears to roam).
+struct Relay {
+    replay: Arc<AtomicBool>,
+    roam: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    back_port: Arc<Mutex<u16>>,
+    handle: Option<thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    fn start(ns: &str) -> (Self, u16) {
+        let replay = Arc::new(AtomicBool::new(false));
+        let roam = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let back_port = Arc::new(Mutex::new(0));
+        let (tx, rx) = mpsc::channel();
+        let (rp, rm, st, bp) = (
+            replay.clone(),
+            roam.clone(),
+            stop.clone(),
+            back_port.clone(),
+        );
+        let handle = in_netns(ns, move || {
+            let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut back = UdpSocket::bind(format!("{VETH_A}:0")).unwrap();
+            *bp.lock().unwrap() = back.local_addr().unwrap().port();
+            tx.send(front.local_addr().unwrap().port()).unwrap();
+            let b: SocketAddr = format!("{VETH_B}:{PORT}").parse().unwrap();
+            for s in [&front, &back] {
+                s.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
+            }
+            let mut a: Option<SocketAddr> = None;
+            let mut last_data: Option<Vec<u8>> = None;
+            let mut buf = vec![0u8; 65_536];
+            while !st.load(Ordering::Relaxed) {
+                // Drain each side.
+                while let Ok((n, from)) = front.recv_from(&mut buf) {
+                    a = Some(from);
+                    if buf[0] == 4 && n > 32 {
+                        last_data = Some(buf[..n].to_vec());
+                    }
+                    let _ = back.send_to(&buf[..n], b);
+                }
+                while let Ok((n, _)) = back.recv_from(&mut buf) {
+                    if let Some(a) = a {
+                        let _ = front.send_to(&buf[..n], a);
+                    }
+                }
+                if rp.swap(false, Ordering::Relaxed) {
+                    if let Some(p) = &last_data {
+                        let _ = back.send_to(p, b);
+                    }
+                }
+                if rm.swap(false, Ordering::Relaxed) {
+                    back = UdpSocket::bind(format!("{VETH_A}:0")).unwrap();
+                    back.set_read_timeout(Some(Duration::from_millis(2)))
+                        .unwrap();
+                    *bp.lock().unwrap() = back.local_addr().unwrap().port();
+                }
+            }
+        });
+        let front_port = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        (
+            Self {
+                replay,
+                roam,
+                stop,
+                back_port,
+                handle: Some(handle),
+            },
+            front_port,
+        )
+    }
+
+    fn back_port(&self) -> u16 {
+        *self.back_port.lock().unwrap()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn counter(v: &Value, name: &str) -> u64 {
+    v["counters"][name].as_u64().unwrap_or(0)
+}
+
+fn peer0(v: &Value, name: &str) -> u64 {
+    v["peers"][0][name].as_u64().unwrap_or(0)
+}
+
+/// Wait until `cond` holds (bounded).
+fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting until {what}");
+}
+
+fn sha256(data: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)
+        .as_ref()
+        .to_vec()
+}
+
+#[test]
+fn vpn_between_two_namespaces() {
+    preconditions();
+    let started = Instant::now();
+    let mut lab = Lab::new();
+    let key_a = lab.keygen("a.key");
+    let key_b = lab.keygen("b.key");
+    let (relay, front_port) = Relay::start(&lab.ns_a);
+
+    let config_a = lab.dir.join("a.toml");
+    std::fs::write(
+        &config_a,
+        format!(
+            "[interface]\nname = \"{}\"\nprivate_key_file = \"a.key\"\naddress = [\"{TUN_A}/24\"]\n\
+             listen_port = {PORT}\nrekey_interval = 1.5\n\n\
+             [[peer]]\npublic_key = \"{key_b}\"\nendpoint = \"127.0.0.1:{front_port}\"\n\
+             allowed_ips = [\"{TUN_B}/32\"]\n",
+            lab.tun_a
+        ),
+    )
+    .unwrap();
+    let config_b = lab.dir.join("b.toml");
+    std::fs::write(
+        &config_b,
+        format!(
+            "[interface]\nname = \"{}\"\nprivate_key_file = \"b.key\"\naddress = [\"{TUN_B}/24\"]\n\
+             listen_port = {PORT}\nrekey_interval = 1.5\n\n\
+             [[peer]]\npublic_key = \"{key_a}\"\nallowed_ips = [\"{TUN_A}/32\"]\n",
+            lab.tun_b
+        ),
+    )
+    .unwrap();
+    let (ns_a, ns_b) = (lab.ns_a.clone(), lab.ns_b.clone());
+    lab.start(&ns_a, &config_a, "a.log");
+    lab.start(&ns_b, &config_b, "b.log");
+    lab.wait_for_link(&ns_a, &lab.tun_a);
+    lab.wait_for_link(&ns_b, &lab.tun_b);
+
+    // 1. Ping through the tunnel (the first packet starts the handshake).
+    assert!(
+        lab.ping(&ns_a, &["-c", "3", "-i", "0.2", "-W", "3", TUN_B]),
+        "no ping through the tunnel; logs:\n{}\n{}",
+        lab.log("a.log"),
+        lab.log("b.log")
+    );
+    let b0 = lab.show(&lab.tun_b);
+    assert!(peer0(&b0, "rx_packets") >= 3, "{b0:#}");
+    assert!(peer0(&b0, "handshakes") >= 1);
+    let a0 = lab.show(&lab.tun_a);
+    let handshakes_before = peer0(&a0, "handshakes") + peer0(&b0, "handshakes");
+
+    // 2. 32 MiB over TCP, paced over about 4 s so handshakes (every 1.5 s) happen during it.
+    const TOTAL: usize = 32 << 20;
+    let data: Arc<Vec<u8>> = Arc::new(
+        (0..TOTAL)
+            .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[1])
+            .collect(),
+    );
+    let (port_tx, port_rx) = mpsc::channel();
+    let server = in_netns(&ns_b, move || {
+        let listener = TcpListener::bind(format!("{TUN_B}:0")).unwrap();
+        port_tx.send(listener.local_addr().unwrap().port()).unwrap();
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut got = Vec::with_capacity(TOTAL);
+        conn.read_to_end(&mut got).unwrap();
+        got
+    });
+    let tcp_port = port_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let sent = data.clone();
+    let client = in_netns(&ns_a, move || {
+        let mut conn = TcpStream::connect_timeout(
+            &format!("{TUN_B}:{tcp_port}").parse().unwrap(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        conn.set_write_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        for chunk in sent.chunks(256 << 10) {
+            conn.write_all(chunk).unwrap();
+            thread::sleep(Duration::from_millis(30));
+        }
+    });
+    client.join().expect("TCP client");
+    let received = server.join().expect("TCP server");
+    assert_eq!(received.len(), TOTAL, "bytes lost in the tunnel");
+    assert_eq!(
+        sha256(&received),
+        sha256(&data),
+        "bytes corrupted in the tunnel"
+    );
+    let a1 = lab.show(&lab.tun_a);
+    let b1 = lab.show(&lab.tun_b);
+    let handshakes_after = peer0(&a1, "handshakes") + peer0(&b1, "handshakes");
+    assert!(
+        handshakes_after >= handshakes_before + 4,
+        "handshakes did not repeat during the transfer: {handshakes_before} -> {handshakes_after}"
+    );
+    assert!(peer0(&b1, "rx_bytes") >= TOTAL as u64);
+
+    // 3. A captured data packet, replayed, is dropped.
+    let rejected = peer0(&b1, "rejected");
+    let rx_packets = peer0(&b1, "rx_packets");
+    relay.replay.store(true, Ordering::Relaxed);
+    eventually(
+        "the replayed packet is rejected",
+        Duration::from_secs(5),
+        || peer0(&lab.show(&lab.tun_b), "rejected") > rejected,
+    );
+    let b2 = lab.show(&lab.tun_b);
+    assert_eq!(
+        peer0(&b2, "rx_packets"),
+        rx_packets,
+        "a replayed packet was accepted"
+    );
+
+    // 4. A packet from A with an inner source outside A's allowed IPs is dropped by B.
+    ip(&[
+        "-n",
+        &ns_a,
+        "addr",
+        "add",
+        "10.231.1.99/32",
+        "dev",
+        &lab.tun_a,
+    ]);
+    assert!(
+        !lab.ping(
+            &ns_a,
+            &[
+                "-c",
+                "2",
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                "-I",
+                "10.231.1.99",
+                TUN_B
+            ]
+        ),
+        "a spoofed inner source got an answer"
+    );
+    assert!(counter(&lab.show(&lab.tun_b), "spoofed_source") >= 2);
+
+    // 5. An initiation from a key B does not know is counted, not answered.
+    let stranger = lab.keygen("stranger.key");
+    let config_c = lab.dir.join("c.toml");
+    std::fs::write(
+        &config_c,
+        format!(
+            "[interface]\nname = \"skv{}tc\"\nprivate_key_file = \"stranger.key\"\naddress = [\"10.231.2.1/24\"]\n\
+             listen_port = {}\n\n[[peer]]\npublic_key = \"{key_b}\"\nendpoint = \"{VETH_B}:{PORT}\"\n\
+             allowed_ips = [\"10.231.2.2/32\"]\n",
+            std::process::id() % 100_000,
+            PORT + 1
+        ),
+    )
+    .unwrap();
+    assert!(!stranger.is_empty());
+    lab.start(&ns_a, &config_c, "c.log");
+    let tun_c = format!("skv{}tc", std::process::id() % 100_000);
+    lab.wait_for_link(&ns_a, &tun_c);
+    let _ = lab.ping(&ns_a, &["-c", "1", "-W", "1", "10.231.2.2"]);
+    eventually("B counts the unknown peer", Duration::from_secs(5), || {
+        counter(&lab.show(&lab.tun_b), "unknown_peer") >= 1
+    });
+    run(Command::new(BIN).args(["vpn", "down", &tun_c]));
+
+    // 6. A's address changes: B follows it and the tunnel stays up.
+    let old_port = relay.back_port();
+    relay.roam.store(true, Ordering::Relaxed);
+    eventually("the relay moved", Duration::from_secs(5), || {
+        relay.back_port() != old_port
+    });
+    let new_port = relay.back_port();
+    assert!(
+        lab.ping(&ns_a, &["-c", "3", "-i", "0.2", "-W", "2", TUN_B]),
+        "no ping after the endpoint changed"
+    );
+    let endpoint = lab.show(&lab.tun_b)["peers"][0]["endpoint"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(endpoint, format!("{VETH_A}:{new_port}"));
+
+    // 7. `vpn down` stops A and removes its interface; SIGTERM does the same for B.
+    run(Command::new(BIN).args(["vpn", "down", &lab.tun_a]));
+    assert!(!lab.link_exists(&ns_a, &lab.tun_a));
+    let b_pid = lab.vpns[1].id();
+    // `ip netns exec` runs the VPN in place (exec), so the child is the VPN itself.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(b_pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = lab.vpns[1].wait().unwrap();
+    assert!(
+        status.success(),
+        "vpn B exited with {status}: {}",
+        lab.log("b.log")
+    );
+    assert!(!lab.link_exists(&ns_b, &lab.tun_b));
+    let status = lab.vpns[0].wait().unwrap();
+    assert!(
+        status.success(),
+        "vpn A exited with {status}: {}",
+        lab.log("a.log")
+    );
+    assert!(lab.log("b.log").contains("interface removed"));
+    drop(relay);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn vpn_up_reports_config_mistakes_with_file_line_and_field() {
+    let dir = std::env::temp_dir().join(format!("skv-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        (
+            "[interface]\nprivate_key_file = \"k\"\naddress = [\"10.0.0.1/24\"]\nlisten_prot = 1\n",
+            ":4: listen_prot: unknown field",
+        ),
+        (
+            "[interface]\nprivate_key_file = \"missing.key\"\naddress = [\"10.0.0.1/24\"]\n",
+            ":2: interface.private_key_file: key file",
+        ),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        let path = dir.join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(BIN)
+            .arg("vpn")
+            .arg("up")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?} in: {stderr}"
+        );
+        assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

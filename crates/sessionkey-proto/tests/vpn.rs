@@ -1,0 +1,742 @@
+//! The VPN's sans-IO core on a virtual clock: handshakes over "UDP" (byte vectors), key
+//! confirmation, replay, roaming, rekeying with a grace period, retransmission backoff,
+//! cookies under load, rate limiting, and cryptokey routing.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sessionkey_proto::crypto::{SecureRandom, SystemRandom};
+use sessionkey_proto::keys::{Identity, Psk};
+use sessionkey_proto::record::datagram::HEADER_LEN;
+use sessionkey_proto::suite::Suite;
+use sessionkey_proto::vpn::handshake::read_initiation;
+use sessionkey_proto::vpn::message::{self, Message, COOKIE_REPLY_LEN, MAX_HANDSHAKE_LEN};
+use sessionkey_proto::vpn::{
+    packet_destination, packet_source, AllowedIps, Cidr, HandshakeGate, Local, Peer, PeerConfig,
+    Screen, SealError, Timing,
+};
+use sessionkey_proto::{Error, PeerMisbehaved};
+
+/// Deterministic randomness for jitter and cookies (xorshift64; not for keys).
+struct TestRng(u64);
+
+impl SecureRandom for TestRng {
+    fn fill(&mut self, dest: &mut [u8]) -> Result<(), Error> {
+        for b in dest {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            *b = self.0 as u8;
+        }
+        Ok(())
+    }
+}
+
+const A_ADDR: &str = "192.0.2.1:51820";
+const B_ADDR: &str = "192.0.2.2:51820";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// One side of a pair: its identity, its gate, and its view of the other side.
+struct Side {
+    identity: Arc<Identity>,
+    gate: HandshakeGate,
+    peer: Peer,
+    next_index: u32,
+    rng: TestRng,
+    /// Handshake messages said to wait behind each one screened (a long queue means load).
+    queued: usize,
+}
+
+struct Pair {
+    a: Side,
+    b: Side,
+    now: Instant,
+    wall: u64,
+}
+
+fn local(identity: &Arc<Identity>, hybrid: bool, timing: Timing) -> Local {
+    Local {
+        identity: identity.clone(),
+        suite: Suite::Aes256Gcm,
+        hybrid,
+        timing,
+    }
+}
+
+fn pair_with(hybrid: bool, timing: Timing, psk: Option<[u8; 32]>) -> Pair {
+    let now = Instant::now();
+    let ia = Arc::new(Identity::generate(&mut SystemRandom).unwrap());
+    let ib = Arc::new(Identity::generate(&mut SystemRandom).unwrap());
+    let side = |me: &Arc<Identity>, other: &Arc<Identity>, endpoint: &str, base: u32| Side {
+        gate: HandshakeGate::new(me.public_key(), 128).unwrap(),
+        peer: Peer::new(
+            local(me, hybrid, timing),
+            PeerConfig {
+                public_key: *other.public_key(),
+                psk: psk.map(Psk::from_bytes),
+                endpoint: Some(addr(endpoint)),
+                persistent_keepalive: None,
+            },
+            now,
+        )
+        .unwrap(),
+        identity: me.clone(),
+        next_index: base,
+        rng: TestRng(u64::from(base) + 1),
+        queued: 0,
+    };
+    Pair {
+        a: side(&ia, &ib, B_ADDR, 100),
+        b: side(&ib, &ia, A_ADDR, 200),
+        now,
+        wall: 1_700_000_000_000_000_000,
+    }
+}
+
+fn pair() -> Pair {
+    pair_with(true, Timing::default(), None)
+}
+
+impl Side {
+    fn index(&mut self) -> u32 {
+        self.next_index += 1;
+        self.next_index
+    }
+
+    fn initiation(&mut self, now: Instant, wall: u64) -> Vec<u8> {
+        let mut out = vec![0; MAX_HANDSHAKE_LEN];
+        let index = self.index();
+        let sent = self
+            .peer
+            .create_initiation(now, wall, index, &mut self.rng, &mut out)
+            .unwrap()
+            .expect("endpoint known");
+        out.truncate(sent.len);
+        out
+    }
+
+    /// Screen and answer an initiation; `Ok(Some(reply))` is a response, `Ok(None)` a
+    /// message dropped or answered with a cookie (in `cookie`).
+    fn respond(
+        &mut self,
+        now: Instant,
+        bytes: &[u8],
+        from: SocketAddr,
+        cookie: &mut Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let Ok(Message::Initiation(init)) = message::parse(bytes) else {
+            panic!("not an initiation");
+        };
+        let mut reply = [0u8; COOKIE_REPLY_LEN];
+        match self.gate.screen(
+            now,
+            &mut self.rng,
+            bytes,
+            from,
+            init.sender_index,
+            self.queued,
+            &mut reply,
+        )? {
+            Screen::Proceed => {}
+            Screen::SendCookie => {
+                *cookie = Some(reply.to_vec());
+                return Ok(None);
+            }
+            Screen::BadMac | Screen::RateLimited => return Ok(None),
+        }
+        let read = read_initiation(&self.identity, &init, true)?;
+        let mut out = vec![0; MAX_HANDSHAKE_LEN];
+        let index = self.index();
+        let n = self
+            .peer
+            .accept_initiation(now, read, from, index, &mut out)?;
+        out.truncate(n);
+        Ok(Some(out))
+    }
+
+    fn take_response(&mut self, now: Instant, bytes: &[u8], from: SocketAddr) -> Result<(), Error> {
+        let Ok(Message::Response(r)) = message::parse(bytes) else {
+            panic!("not a response");
+        };
+        self.peer.handle_response(now, &r, from)
+    }
+
+    fn seal(&mut self, now: Instant, payload: &[u8]) -> Result<Vec<u8>, SealError> {
+        let mut buf = vec![0; payload.len() + 32];
+        buf[HEADER_LEN..HEADER_LEN + payload.len()].copy_from_slice(payload);
+        let (n, _) = self.peer.seal(now, &mut buf, payload.len())?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    fn open(&mut self, now: Instant, packet: &[u8], from: SocketAddr) -> Result<Vec<u8>, Error> {
+        let mut copy = packet.to_vec();
+        self.peer.open(now, from, &mut copy).map(|p| p.to_vec())
+    }
+}
+
+impl Pair {
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.wall += d.as_nanos() as u64;
+        self.a.peer.handle_timeout(self.now);
+        self.b.peer.handle_timeout(self.now);
+    }
+
+    /// A initiates, B responds, A reads; then A's keepalive confirms B's session.
+    fn handshake(&mut self) {
+        let init = self.a.initiation(self.now, self.wall);
+        let resp = self
+            .b
+            .respond(self.now, &init, addr(A_ADDR), &mut None)
+            .unwrap()
+            .expect("a response");
+        self.a.take_response(self.now, &resp, addr(B_ADDR)).unwrap();
+        assert!(self.a.peer.wants_keepalive());
+        let keepalive = self.a.seal(self.now, b"").unwrap();
+        assert!(!self.a.peer.wants_keepalive());
+        assert_eq!(
+            self.b.open(self.now, &keepalive, addr(A_ADDR)).unwrap(),
+            b""
+        );
+    }
+}
+
+#[test]
+fn handshake_then_data_both_ways_hybrid_and_classic() {
+    for hybrid in [true, false] {
+        let mut p = pair_with(hybrid, Timing::default(), None);
+        let init = p.a.initiation(p.now, p.wall);
+        assert_eq!(init.len(), message::initiation_len(hybrid));
+        let resp =
+            p.b.respond(p.now, &init, addr(A_ADDR), &mut None)
+                .unwrap()
+                .unwrap();
+        assert_eq!(resp.len(), message::response_len(hybrid));
+        // The responder has keys but no confirmation: it does not seal yet.
+        assert!(matches!(
+            p.b.seal(p.now, b"early"),
+            Err(SealError::NoSession)
+        ));
+        p.a.take_response(p.now, &resp, addr(B_ADDR)).unwrap();
+        let pkt = p.a.seal(p.now, b"hello b").unwrap();
+        assert_eq!(p.b.open(p.now, &pkt, addr(A_ADDR)).unwrap(), b"hello b");
+        // Confirmed: B now seals under the same session.
+        let pkt = p.b.seal(p.now, b"hello a").unwrap();
+        assert_eq!(p.a.open(p.now, &pkt, addr(B_ADDR)).unwrap(), b"hello a");
+        assert_eq!(p.a.peer.status(p.now).epoch, p.b.peer.status(p.now).epoch);
+        assert_eq!(p.a.peer.stats().handshakes, 1);
+        assert_eq!(p.b.peer.stats().handshakes, 1);
+    }
+}
+
+#[test]
+fn replayed_data_packet_is_dropped() {
+    let mut p = pair();
+    p.handshake();
+    let pkt = p.a.seal(p.now, b"once").unwrap();
+    assert_eq!(p.b.open(p.now, &pkt, addr(A_ADDR)).unwrap(), b"once");
+    let again = p.b.open(p.now, &pkt, addr(A_ADDR));
+    assert!(
+        matches!(again, Err(Error::PeerMisbehaved(PeerMisbehaved::Replay))),
+        "{again:?}"
+    );
+    // A tampered packet fails and changes nothing: the next genuine one opens.
+    let mut bad = p.a.seal(p.now, b"tampered").unwrap();
+    let genuine = p.a.seal(p.now, b"next").unwrap();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert!(p.b.open(p.now, &bad, addr(A_ADDR)).is_err());
+    assert_eq!(p.b.open(p.now, &genuine, addr(A_ADDR)).unwrap(), b"next");
+    assert_eq!(p.b.peer.stats().rejected, 2);
+}
+
+#[test]
+fn replayed_initiation_is_refused() {
+    let mut p = pair();
+    let init = p.a.initiation(p.now, p.wall);
+    p.b.respond(p.now, &init, addr(A_ADDR), &mut None)
+        .unwrap()
+        .unwrap();
+    p.advance(Duration::from_secs(1));
+    let again = p.b.respond(p.now, &init, addr(A_ADDR), &mut None);
+    assert!(
+        matches!(again, Err(Error::PeerMisbehaved(PeerMisbehaved::Replay))),
+        "{again:?}"
+    );
+    // A fresh initiation, even with a clock that went backwards, has a newer timestamp.
+    let init = p.a.initiation(p.now, p.wall - 5_000_000_000);
+    assert!(p
+        .b
+        .respond(p.now, &init, addr(A_ADDR), &mut None)
+        .unwrap()
+        .is_some());
+}
+
+#[test]
+fn initiation_flood_from_one_peer_is_refused() {
+    let mut p = pair();
+    let first = p.a.initiation(p.now, p.wall);
+    p.b.respond(p.now, &first, addr(A_ADDR), &mut None)
+        .unwrap()
+        .unwrap();
+    let second = p.a.initiation(p.now, p.wall + 1);
+    let r = p.b.respond(
+        p.now + Duration::from_millis(5),
+        &second,
+        addr(A_ADDR),
+        &mut None,
+    );
+    assert!(
+        matches!(
+            r,
+            Err(Error::PeerMisbehaved(PeerMisbehaved::UnexpectedRecord(_)))
+        ),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn mismatched_psk_fails_the_handshake() {
+    let mut p = pair_with(true, Timing::default(), Some([7; 32]));
+    p.handshake();
+    let mut q = pair_with(true, Timing::default(), Some([7; 32]));
+    // B uses another psk for A.
+    q.b.peer = Peer::new(
+        local(&q.b.identity, true, Timing::default()),
+        PeerConfig {
+            public_key: *q.a.identity.public_key(),
+            psk: Some(Psk::from_bytes([8; 32])),
+            endpoint: None,
+            persistent_keepalive: None,
+        },
+        q.now,
+    )
+    .unwrap();
+    let init = q.a.initiation(q.now, q.wall);
+    let resp =
+        q.b.respond(q.now, &init, addr(A_ADDR), &mut None)
+            .unwrap()
+            .unwrap();
+    assert!(q.a.take_response(q.now, &resp, addr(B_ADDR)).is_err());
+}
+
+#[test]
+fn classical_initiation_refused_when_hybrid_required() {
+    let mut p = pair_with(false, Timing::default(), None);
+    let init = p.a.initiation(p.now, p.wall);
+    let Ok(Message::Initiation(m)) = message::parse(&init) else {
+        panic!()
+    };
+    assert!(read_initiation(&p.b.identity, &m, false).is_err());
+    assert!(read_initiation(&p.b.identity, &m, true).is_ok());
+}
+
+#[test]
+fn endpoint_follows_latest_authenticated_packet() {
+    let mut p = pair();
+    p.handshake();
+    let roamed = addr("198.51.100.7:40000");
+    let pkt = p.a.seal(p.now, b"from a new address").unwrap();
+    p.b.open(p.now, &pkt, roamed).unwrap();
+    assert_eq!(p.b.peer.endpoint(), Some(roamed));
+    // A forged packet from elsewhere does not move it.
+    let mut forged = p.a.seal(p.now, b"x").unwrap();
+    forged[20] ^= 0xff;
+    assert!(p.b.open(p.now, &forged, addr("203.0.113.9:1")).is_err());
+    assert_eq!(p.b.peer.endpoint(), Some(roamed));
+    // Replies go to the new address.
+    let (_, to) = p.b.peer.seal(p.now, &mut [0u8; 64], 8).unwrap();
+    assert_eq!(to, roamed);
+}
+
+#[test]
+fn retransmission_backs_off_with_jitter_then_gives_up() {
+    let mut p = pair();
+    let t0 = p.now;
+    p.a.initiation(p.now, p.wall);
+    let mut sent_at = vec![Duration::ZERO];
+    // Never answered: follow the timer.
+    while let Some(t) = p.a.peer.poll_timeout() {
+        if t.saturating_duration_since(t0) > Duration::from_secs(200) {
+            break;
+        }
+        p.now = t;
+        p.a.peer.handle_timeout(p.now);
+        if p.a.peer.wants_initiation() {
+            p.a.initiation(p.now, p.wall);
+            sent_at.push(p.now - t0);
+        }
+        if p.a.peer.take_gave_up() {
+            break;
+        }
+    }
+    let gaps: Vec<Duration> = sent_at.windows(2).map(|w| w[1] - w[0]).collect();
+    let bases = [1, 2, 4, 8, 8, 8];
+    for (gap, base) in gaps.iter().zip(bases) {
+        let base = Duration::from_secs(base);
+        assert!(
+            *gap >= base && *gap <= base + base / 4,
+            "gap {gap:?} for base {base:?}: {gaps:?}"
+        );
+    }
+    // Jitter: not all gaps of the same base are equal.
+    assert!(gaps[3] != gaps[4] || gaps[4] != gaps[5], "{gaps:?}");
+    // Gave up at 90 s: the last initiation went out before, none after.
+    let last = *sent_at.last().unwrap();
+    assert!(last < Duration::from_secs(90), "{sent_at:?}");
+    assert!(p.now - t0 >= Duration::from_secs(90));
+    assert!(!p.a.peer.wants_initiation());
+    // New traffic starts a new attempt.
+    assert!(matches!(p.a.seal(p.now, b"x"), Err(SealError::NoSession)));
+    assert!(p.a.peer.wants_initiation());
+}
+
+#[test]
+fn rekey_on_interval_keeps_previous_keys_for_the_grace_period() {
+    let timing = Timing::with_rekey_interval(Duration::from_secs(2));
+    let mut p = pair_with(true, timing, None);
+    p.handshake();
+    let first_epoch = p.a.peer.status(p.now).epoch;
+    p.advance(Duration::from_millis(1500));
+    p.a.seal(p.now, b"young").unwrap();
+    assert!(!p.a.peer.wants_initiation());
+    p.advance(Duration::from_millis(600));
+    // Sealed under the old keys, delivered after the switch.
+    let late = p.a.seal(p.now, b"late").unwrap();
+    assert!(
+        p.a.peer.wants_initiation(),
+        "rekey wanted after the interval"
+    );
+    p.handshake();
+    assert_ne!(p.a.peer.status(p.now).epoch, first_epoch);
+    assert!(p.b.peer.status(p.now).previous_kept);
+    assert_eq!(p.b.open(p.now, &late, addr(A_ADDR)).unwrap(), b"late");
+    let late2 = {
+        // Another old-key packet, still in flight when the grace period ends.
+        let mut q = pair_with(true, timing, None);
+        q.handshake();
+        drop(q);
+        late.clone()
+    };
+    p.advance(timing.grace + Duration::from_millis(1));
+    assert!(!p.b.peer.status(p.now).previous_kept);
+    assert!(p.b.open(p.now, &late2, addr(A_ADDR)).is_err());
+    // New keys work.
+    let pkt = p.a.seal(p.now, b"new").unwrap();
+    assert_eq!(p.b.open(p.now, &pkt, addr(A_ADDR)).unwrap(), b"new");
+    assert_eq!(p.a.peer.stats().handshakes, 2);
+}
+
+#[test]
+fn sessions_past_reject_after_are_not_used() {
+    let timing = Timing::with_rekey_interval(Duration::from_secs(2));
+    let mut p = pair_with(true, timing, None);
+    p.handshake();
+    let pkt = p.a.seal(p.now, b"old").unwrap();
+    p.advance(timing.reject_after);
+    assert!(p.b.open(p.now, &pkt, addr(A_ADDR)).is_err());
+    assert!(matches!(p.a.seal(p.now, b"x"), Err(SealError::NoSession)));
+}
+
+#[test]
+fn keepalive_answers_received_data_after_ten_seconds() {
+    let mut p = pair();
+    p.handshake();
+    let pkt = p.a.seal(p.now, b"data").unwrap();
+    p.b.open(p.now, &pkt, addr(A_ADDR)).unwrap();
+    p.advance(Duration::from_secs(9));
+    assert!(!p.b.peer.wants_keepalive());
+    p.advance(Duration::from_secs(1));
+    assert!(p.b.peer.wants_keepalive());
+    let ka = p.b.seal(p.now, b"").unwrap();
+    assert_eq!(p.a.open(p.now, &ka, addr(B_ADDR)).unwrap(), b"");
+}
+
+#[test]
+fn silence_after_sending_starts_a_new_handshake() {
+    let mut p = pair();
+    p.handshake();
+    p.a.seal(p.now, b"anyone there?").unwrap();
+    p.advance(Duration::from_secs(14));
+    assert!(!p.a.peer.wants_initiation());
+    p.advance(Duration::from_secs(1));
+    assert!(p.a.peer.wants_initiation());
+}
+
+#[test]
+fn bogus_initiation_flood_under_load_gets_cookies_and_no_state() {
+    let mut p = pair();
+    let mut rng = TestRng(99);
+    let b_key = *p.b.identity.public_key();
+    // An attacker who knows B's public key can compute mac1 but not the Noise message.
+    let mut attacker_jar = sessionkey_proto::vpn::cookie::CookieJar::new(&b_key).unwrap();
+    let mut reply = [0u8; COOKIE_REPLY_LEN];
+    let mut cookies = 0;
+    let mut bad_mac = 0;
+    let mut proceeded = 0;
+    for i in 0..5000u32 {
+        let mut bogus = vec![0u8; message::initiation_len(true)];
+        bogus[0] = 1;
+        bogus[1] = Suite::Aes256Gcm.id();
+        bogus[2] = 1;
+        bogus[4..8].copy_from_slice(&i.to_be_bytes());
+        rng.fill(&mut bogus[8..40]).unwrap();
+        let source = SocketAddr::new(
+            IpAddr::from([203, 0, 113, (i % 250) as u8]),
+            1000 + i as u16,
+        );
+        if i % 2 == 0 {
+            attacker_jar.stamp(p.now, &mut bogus);
+        }
+        match p
+            .b
+            .gate
+            .screen(p.now, &mut rng, &bogus, source, i, 0, &mut reply)
+            .unwrap()
+        {
+            Screen::SendCookie => {
+                cookies += 1;
+                assert_eq!(reply[0], 3);
+                assert_eq!(&reply[4..8], &i.to_be_bytes());
+            }
+            Screen::BadMac => bad_mac += 1,
+            Screen::Proceed => {
+                // Before the load meter trips: the Noise message then fails.
+                proceeded += 1;
+                let Ok(Message::Initiation(m)) = message::parse(&bogus) else {
+                    panic!()
+                };
+                assert!(read_initiation(&p.b.identity, &m, true).is_err());
+            }
+            s => panic!("bogus initiation {i} got {s:?}"),
+        }
+        p.now += Duration::from_micros(100);
+    }
+    assert!(p.b.gate.under_load());
+    // Until the meter trips (128 a second) the ones with a good mac1 go on (and fail at
+    // Noise); after, each gets a cookie reply.
+    assert_eq!(bad_mac, 2500);
+    assert_eq!(proceeded, 64);
+    assert_eq!(cookies, 2500 - 64);
+    // No per-sender state was made for any of them.
+    assert_eq!(p.b.gate.tracked_sources(), 0);
+
+    // The genuine peer, under load: a cookie first, then its retransmission passes.
+    p.b.queued = 100;
+    let init = p.a.initiation(p.now, p.wall);
+    let mut cookie = None;
+    assert!(p
+        .b
+        .respond(p.now, &init, addr(A_ADDR), &mut cookie)
+        .unwrap()
+        .is_none());
+    let cookie = cookie.expect("a cookie reply");
+    let Ok(Message::CookieReply(c)) = message::parse(&cookie) else {
+        panic!()
+    };
+    p.a.peer.handle_cookie_reply(p.now, &c).unwrap();
+    // A cookie reply for another message (another mac1) does not open.
+    let mut forged = cookie.clone();
+    forged[10] ^= 1;
+    let Ok(Message::CookieReply(f)) = message::parse(&forged) else {
+        panic!()
+    };
+    assert!(p.a.peer.handle_cookie_reply(p.now, &f).is_err());
+    p.advance(Duration::from_millis(1300));
+    assert!(p.a.peer.wants_initiation());
+    let init = p.a.initiation(p.now, p.wall);
+    // Keep the responder under load.
+    let resp = p.b.respond(p.now, &init, addr(A_ADDR), &mut None).unwrap();
+    assert!(p.b.gate.under_load());
+    let resp = resp.expect("a response once mac2 is valid");
+    p.a.take_response(p.now, &resp, addr(B_ADDR)).unwrap();
+    assert_eq!(p.b.gate.tracked_sources(), 1);
+}
+
+#[test]
+fn cookie_is_bound_to_the_source_address() {
+    let mut p = pair();
+    p.b.queued = 100;
+    // Load the responder.
+    let mut rng = TestRng(5);
+    let mut reply = [0u8; COOKIE_REPLY_LEN];
+    for i in 0..200 {
+        let _ =
+            p.b.gate
+                .screen(p.now, &mut rng, &[0u8; 100], addr(A_ADDR), i, 0, &mut reply);
+    }
+    let init = p.a.initiation(p.now, p.wall);
+    let mut cookie = None;
+    assert!(p
+        .b
+        .respond(p.now, &init, addr(A_ADDR), &mut cookie)
+        .unwrap()
+        .is_none());
+    let cookie = cookie.unwrap();
+    let Ok(Message::CookieReply(c)) = message::parse(&cookie) else {
+        panic!()
+    };
+    p.a.peer.handle_cookie_reply(p.now, &c).unwrap();
+    p.advance(Duration::from_millis(1300));
+    let init = p.a.initiation(p.now, p.wall);
+    // From another address (a spoofer replaying it), the cookie does not count.
+    let mut again = None;
+    let r =
+        p.b.respond(p.now, &init, addr("203.0.113.50:9"), &mut again)
+            .unwrap();
+    assert!(r.is_none() && again.is_some());
+}
+
+#[test]
+fn rate_limit_per_source_under_load() {
+    let mut p = pair();
+    let mut rng = TestRng(11);
+    let mut reply = [0u8; COOKIE_REPLY_LEN];
+    // Get under load with garbage, then obtain a cookie for A's address.
+    for i in 0..200 {
+        let _ =
+            p.b.gate
+                .screen(p.now, &mut rng, &[0u8; 100], addr(A_ADDR), i, 0, &mut reply);
+    }
+    let init = p.a.initiation(p.now, p.wall);
+    let mut cookie = None;
+    p.b.respond(p.now, &init, addr(A_ADDR), &mut cookie)
+        .unwrap();
+    let Ok(Message::CookieReply(c)) = message::parse(cookie.as_ref().unwrap()) else {
+        panic!()
+    };
+    p.a.peer.handle_cookie_reply(p.now, &c).unwrap();
+    p.advance(Duration::from_millis(1300));
+    let msg = p.a.initiation(p.now, p.wall);
+    let Ok(Message::Initiation(m)) = message::parse(&msg) else {
+        panic!()
+    };
+    // The same valid message (good mac1 and mac2) screened 10 times at one instant, with a
+    // long queue keeping the responder under load: the burst of 5 passes, then the limit.
+    let outcomes: Vec<Screen> = (0..10)
+        .map(|_| {
+            p.b.gate
+                .screen(
+                    p.now,
+                    &mut rng,
+                    &msg,
+                    addr(A_ADDR),
+                    m.sender_index,
+                    100,
+                    &mut reply,
+                )
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(&outcomes[..5], &[Screen::Proceed; 5]);
+    assert_eq!(&outcomes[5..], &[Screen::RateLimited; 5]);
+    // From another (unproven) address the same message gets a cookie, not a bucket.
+    let other =
+        p.b.gate
+            .screen(
+                p.now,
+                &mut rng,
+                &msg,
+                addr("203.0.113.1:1"),
+                m.sender_index,
+                100,
+                &mut reply,
+            )
+            .unwrap();
+    assert_eq!(other, Screen::SendCookie);
+    assert_eq!(p.b.gate.tracked_sources(), 1);
+    let mut limiter = sessionkey_proto::vpn::ratelimit::RateLimiter::new();
+    let ip: IpAddr = "198.51.100.1".parse().unwrap();
+    let t = p.now;
+    let burst = (0..10).filter(|_| limiter.allow(t, ip)).count();
+    assert_eq!(burst, 5);
+    assert!(limiter.allow(t + Duration::from_millis(50), ip));
+    assert!(!limiter.allow(t + Duration::from_millis(60), ip));
+    // Another address has its own bucket.
+    assert!(limiter.allow(t, "198.51.100.2".parse().unwrap()));
+    // IPv6 addresses share a bucket per /64.
+    let v6a: IpAddr = "2001:db8::1".parse().unwrap();
+    let v6b: IpAddr = "2001:db8::2".parse().unwrap();
+    assert_eq!((0..5).filter(|_| limiter.allow(t, v6a)).count(), 5);
+    assert!(!limiter.allow(t, v6b));
+}
+
+#[test]
+fn allowed_ips_longest_prefix_both_families() {
+    let mut t = AllowedIps::new();
+    t.insert("10.0.0.0/8".parse().unwrap(), 'a');
+    t.insert("10.1.0.0/16".parse().unwrap(), 'b');
+    t.insert("10.1.2.3/32".parse().unwrap(), 'c');
+    t.insert("fd00::/64".parse().unwrap(), 'v');
+    t.insert("0.0.0.0/0".parse().unwrap(), 'z');
+    fn get(t: &AllowedIps<char>, s: &str) -> Option<char> {
+        t.get(s.parse().unwrap()).copied()
+    }
+    assert_eq!(get(&t, "10.9.9.9"), Some('a'));
+    assert_eq!(get(&t, "10.1.9.9"), Some('b'));
+    assert_eq!(get(&t, "10.1.2.3"), Some('c'));
+    assert_eq!(get(&t, "192.0.2.1"), Some('z'));
+    assert_eq!(get(&t, "fd00::1234"), Some('v'));
+    assert_eq!(get(&t, "fd01::1"), None);
+    // Host bits of an allowed network are ignored; a replaced route returns the old value.
+    assert_eq!(t.insert("10.1.255.255/16".parse().unwrap(), 'B'), Some('b'));
+    assert_eq!(get(&t, "10.1.9.9"), Some('B'));
+    assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+    assert!("10.0.0.x/8".parse::<Cidr>().is_err());
+    assert_eq!("fd00::1".parse::<Cidr>().unwrap().prefix(), 128);
+    assert!("10.0.0.0/8"
+        .parse::<Cidr>()
+        .unwrap()
+        .contains("10.2.3.4".parse().unwrap()));
+}
+
+#[test]
+fn inner_addresses_of_packets() {
+    let mut v4 = [0u8; 20];
+    v4[0] = 0x45;
+    v4[12..16].copy_from_slice(&[10, 0, 0, 1]);
+    v4[16..20].copy_from_slice(&[10, 0, 0, 2]);
+    assert_eq!(packet_source(&v4), Some("10.0.0.1".parse().unwrap()));
+    assert_eq!(packet_destination(&v4), Some("10.0.0.2".parse().unwrap()));
+    assert_eq!(packet_source(&v4[..19]), None);
+    let mut v6 = [0u8; 40];
+    v6[0] = 0x60;
+    v6[23] = 1;
+    v6[39] = 2;
+    assert_eq!(packet_source(&v6), Some("::1".parse().unwrap()));
+    assert_eq!(packet_destination(&v6), Some("::2".parse().unwrap()));
+    assert_eq!(packet_source(&[]), None);
+    assert_eq!(packet_source(&[0x50; 60]), None);
+}
+
+#[test]
+fn spoofed_inner_source_is_detected_by_routing() {
+    // What the I/O layer does after opening: the inner source must route back to the
+    // sending peer.
+    let mut routes = AllowedIps::new();
+    routes.insert("10.0.0.1/32".parse().unwrap(), 1usize);
+    routes.insert("10.0.0.2/32".parse().unwrap(), 2usize);
+    let mut inner = [0u8; 20];
+    inner[0] = 0x45;
+    inner[12..16].copy_from_slice(&[10, 0, 0, 2]);
+    let from_peer = 1usize;
+    let src = packet_source(&inner).unwrap();
+    assert_ne!(routes.get(src), Some(&from_peer));
+}
+
+#[test]
+fn debug_output_has_no_secrets() {
+    let mut p = pair_with(true, Timing::default(), Some([0xab; 32]));
+    p.handshake();
+    let text = format!("{:?} {:?}", p.a.peer, p.b.gate);
+    assert!(
+        !text.contains("171") && !text.to_lowercase().contains("ab, ab"),
+        "{text}"
+    );
+    assert!(text.contains("SHA256:"), "{text}");
+}

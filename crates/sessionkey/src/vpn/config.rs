@@ -1,0 +1,549 @@
+//! The VPN configuration file (docs/VPN.md): TOML in WireGuard's shape, parsed into
+//! validated types. Every mistake is reported with the file, the line and the field.
+//!
+//! ```toml
+//! [interface]
+//! private_key_file = "/etc/sessionkey/site-a.key"   # written by `sessionkey keygen`
+//! address = ["10.8.0.1/24"]
+//! listen_port = 51820
+//!
+//! [[peer]]
+//! public_key = "sessionkey-x25519 m3Lq...="
+//! endpoint = "198.51.100.2:51820"
+//! allowed_ips = ["10.8.0.2/32"]
+//! ```
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde::Deserialize;
+use sessionkey_proto::keys::{read_private_key, Identity, Psk, PublicKey};
+use sessionkey_proto::suite::Suite;
+use sessionkey_proto::vpn::Cidr;
+use toml::Spanned;
+use zeroize::Zeroizing;
+
+/// The default inner MTU: a 1500-byte path minus the VPN's overhead over IPv6 (80).
+pub const DEFAULT_MTU: u16 = 1420;
+/// The default UDP port.
+pub const DEFAULT_PORT: u16 = 51820;
+
+/// A configuration mistake, located.
+#[derive(Debug, thiserror::Error)]
+#[error("{}:{line}: {field}: {message}", path.display())]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// The line (1-based; 0 when the file could not be read).
+    pub line: usize,
+    /// The field (`interface.address`, `peer[2].endpoint`), or `file`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+/// A validated VPN configuration.
+#[derive(Debug)]
+pub struct VpnConfig {
+    /// The interface name (default: the file name without `.toml`).
+    pub name: String,
+    /// This side's identity.
+    pub identity: Arc<Identity>,
+    /// Addresses of the TUN interface, with their prefix lengths.
+    pub addresses: Vec<Cidr>,
+    /// The UDP port to listen on.
+    pub listen_port: u16,
+    /// The TUN interface's MTU.
+    pub mtu: u16,
+    /// Whether handshakes this side starts are hybrid; when false, classical handshakes from
+    /// peers are accepted too.
+    pub hybrid: bool,
+    /// The record suite this side offers.
+    pub suite: Suite,
+    /// The re-handshake interval (default 120 s).
+    pub rekey_interval: Duration,
+    /// Whether to use TUN offloads and UDP GSO/GRO (default true).
+    pub offload: bool,
+    /// The peers.
+    pub peers: Vec<PeerEntry>,
+}
+
+/// A validated peer.
+pub struct PeerEntry {
+    /// Its static public key.
+    pub public_key: PublicKey,
+    /// Where to reach it, if known.
+    pub endpoint: Option<SocketAddr>,
+    /// The networks it may send from and that are routed to it.
+    pub allowed_ips: Vec<Cidr>,
+    /// The pre-shared key, if any.
+    pub psk: Option<Psk>,
+    /// The persistent keepalive interval, if any.
+    pub persistent_keepalive: Option<Duration>,
+}
+
+impl std::fmt::Debug for PeerEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerEntry")
+            .field("public_key", &self.public_key.fingerprint())
+            .field("endpoint", &self.endpoint)
+            .field("allowed_ips", &self.allowed_ips)
+            .field("psk", &self.psk.is_some())
+            .field("persistent_keepalive", &self.persistent_keepalive)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    interface: Spanned<RawInterface>,
+    #[serde(default)]
+    peer: Vec<Spanned<RawPeer>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInterface {
+    name: Option<Spanned<String>>,
+    private_key_file: Spanned<String>,
+    #[serde(default)]
+    address: Vec<Spanned<String>>,
+    listen_port: Option<Spanned<u16>>,
+    mtu: Option<Spanned<u16>>,
+    hybrid: Option<bool>,
+    suite: Option<Spanned<String>>,
+    rekey_interval: Option<Spanned<f64>>,
+    offload: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    public_key: Spanned<String>,
+    endpoint: Option<Spanned<String>>,
+    #[serde(default)]
+    allowed_ips: Vec<Spanned<String>>,
+    preshared_key_file: Option<Spanned<String>>,
+    persistent_keepalive: Option<Spanned<u64>>,
+}
+
+struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .bytes()
+            .filter(|b| *b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn err(&self, span: Range<usize>, field: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: self.path.to_path_buf(),
+            line: self.line_of(span.start),
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// A path in the file, relative to the file's directory.
+    fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.path.parent().unwrap_or_else(|| Path::new(".")).join(p)
+        }
+    }
+}
+
+/// The field a TOML error is about: the last key name before the error on its line.
+fn field_of_toml_error(message: &str) -> String {
+    // toml's messages name unknown fields as "unknown field `x`" and missing ones as
+    // "missing field `x`".
+    message
+        .split('`')
+        .nth(1)
+        .map(str::to_string)
+        .unwrap_or_else(|| "syntax".to_string())
+}
+
+impl VpnConfig {
+    /// Read and validate the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_path_buf(),
+            line: 0,
+            field: "file".into(),
+            message: format!("cannot read it: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validate `text`, the contents of `path` (used in messages and to resolve key files).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let src = Source { path, text };
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
+            let line = e.span().map_or(1, |s| src.line_of(s.start));
+            let message = e.message().trim().to_string();
+            ConfigError {
+                path: path.to_path_buf(),
+                line,
+                field: field_of_toml_error(&message),
+                message: format!(
+                    "{message} (fields: interface.private_key_file, address, listen_port, mtu, \
+                     hybrid, suite, rekey_interval, offload, name; peer.public_key, endpoint, \
+                     allowed_ips, preshared_key_file, persistent_keepalive)"
+                ),
+            }
+        })?;
+        let iface_span = raw.interface.span();
+        let iface = raw.interface.into_inner();
+
+        let name = match iface.name {
+            Some(n) => {
+                let span = n.span();
+                let n = n.into_inner();
+                check_name(&n).map_err(|m| src.err(span, "interface.name", m))?;
+                n
+            }
+            None => {
+                let stem = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or("skvpn0")
+                    .to_string();
+                check_name(&stem).map_err(|m| {
+                    src.err(
+                        iface_span.clone(),
+                        "interface.name",
+                        format!("{m}; the file name is used when `name` is not set"),
+                    )
+                })?;
+                stem
+            }
+        };
+
+        let key_path = src.resolve(iface.private_key_file.get_ref());
+        let identity = read_private_key(&key_path).map_err(|e| {
+            src.err(
+                iface.private_key_file.span(),
+                "interface.private_key_file",
+                format!(
+                    "{e} (make one with: sessionkey keygen -o {})",
+                    key_path.display()
+                ),
+            )
+        })?;
+
+        let mut addresses = Vec::new();
+        for a in &iface.address {
+            addresses.push(a.get_ref().parse::<Cidr>().map_err(|e| {
+                src.err(
+                    a.span(),
+                    "interface.address",
+                    format!("{:?}: {e}", a.get_ref()),
+                )
+            })?);
+        }
+        if addresses.is_empty() {
+            return Err(src.err(
+                iface_span,
+                "interface.address",
+                "missing: give the interface at least one address, e.g. address = [\"10.8.0.1/24\"]",
+            ));
+        }
+        let mtu = match iface.mtu {
+            Some(m) if !(576..=9000).contains(m.get_ref()) => {
+                return Err(src.err(m.span(), "interface.mtu", "must be between 576 and 9000"))
+            }
+            Some(m) => m.into_inner(),
+            None => DEFAULT_MTU,
+        };
+        let suite = match iface.suite {
+            Some(s) => Suite::from_name(s.get_ref()).ok_or_else(|| {
+                let names: Vec<&str> = Suite::ALL.iter().map(|s| s.name()).collect();
+                src.err(
+                    s.span(),
+                    "interface.suite",
+                    format!(
+                        "unknown suite {:?}; choose one of: {}",
+                        s.get_ref(),
+                        names.join(", ")
+                    ),
+                )
+            })?,
+            None => Suite::default_for_this_cpu(),
+        };
+        let rekey_interval = match iface.rekey_interval {
+            Some(r) => {
+                let secs = *r.get_ref();
+                if !(0.5..=3600.0).contains(&secs) {
+                    return Err(src.err(
+                        r.span(),
+                        "interface.rekey_interval",
+                        "seconds between handshakes must be between 0.5 and 3600 (default 120)",
+                    ));
+                }
+                Duration::from_secs_f64(secs)
+            }
+            None => Duration::from_secs(120),
+        };
+
+        let mut peers = Vec::new();
+        let mut seen_keys = std::collections::HashSet::new();
+        for (i, p) in raw.peer.into_iter().enumerate() {
+            let n = i + 1;
+            let peer_span = p.span();
+            let p = p.into_inner();
+            let field = |f: &str| format!("peer[{n}].{f}");
+            let public_key: PublicKey =
+                p.public_key.get_ref().parse().map_err(|e| {
+                    src.err(p.public_key.span(), &field("public_key"), format!("{e}"))
+                })?;
+            if public_key == *identity.public_key() {
+                return Err(src.err(
+                    p.public_key.span(),
+                    &field("public_key"),
+                    "this is the interface's own key; give the peer's public key",
+                ));
+            }
+            if !seen_keys.insert(public_key) {
+                return Err(src.err(
+                    p.public_key.span(),
+                    &field("public_key"),
+                    "the same peer is listed twice; merge the two [[peer]] sections",
+                ));
+            }
+            let endpoint = match &p.endpoint {
+                Some(e) => Some(
+                    resolve_endpoint(e.get_ref())
+                        .map_err(|m| src.err(e.span(), &field("endpoint"), m))?,
+                ),
+                None => None,
+            };
+            let mut allowed_ips = Vec::new();
+            for a in &p.allowed_ips {
+                allowed_ips.push(a.get_ref().parse::<Cidr>().map_err(|e| {
+                    src.err(
+                        a.span(),
+                        &field("allowed_ips"),
+                        format!("{:?}: {e}", a.get_ref()),
+                    )
+                })?);
+            }
+            if allowed_ips.is_empty() {
+                return Err(src.err(
+                    peer_span,
+                    &field("allowed_ips"),
+                    "missing: list the networks this peer may use, e.g. allowed_ips = [\"10.8.0.2/32\"]",
+                ));
+            }
+            let psk = match &p.preshared_key_file {
+                Some(f) => Some(
+                    read_psk(&src.resolve(f.get_ref()))
+                        .map_err(|m| src.err(f.span(), &field("preshared_key_file"), m))?,
+                ),
+                None => None,
+            };
+            let persistent_keepalive = match &p.persistent_keepalive {
+                Some(k) if *k.get_ref() == 0 => None,
+                Some(k) if *k.get_ref() > 3600 => {
+                    return Err(src.err(
+                        k.span(),
+                        &field("persistent_keepalive"),
+                        "seconds must be at most 3600 (0 or absent: off)",
+                    ))
+                }
+                Some(k) => Some(Duration::from_secs(*k.get_ref())),
+                None => None,
+            };
+            peers.push(PeerEntry {
+                public_key,
+                endpoint,
+                allowed_ips,
+                psk,
+                persistent_keepalive,
+            });
+        }
+
+        Ok(Self {
+            name,
+            identity: Arc::new(identity),
+            addresses,
+            listen_port: iface.listen_port.map_or(DEFAULT_PORT, |p| p.into_inner()),
+            mtu,
+            hybrid: iface.hybrid.unwrap_or(true),
+            suite,
+            rekey_interval,
+            offload: iface.offload.unwrap_or(true),
+            peers,
+        })
+    }
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 15
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!(
+            "{name:?} is not a valid interface name: 1 to 15 letters, digits, '-', '_' or '.'"
+        ));
+    }
+    Ok(())
+}
+
+fn resolve_endpoint(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if !s.contains(':') {
+        return Err(format!(
+            "{s:?} has no port; write HOST:PORT, e.g. \"198.51.100.2:{DEFAULT_PORT}\""
+        ));
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {s:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
+/// A pre-shared key file: 32 random bytes in base64, mode 0600.
+fn read_psk(path: &Path) -> Result<Psk, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} is readable by group or others; fix it with: chmod 600 {}",
+            path.display(),
+            path.display()
+        ));
+    }
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?,
+    );
+    let bytes = Zeroizing::new(STANDARD.decode(text.trim()).map_err(|_| {
+        format!(
+            "{} is not base64; make one with: head -c 32 /dev/urandom | base64 > FILE",
+            path.display()
+        )
+    })?);
+    let arr: [u8; 32] = bytes[..]
+        .try_into()
+        .map_err(|_| format!("{} must hold exactly 32 bytes", path.display()))?;
+    Ok(Psk::from_bytes(arr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sessionkey_proto::crypto::SystemRandom;
+    use sessionkey_proto::keys::write_keypair;
+
+    struct Dir(PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn setup(tag: &str) -> (Dir, String) {
+        let dir = std::env::temp_dir().join(format!("sk-vpn-config-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let me = Identity::generate(&mut SystemRandom).unwrap();
+        write_keypair(&dir.join("me.key"), &me, "me").unwrap();
+        let peer = Identity::generate(&mut SystemRandom).unwrap();
+        (Dir(dir), peer.public_key().to_line("peer"))
+    }
+
+    fn parse(dir: &Dir, text: &str) -> Result<VpnConfig, ConfigError> {
+        VpnConfig::parse(&dir.0.join("wg-test.toml"), text)
+    }
+
+    #[test]
+    fn a_complete_config_parses_with_defaults() {
+        let (dir, peer) = setup("ok");
+        let c = parse(
+            &dir,
+            &format!(
+                "[interface]\nprivate_key_file = \"me.key\"\naddress = [\"10.8.0.1/24\", \"fd08::1/64\"]\n\n\
+                 [[peer]]\npublic_key = \"{peer}\"\nendpoint = \"192.0.2.2:51820\"\n\
+                 allowed_ips = [\"10.8.0.2/32\"]\npersistent_keepalive = 25\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(c.name, "wg-test");
+        assert_eq!(
+            (c.listen_port, c.mtu, c.hybrid, c.offload),
+            (51820, 1420, true, true)
+        );
+        assert_eq!(c.rekey_interval, Duration::from_secs(120));
+        assert_eq!(c.addresses.len(), 2);
+        assert_eq!(
+            c.peers[0].persistent_keepalive,
+            Some(Duration::from_secs(25))
+        );
+        assert!(!format!("{c:?}").contains("psk: Some"));
+    }
+
+    #[test]
+    fn mistakes_name_line_and_field() {
+        let (dir, peer) = setup("bad");
+        let head = "[interface]\nprivate_key_file = \"me.key\"\naddress = [\"10.8.0.1/24\"]\n";
+        let cases = [
+            (format!("{head}mtu = 100\n"), 4, "interface.mtu"),
+            (format!("{head}suite = \"des\"\n"), 4, "interface.suite"),
+            (format!("{head}rekey_interval = 0.1\n"), 4, "interface.rekey_interval"),
+            (
+                format!("{head}\n[[peer]]\npublic_key = \"nope\"\nallowed_ips = [\"10.8.0.2/32\"]\n"),
+                6,
+                "peer[1].public_key",
+            ),
+            (
+                format!("{head}\n[[peer]]\npublic_key = \"{peer}\"\nendpoint = \"192.0.2.2\"\nallowed_ips = [\"10.8.0.2/32\"]\n"),
+                7,
+                "peer[1].endpoint",
+            ),
+            (
+                format!("{head}\n[[peer]]\npublic_key = \"{peer}\"\nallowed_ips = [\"10.8.0.300/32\"]\n"),
+                7,
+                "peer[1].allowed_ips",
+            ),
+            (
+                "[interface]\nprivate_key_file = \"me.key\"\n".to_string(),
+                1,
+                "interface.address",
+            ),
+            (format!("{head}lisen_port = 5\n"), 4, "lisen_port"),
+            (
+                "[interface]\nprivate_key_file = \"other.key\"\naddress = [\"10.8.0.1/24\"]\n".into(),
+                2,
+                "interface.private_key_file",
+            ),
+        ];
+        for (text, line, field) in cases {
+            let e = parse(&dir, &text).unwrap_err();
+            assert_eq!((e.line, e.field.as_str()), (line, field), "{e}\n{text}");
+            let shown = e.to_string();
+            assert!(
+                shown.contains(&format!("wg-test.toml:{line}: {field}: ")),
+                "{shown}"
+            );
+        }
+    }
+}

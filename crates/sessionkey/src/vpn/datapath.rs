@@ -1,0 +1,235 @@
+//! The two data threads, one per direction, so both cores work:
+//!
+//! - **outbound**: TUN read (with offloads: up to 64 KiB of TCP segments in one read, split
+//!   into packets by tun-rs) -> route by destination -> seal in place -> gather runs for UDP
+//!   GSO -> send;
+//! - **inbound**: UDP receive (recvmmsg, each message possibly GRO-coalesced) -> find the
+//!   session by receiver index -> open in place -> check the inner source against the peer's
+//!   allowed IPs -> TUN write (coalesced again by tun-rs where offloads are on). Handshake
+//!   messages go to the handshake thread through a bounded queue.
+//!
+//! Buffers are allocated once per thread; nothing is allocated per packet, except a copy
+//! of a packet kept while its peer's handshake runs.
+
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use quinn_udp::RecvMeta;
+use sessionkey_proto::record::datagram::{peek_receiver_index, HEADER_LEN};
+use sessionkey_proto::vpn::message::{
+    TYPE_COOKIE_REPLY, TYPE_DATA, TYPE_INITIATION, TYPE_RESPONSE,
+};
+use sessionkey_proto::vpn::{packet_destination, packet_source, SealError};
+use tun_rs::GROTable;
+
+use super::device::{Device, MAX_STAGED};
+use super::tun::{BATCH, VNET_HDR_LEN};
+use super::udp::GsoBatch;
+
+/// Tag length of every suite.
+const TAG_LEN: usize = 16;
+/// Handshake messages waiting at most; more are dropped (and count toward load).
+pub(crate) const HANDSHAKE_QUEUE: usize = 1024;
+
+/// Work for the handshake thread.
+pub(crate) enum Job {
+    /// A handshake message or cookie reply from `from`.
+    Message {
+        /// The datagram.
+        bytes: Vec<u8>,
+        /// Its source.
+        from: SocketAddr,
+    },
+    /// A peer wants a handshake or a keepalive; look at the peers now.
+    Wake,
+}
+
+/// The largest packet a slot holds: header, an inner packet of the MTU (at least 1500 for
+/// safety), tag.
+pub(crate) fn slot_len(mtu: u16) -> usize {
+    HEADER_LEN + usize::from(mtu).max(1500) + TAG_LEN
+}
+
+/// TUN -> UDP. Returns when the device stops.
+pub(crate) fn outbound(dev: &Device, hs: &SyncSender<Job>) -> io::Result<()> {
+    let slot = slot_len(dev.mtu);
+    let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; slot]).collect();
+    let mut sizes = vec![0usize; BATCH];
+    let mut original = vec![0u8; VNET_HDR_LEN + 65_536];
+    let mut batch = GsoBatch::new(dev.udp.max_gso_segments(), slot);
+    let mut errors = 0u32;
+    while !dev.stopping() {
+        let n = match dev.tun.recv_multiple_intr(
+            &mut original,
+            &mut bufs,
+            &mut sizes,
+            HEADER_LEN,
+            &dev.tun_interrupt,
+        ) {
+            Ok(n) => {
+                errors = 0;
+                n
+            }
+            Err(e) if dev.stopping() => {
+                tracing::debug!("TUN read ended: {e}");
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // A malformed offload header is one bad packet; a dead device repeats.
+                errors += 1;
+                tracing::debug!("TUN read failed: {e}");
+                if errors > 1000 || e.raw_os_error() == Some(nix::libc::EBADFD) {
+                    return Err(e);
+                }
+                continue;
+            }
+        };
+        let now = Instant::now();
+        let mut wake = false;
+        for (buf, &len) in bufs.iter_mut().zip(&sizes).take(n) {
+            if HEADER_LEN + len + TAG_LEN > buf.len() {
+                continue;
+            }
+            let Some(peer) = packet_destination(&buf[HEADER_LEN..HEADER_LEN + len])
+                .and_then(|dst| dev.routes.get(dst).copied())
+            else {
+                dev.count(&dev.counters.no_route);
+                continue;
+            };
+            let slot = &dev.peers[peer];
+            let mut st = slot.lock();
+            let sealed = st
+                .peer
+                .seal(now, &mut buf[..HEADER_LEN + len + TAG_LEN], len);
+            wake |= st.peer.wants_initiation() || st.peer.wants_keepalive();
+            match sealed {
+                Ok((packet_len, to)) => {
+                    drop(st);
+                    batch.push(&dev.udp, to, &buf[..packet_len]);
+                }
+                Err(SealError::NoSession) => {
+                    if st.staged.len() < MAX_STAGED {
+                        st.staged
+                            .push_back(buf[HEADER_LEN..HEADER_LEN + len].to_vec());
+                    } else {
+                        dev.count(&dev.counters.staged_dropped);
+                    }
+                    wake = true;
+                }
+                Err(SealError::NoEndpoint) => dev.count(&dev.counters.no_endpoint),
+                Err(e) => tracing::debug!("cannot seal for peer {}: {e}", peer + 1),
+            }
+        }
+        batch.flush(&dev.udp);
+        if wake {
+            let _ = hs.try_send(Job::Wake);
+        }
+    }
+    Ok(())
+}
+
+/// UDP -> TUN. Returns when the device stops.
+pub(crate) fn inbound(dev: &Device, hs: &SyncSender<Job>) -> io::Result<()> {
+    let gro = dev.udp.gro_segments();
+    let buf_len = if gro > 1 { 65_536 } else { slot_len(dev.mtu) };
+    let mut storage: Vec<Vec<u8>> = (0..quinn_udp::BATCH_SIZE)
+        .map(|_| vec![0u8; buf_len])
+        .collect();
+    let mut meta = vec![RecvMeta::default(); quinn_udp::BATCH_SIZE];
+    // GRO coalescing in tun-rs appends segments to the first packet of a flow: room for 64 KiB.
+    let mut tun_bufs: Vec<Vec<u8>> = (0..BATCH)
+        .map(|_| Vec::with_capacity(VNET_HDR_LEN + 65_536))
+        .collect();
+    let mut gro_table = GROTable::default();
+    while !dev.stopping() {
+        let n = {
+            let mut iovs: Vec<IoSliceMut<'_>> =
+                storage.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            dev.udp.recv(&mut iovs, &mut meta)?
+        };
+        if n == 0 {
+            dev.udp.wait(false, Duration::from_millis(100))?;
+            continue;
+        }
+        let now = Instant::now();
+        let mut out = 0;
+        for (buf, m) in storage.iter_mut().zip(&meta).take(n) {
+            let stride = if m.stride == 0 { m.len } else { m.stride };
+            for seg in buf[..m.len].chunks_mut(stride.max(1)) {
+                match seg.first().copied() {
+                    Some(TYPE_DATA) => {}
+                    Some(TYPE_INITIATION | TYPE_RESPONSE | TYPE_COOKIE_REPLY) => {
+                        to_handshaker(dev, hs, seg, m.addr);
+                        continue;
+                    }
+                    _ => {
+                        dev.count(&dev.counters.malformed);
+                        continue;
+                    }
+                }
+                let Some(peer) = peek_receiver_index(seg).and_then(|i| dev.peer_of_index(i)) else {
+                    dev.count(&dev.counters.unknown_index);
+                    continue;
+                };
+                let payload = {
+                    let mut st = dev.peers[peer].lock();
+                    match st.peer.open(now, m.addr, seg) {
+                        Ok(p) => p,
+                        Err(_) => {
+                            dev.count(&dev.counters.rejected);
+                            continue;
+                        }
+                    }
+                };
+                if payload.is_empty() {
+                    continue; // a keepalive
+                }
+                // Cryptokey routing, inbound: the inner source must be this peer's.
+                if packet_source(payload).and_then(|s| dev.routes.get(s).copied()) != Some(peer) {
+                    dev.count(&dev.counters.spoofed_source);
+                    continue;
+                }
+                if out == tun_bufs.len() {
+                    write_tun(dev, &mut gro_table, &mut tun_bufs[..out]);
+                    out = 0;
+                }
+                let b = &mut tun_bufs[out];
+                b.clear();
+                b.resize(VNET_HDR_LEN, 0);
+                b.extend_from_slice(payload);
+                out += 1;
+            }
+        }
+        if out > 0 {
+            write_tun(dev, &mut gro_table, &mut tun_bufs[..out]);
+        }
+    }
+    Ok(())
+}
+
+fn write_tun(dev: &Device, gro: &mut GROTable, bufs: &mut [Vec<u8>]) {
+    if let Err(e) = dev.tun.send_multiple(gro, bufs, VNET_HDR_LEN) {
+        tracing::debug!("TUN write failed: {e}");
+    }
+}
+
+fn to_handshaker(dev: &Device, hs: &SyncSender<Job>, seg: &[u8], from: SocketAddr) {
+    if dev.queued.load(Ordering::Relaxed) >= HANDSHAKE_QUEUE {
+        dev.count(&dev.counters.handshake_queue_full);
+        return;
+    }
+    let job = Job::Message {
+        bytes: seg.to_vec(),
+        from,
+    };
+    // Counted before it is sent, so the handshake thread never takes one off first.
+    dev.queued.fetch_add(1, Ordering::Relaxed);
+    if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = hs.try_send(job) {
+        dev.queued.fetch_sub(1, Ordering::Relaxed);
+        dev.count(&dev.counters.handshake_queue_full);
+    }
+}

@@ -1,0 +1,323 @@
+//! The handshake thread: answers and starts handshakes, runs the peers' timers (retransmits,
+//! keepalives, rekeys, key expiry), sends the packets kept while a handshake ran, and sweeps
+//! receiver indexes no longer used. It is the only thread that does Diffie-Hellman and
+//! ML-KEM work, so a handshake flood cannot stall the data threads; the cookie checks in
+//! front of that work keep the flood cheap ([`HandshakeGate`]).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use sessionkey_proto::crypto::SystemRandom;
+use sessionkey_proto::record::datagram::HEADER_LEN;
+use sessionkey_proto::vpn::handshake::read_initiation;
+use sessionkey_proto::vpn::message::{self, Message, COOKIE_REPLY_LEN, MAX_HANDSHAKE_LEN};
+use sessionkey_proto::vpn::ratelimit::DEFAULT_LOAD_THRESHOLD;
+use sessionkey_proto::vpn::{HandshakeGate, Screen, SealError};
+
+use super::datapath::{slot_len, Job};
+use super::device::{unix_nanos, Device};
+
+/// Logs a repeated event at debug level at most once a second, with its count.
+struct Throttle(Option<Instant>);
+
+impl Throttle {
+    fn log(&mut self, now: Instant, counter: &AtomicU64, what: impl FnOnce(u64) -> String) {
+        if self
+            .0
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
+        {
+            self.0 = Some(now);
+            tracing::debug!("{}", what(counter.load(Ordering::Relaxed)));
+        }
+    }
+}
+
+struct Handshaker<'a> {
+    dev: &'a Device,
+    gate: HandshakeGate,
+    rng: SystemRandom,
+    out: Vec<u8>,
+    reply: [u8; COOKIE_REPLY_LEN],
+    seal_buf: Vec<u8>,
+    unknown_peer_log: Throttle,
+    bad_mac_log: Throttle,
+    failed_log: Throttle,
+}
+
+/// Run until the device stops or the queue closes.
+pub(crate) fn run(dev: &Device, jobs: Receiver<Job>) -> Result<(), sessionkey_proto::Error> {
+    let mut h = Handshaker {
+        dev,
+        gate: HandshakeGate::new(dev.identity.public_key(), DEFAULT_LOAD_THRESHOLD)?,
+        rng: SystemRandom,
+        out: vec![0u8; MAX_HANDSHAKE_LEN],
+        reply: [0u8; COOKIE_REPLY_LEN],
+        seal_buf: vec![0u8; slot_len(dev.mtu)],
+        unknown_peer_log: Throttle(None),
+        bad_mac_log: Throttle(None),
+        failed_log: Throttle(None),
+    };
+    let mut next_sweep = Instant::now() + Duration::from_secs(1);
+    let mut deadline = h.service_all(Instant::now());
+    while !dev.stopping() {
+        let now = Instant::now();
+        let wake_at = deadline.map_or(next_sweep, |d| d.min(next_sweep));
+        let wait = wake_at
+            .saturating_duration_since(now)
+            .min(Duration::from_millis(200));
+        let job = jobs.recv_timeout(wait);
+        let now = Instant::now();
+        match job {
+            Ok(Job::Message { bytes, from }) => {
+                dev.queued.fetch_sub(1, Ordering::Relaxed);
+                if let Some(peer) = h.handle_message(now, &bytes, from) {
+                    let t = h.service(peer, now);
+                    deadline = min_opt(deadline, t);
+                }
+            }
+            Ok(Job::Wake) => deadline = h.service_all(now),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if deadline.is_some_and(|d| d <= now) {
+            deadline = h.service_all(now);
+        }
+        if now >= next_sweep {
+            dev.sweep_indexes();
+            next_sweep = now + Duration::from_secs(1);
+        }
+    }
+    Ok(())
+}
+
+fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+impl Handshaker<'_> {
+    fn service_all(&mut self, now: Instant) -> Option<Instant> {
+        let mut next = None;
+        for i in 0..self.dev.peers.len() {
+            next = min_opt(next, self.service(i, now));
+        }
+        next
+    }
+
+    /// Run peer `i`'s timers and send what it wants; returns its next deadline.
+    fn service(&mut self, i: usize, now: Instant) -> Option<Instant> {
+        let dev = self.dev;
+        let slot = &dev.peers[i];
+        let wants_initiation = {
+            let mut st = slot.lock();
+            st.peer.handle_timeout(now);
+            if st.peer.take_gave_up() {
+                let dropped = st.staged.len() as u64;
+                st.staged.clear();
+                dev.counters
+                    .staged_dropped
+                    .fetch_add(dropped, Ordering::Relaxed);
+                tracing::debug!(
+                    "peer {}: no handshake response for 90 s; dropped {dropped} waiting packets",
+                    slot.public_key.fingerprint()
+                );
+            }
+            st.peer.wants_initiation()
+        };
+        if wants_initiation {
+            // The index table is never taken while a peer is locked.
+            let index = dev.fresh_index(i);
+            let mut st = slot.lock();
+            match st
+                .peer
+                .create_initiation(now, unix_nanos(), index, &mut self.rng, &mut self.out)
+            {
+                Ok(Some(sent)) => {
+                    drop(st);
+                    tracing::debug!(
+                        "peer {}: handshake initiation to {}",
+                        slot.public_key.fingerprint(),
+                        sent.endpoint
+                    );
+                    dev.udp.send(sent.endpoint, &self.out[..sent.len], None);
+                }
+                Ok(None) => tracing::debug!(
+                    "peer {}: no endpoint known; waiting for it to reach us",
+                    slot.public_key.fingerprint()
+                ),
+                Err(e) => tracing::warn!(
+                    "peer {}: cannot start a handshake: {e}",
+                    slot.public_key.fingerprint()
+                ),
+            }
+        }
+        let mut st = slot.lock();
+        // Packets kept during the handshake, then a keepalive if still wanted.
+        while let Some(packet) = st.staged.pop_front() {
+            let len = packet.len();
+            if HEADER_LEN + len + 16 > self.seal_buf.len() {
+                continue;
+            }
+            self.seal_buf[HEADER_LEN..HEADER_LEN + len].copy_from_slice(&packet);
+            match st
+                .peer
+                .seal(now, &mut self.seal_buf[..HEADER_LEN + len + 16], len)
+            {
+                Ok((n, to)) => dev.udp.send(to, &self.seal_buf[..n], None),
+                Err(SealError::NoSession) => {
+                    st.staged.push_front(packet);
+                    break;
+                }
+                Err(_) => dev.count(&dev.counters.staged_dropped),
+            }
+        }
+        if st.peer.wants_keepalive() {
+            match st.peer.seal(now, &mut self.seal_buf[..HEADER_LEN + 16], 0) {
+                Ok((n, to)) => dev.udp.send(to, &self.seal_buf[..n], None),
+                Err(SealError::NoSession) => {}
+                Err(e) => tracing::debug!("keepalive not sealed: {e}"),
+            }
+        }
+        st.peer.poll_timeout()
+    }
+
+    /// Handle one handshake message; returns the peer it concerned, if any.
+    fn handle_message(&mut self, now: Instant, bytes: &[u8], from: SocketAddr) -> Option<usize> {
+        let dev = self.dev;
+        let Ok(msg) = message::parse(bytes) else {
+            dev.count(&dev.counters.malformed);
+            return None;
+        };
+        let sender = match &msg {
+            Message::Initiation(m) => m.sender_index,
+            Message::Response(m) => m.sender_index,
+            Message::CookieReply(c) => {
+                let peer = dev.peer_of_index(c.receiver_index)?;
+                let result = dev.peers[peer].lock().peer.handle_cookie_reply(now, c);
+                match result {
+                    Ok(()) => tracing::debug!("cookie reply from {from}: peer is under load"),
+                    Err(e) => tracing::debug!("cookie reply from {from} refused: {e}"),
+                }
+                return Some(peer);
+            }
+            Message::Data => return None,
+        };
+        let queued = dev.queued.load(Ordering::Relaxed);
+        match self.gate.screen(
+            now,
+            &mut self.rng,
+            bytes,
+            from,
+            sender,
+            queued,
+            &mut self.reply,
+        ) {
+            Ok(Screen::Proceed) => {}
+            Ok(Screen::SendCookie) => {
+                dev.count(&dev.counters.cookies_sent);
+                dev.udp.send(from, &self.reply, None);
+                return None;
+            }
+            Ok(Screen::BadMac) => {
+                dev.count(&dev.counters.bad_mac);
+                self.bad_mac_log.log(now, &dev.counters.bad_mac, |n| {
+                    format!("handshake message with a wrong mac1 from {from} (not for our key; {n} so far)")
+                });
+                return None;
+            }
+            Ok(Screen::RateLimited) => {
+                dev.count(&dev.counters.rate_limited);
+                return None;
+            }
+            Err(e) => {
+                tracing::debug!("handshake gate: {e}");
+                return None;
+            }
+        }
+        match msg {
+            Message::Initiation(init) => {
+                let read = match read_initiation(&dev.identity, &init, !dev.hybrid) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        dev.count(&dev.counters.handshake_failed);
+                        self.failed_log
+                            .log(now, &dev.counters.handshake_failed, |n| {
+                                format!("handshake initiation from {from} failed: {e} ({n} so far)")
+                            });
+                        return None;
+                    }
+                };
+                let Some(&peer) = dev.by_key.get(&read.initiator) else {
+                    dev.count(&dev.counters.unknown_peer);
+                    let who = read.initiator;
+                    self.unknown_peer_log
+                        .log(now, &dev.counters.unknown_peer, |n| {
+                            format!(
+                                "handshake from unknown peer {} at {from} ignored ({n} so far); \
+                             to admit it, add a [[peer]] with public_key = \"{}\"",
+                                who.fingerprint(),
+                                who.to_base64()
+                            )
+                        });
+                    return None;
+                };
+                let index = dev.fresh_index(peer);
+                let slot = &dev.peers[peer];
+                let mut st = slot.lock();
+                match st
+                    .peer
+                    .accept_initiation(now, read, from, index, &mut self.out)
+                {
+                    Ok(n) => {
+                        drop(st);
+                        dev.udp.send(from, &self.out[..n], None);
+                        tracing::debug!(
+                            "peer {}: handshake answered ({from})",
+                            slot.public_key.fingerprint()
+                        );
+                    }
+                    Err(e) => {
+                        drop(st);
+                        dev.count(&dev.counters.handshake_failed);
+                        self.failed_log
+                            .log(now, &dev.counters.handshake_failed, |n| {
+                                format!("initiation from {from} refused: {e} ({n} so far)")
+                            });
+                    }
+                }
+                Some(peer)
+            }
+            Message::Response(resp) => {
+                let Some(peer) = dev.peer_of_index(resp.receiver_index) else {
+                    dev.count(&dev.counters.unknown_index);
+                    return None;
+                };
+                let slot = &dev.peers[peer];
+                let result = slot.lock().peer.handle_response(now, &resp, from);
+                match result {
+                    Ok(()) => tracing::debug!(
+                        "peer {}: handshake complete ({from})",
+                        slot.public_key.fingerprint()
+                    ),
+                    Err(e) => {
+                        dev.count(&dev.counters.handshake_failed);
+                        self.failed_log
+                            .log(now, &dev.counters.handshake_failed, |n| {
+                                format!(
+                                "handshake response from {from} failed: {e} ({n} so far); do both \
+                                 sides have the same preshared_key and each other's public key?"
+                            )
+                            });
+                    }
+                }
+                Some(peer)
+            }
+            Message::CookieReply(_) | Message::Data => None,
+        }
+    }
+}
