@@ -23,6 +23,8 @@
 #   SK_SUITE=aes-256-gcm   --suite for the sessionkey tunnel (aes-256-gcm, aes-128-gcm,
 #                     chacha20-poly1305); the headline row
 #   SK_EXTRA_SUITES=""     more suites to measure as extra rows (not in the ratio)
+#   SK_TLS=1               also measure the TLS transport (row "sessionkey tunnel, tls ...",
+#                          and a line tls-ratio-stunnel4: sessionkey TLS / stunnel4)
 #   SK_CLASSIC=0      1: --classic (X25519 only; only the handshake differs)
 #   SK_BASE_PORT=25210     sessionkey uses ports +1 (iperf3), +2 (server), +3 (client)
 #   SESSIONKEY_BIN=   use this binary instead of building target/release/sessionkey
@@ -37,6 +39,7 @@ T=${T:-5}
 N=${N:-3}
 SK_SUITE=${SK_SUITE:-aes-256-gcm}
 SK_EXTRA_SUITES=${SK_EXTRA_SUITES:-}
+SK_TLS=${SK_TLS:-1}
 SK_CLASSIC=${SK_CLASSIC:-0}
 SK_BASE_PORT=${SK_BASE_PORT:-25210}
 OUT_MD=${OUT_MD:-}
@@ -241,6 +244,28 @@ sk_round() {
 	stop_all
 }
 
+# one sessionkey measurement over TLS 1.3 (--transport tls, self-signed certificate pinned
+# by the client), to compare with stunnel4 (also TLS)
+sk_tls_round() {
+	local round=$1 p
+	for p in $PS $PB $PA; do port_busy "$p" && die "port $p busy (set SK_BASE_PORT)"; done
+	start_bg sk-iperf3-srv iperf3 -s -B 127.0.0.1 -p "$PS"
+	wait_listen "$PS" || die "iperf3 server did not start: $(tail -3 "$WORK/sk-iperf3-srv.log")"
+	start_bg sk-tls-server "$SK" --state "$WORK/tls-state" tunnel server --transport tls \
+		--listen "127.0.0.1:$PB" --to "127.0.0.1:$PS" --suite "$SK_SUITE"
+	local srv=$LAST_PID
+	wait_listen "$PB" || die "sessionkey TLS server did not start: $(tail -3 "$WORK/sk-tls-server.log")"
+	local pin
+	pin=$(grep -o 'tls-spki-sha256 [A-Za-z0-9+/=]*' "$WORK/sk-tls-server.log" | head -1)
+	[ -n "$pin" ] || die "the TLS server logged no certificate pin: $(tail -3 "$WORK/sk-tls-server.log")"
+	start_bg sk-tls-client "$SK" -q tunnel client --transport tls --listen "127.0.0.1:$PA" \
+		--server "127.0.0.1:$PB" --server-key "$pin" --suite "$SK_SUITE"
+	local cli=$LAST_PID
+	wait_listen "$PA" || die "sessionkey TLS client did not start: $(tail -3 "$WORK/sk-tls-client.log")"
+	sk_iperf "sessionkey tunnel, tls $SK_SUITE" "$round" "$cli" "$srv"
+	stop_all
+}
+
 # ---------------------------------------------------------------- keys
 KEYS=$WORK/keys
 mkdir -m 700 "$KEYS"
@@ -268,6 +293,10 @@ for round in $(seq 1 "$N"); do
 		log "round $round/$N: sessionkey, $suite"
 		sk_round "$round" "$suite"
 	done
+	if [ "$SK_TLS" = 1 ]; then
+		log "round $round/$N: sessionkey over TLS, $SK_SUITE"
+		sk_tls_round "$round"
+	fi
 done
 
 # ---------------------------------------------------------------- report
@@ -344,6 +373,12 @@ TABLE=$WORK/table.md
 	echo
 	echo "sessionkey ($SK_SUITE): $SK_G Gbit/s; best peer: $BEST_L, $BEST_G Gbit/s; ceiling: $CEIL_L, $CEIL_G Gbit/s"
 	echo "tunnel-ratio-ceiling: $(ratio "$SK_G" "$CEIL_G")"
+	if [ "$SK_TLS" = 1 ]; then
+		tls_g=$(awk -F'\t' -v l="sessionkey tunnel, tls $SK_SUITE" '$2 == l { print $3 }' "$SUMMARY")
+		stunnel_g=$(awk -F'\t' '$2 ~ /stunnel/ && $3 != "FAIL" { print $3; exit }' "$SUMMARY")
+		echo "sessionkey over TLS ($SK_SUITE): ${tls_g:-FAIL} Gbit/s; stunnel4: ${stunnel_g:-none} Gbit/s"
+		echo "tls-ratio-stunnel4: $(ratio "${tls_g:-0}" "${stunnel_g:-0}")"
+	fi
 	echo "total wall time: ${SECONDS}s"
 } >"$TABLE"
 [ -n "$OUT_MD" ] && cp "$TABLE" "$OUT_MD"

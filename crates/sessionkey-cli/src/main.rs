@@ -24,6 +24,10 @@ struct Cli {
     /// Log format on standard error.
     #[arg(long, value_enum, default_value = "text", global = true)]
     log_format: LogFormat,
+    /// Where sessionkey keeps what it makes and learns (the self-signed TLS certificate,
+    /// messaging state). Default: $XDG_DATA_HOME/sessionkey, else ~/.local/share/sessionkey.
+    #[arg(long, value_name = "DIR", global = true, env = "SESSIONKEY_STATE")]
+    state: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,6 +52,9 @@ enum Command {
     Pipe(cmd::pipe::Args),
     /// The live sessions of running tunnel processes.
     Status(cmd::status::Args),
+    /// A VPN over UDP on a Linux TUN interface: `vpn up CONFIG`, `vpn down NAME`, `vpn show`.
+    #[command(subcommand)]
+    Vpn(cmd::vpn::Command),
 }
 
 fn init_logging(cli: &Cli) {
@@ -80,6 +87,7 @@ fn init_logging(cli: &Cli) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
+    cmd::common::set_state_dir(cli.state.clone());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -98,6 +106,7 @@ fn main() -> ExitCode {
             Command::Tunnel(args) => cmd::tunnel::run(args).await,
             Command::Pipe(args) => cmd::pipe::run(args).await,
             Command::Status(args) => cmd::status::run(&args).await,
+            Command::Vpn(command) => cmd::vpn::run(command).await,
         }
     });
     match result {

@@ -2,13 +2,15 @@
 //!
 //! Fresh, short-lived session keys for byte streams, tunnels and VPNs, on tokio.
 //! [`SecureStream`] runs the sans-IO core ([`proto`]) over any `AsyncRead + AsyncWrite`
-//! transport.
+//! transport; [`tls`] offers the same tunnels over standard TLS 1.3.
 
 mod error;
 pub mod status;
 mod stream;
+pub mod tls;
 pub mod trust;
 pub mod tunnel;
+pub mod vpn;
 
 pub use error::protocol_error;
 pub use sessionkey_proto as proto;

@@ -12,6 +12,41 @@ use tokio::io::AsyncWriteExt;
 
 use crate::StatusCell;
 
+/// A live session as the status view shows it: fingerprints and counters, never keys.
+pub trait SessionView: Send + Sync + std::fmt::Debug {
+    /// The session's fields, or `None` before it is established.
+    fn json(&self) -> Option<Value>;
+}
+
+impl SessionView for StatusCell {
+    fn json(&self) -> Option<Value> {
+        let info = self.get()?;
+        let mut v = json!({
+            "transport": "native",
+            "session": format!("{:016x}", info.id),
+            "fingerprint": info.fingerprint.to_string(),
+            "peer": info.peer.map(|p| p.fingerprint().to_string()),
+            "suite": info.suite.name(),
+            "pattern": info.pattern.name(),
+            "hybrid": info.hybrid,
+            "rehandshakes": info.rehandshakes,
+        });
+        for (name, d) in [("send", info.send), ("receive", info.receive)] {
+            v[name] = json!({
+                "epoch": d.epoch,
+                "key": d.key_fingerprint.short(),
+                "bytes": d.bytes,
+                "records": d.records,
+                "records_this_key": d.records_this_key,
+            });
+        }
+        v["next_rehandshake_secs"] = json!(info.next_rehandshake.map(|t| t
+            .saturating_duration_since(std::time::Instant::now())
+            .as_secs()));
+        Some(v)
+    }
+}
+
 /// One live session.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -19,7 +54,7 @@ struct Entry {
     role: &'static str,
     remote: SocketAddr,
     started: SystemTime,
-    cell: StatusCell,
+    view: Arc<dyn SessionView>,
 }
 
 /// The live sessions of this process.
@@ -51,7 +86,7 @@ impl Registry {
         tunnel: &str,
         role: &'static str,
         remote: SocketAddr,
-        cell: StatusCell,
+        view: Arc<dyn SessionView>,
     ) -> Registration {
         let key = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut map) = self.inner.lock() {
@@ -62,7 +97,7 @@ impl Registry {
                     role,
                     remote,
                     started: SystemTime::now(),
-                    cell,
+                    view,
                 },
             );
         }
@@ -86,26 +121,9 @@ impl Registry {
                     "remote": e.remote.to_string(),
                     "age_secs": age,
                 });
-                if let Some(info) = e.cell.get() {
-                    v["session"] = json!(format!("{:016x}", info.id));
-                    v["fingerprint"] = json!(info.fingerprint.to_string());
-                    v["peer"] = json!(info.peer.map(|p| p.fingerprint().to_string()));
-                    v["suite"] = json!(info.suite.name());
-                    v["pattern"] = json!(info.pattern.name());
-                    v["hybrid"] = json!(info.hybrid);
-                    v["rehandshakes"] = json!(info.rehandshakes);
-                    for (name, d) in [("send", info.send), ("receive", info.receive)] {
-                        v[name] = json!({
-                            "epoch": d.epoch,
-                            "key": d.key_fingerprint.short(),
-                            "bytes": d.bytes,
-                            "records": d.records,
-                            "records_this_key": d.records_this_key,
-                        });
-                    }
-                    v["next_rehandshake_secs"] = json!(info.next_rehandshake.map(|t| t
-                        .saturating_duration_since(std::time::Instant::now())
-                        .as_secs()));
+                if let (Some(Value::Object(fields)), Value::Object(base)) = (e.view.json(), &mut v)
+                {
+                    base.extend(fields);
                 }
                 v
             })

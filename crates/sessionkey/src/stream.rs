@@ -176,6 +176,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SecureStream<T> {
     }
 }
 
+impl<T> std::fmt::Debug for SecureStream<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecureStream")
+            .field("session", &self.session.info().map(|i| i.fingerprint))
+            .finish_non_exhaustive()
+    }
+}
+
 impl<T> SecureStream<T> {
     fn new(io: T, session: Session) -> Self {
         Self {

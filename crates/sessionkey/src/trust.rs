@@ -4,17 +4,108 @@
 //! ```text
 //! # authorized peers: one key a line
 //! sessionkey-x25519 m3Lq...= alice@laptop
+//! tls-spki-sha256 Qm9i...= bob's client certificate
 //!
 //! # known peers: host patterns, then the key
 //! [203.0.113.5]:7000,vpn.example.com:7000 sessionkey-x25519 k9Xa...= added 2026-11-26
+//! [203.0.113.5]:7443 tls-spki-sha256 3fGh...=
 //! ```
+//!
+//! A host may have one key of each type on record: its sessionkey identity and its TLS
+//! certificate's public key, as ssh keeps one host key per algorithm.
 
 use std::fmt;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
-use sessionkey_proto::keys::{PublicKey, PUBLIC_KEY_TYPE};
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+use base64::Engine;
+use sessionkey_proto::keys::{Fingerprint, PublicKey, PUBLIC_KEY_TYPE};
+
+/// The type word of a TLS public-key pin in trust files.
+pub const TLS_SPKI_TYPE: &str = "tls-spki-sha256";
+
+/// A key a peer proves it holds: a sessionkey identity, or the public key of a TLS
+/// certificate, named by the SHA-256 of its SubjectPublicKeyInfo (RFC 7469's pin-sha256,
+/// so a certificate renewed with the same key keeps its pin).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerKey {
+    /// A sessionkey X25519 identity.
+    Native(PublicKey),
+    /// SHA-256 of a certificate's DER SubjectPublicKeyInfo.
+    TlsSpki([u8; 32]),
+}
+
+impl PeerKey {
+    /// What people compare: `SHA256:...`.
+    pub fn fingerprint(&self) -> Fingerprint {
+        match self {
+            Self::Native(k) => k.fingerprint(),
+            Self::TlsSpki(h) => Fingerprint::from_sha256(*h),
+        }
+    }
+
+    /// The key's line in a trust file: `TYPE BASE64 [comment]`.
+    pub fn to_line(&self, comment: &str) -> String {
+        match self {
+            Self::Native(k) => k.to_line(comment),
+            Self::TlsSpki(h) => {
+                format!("{TLS_SPKI_TYPE} {} {}", STANDARD.encode(h), comment.trim())
+                    .trim_end()
+                    .to_string()
+            }
+        }
+    }
+
+    fn same_kind(&self, other: &Self) -> bool {
+        matches!(
+            (self, other),
+            (Self::Native(_), Self::Native(_)) | (Self::TlsSpki(_), Self::TlsSpki(_))
+        )
+    }
+}
+
+impl From<PublicKey> for PeerKey {
+    fn from(k: PublicKey) -> Self {
+        Self::Native(k)
+    }
+}
+
+/// Why a key did not parse.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct ParsePeerKeyError(String);
+
+impl FromStr for PeerKey {
+    type Err = ParsePeerKeyError;
+
+    /// `sessionkey-x25519 BASE64`, `tls-spki-sha256 BASE64`, a bare sessionkey key, or a
+    /// TLS pin as shown in logs (`SHA256:` and unpadded base64).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let tls = |b64: &str, engine: &dyn Fn(&str) -> Result<Vec<u8>, base64::DecodeError>| {
+            engine(b64)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .map(Self::TlsSpki)
+                .ok_or_else(|| {
+                    ParsePeerKeyError(format!("{TLS_SPKI_TYPE}: expected 32 bytes in base64"))
+                })
+        };
+        if let Some(rest) = s.strip_prefix(TLS_SPKI_TYPE) {
+            let b64 = rest.split_whitespace().next().unwrap_or_default();
+            return tls(b64, &|b| STANDARD.decode(b));
+        }
+        if let Some(b64) = s.strip_prefix("SHA256:") {
+            return tls(b64.trim(), &|b| STANDARD_NO_PAD.decode(b));
+        }
+        s.parse::<PublicKey>()
+            .map(Self::Native)
+            .map_err(|e| ParsePeerKeyError(e.to_string()))
+    }
+}
 
 /// A trust file problem, naming the file and line.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +131,19 @@ pub enum TrustError {
     /// The server presented a different key than the one on record.
     #[error("{0}")]
     KeyChanged(Box<KeyChanged>),
+    /// The server presented another key than the one pinned on the command line.
+    #[error(
+        "the server presented key {presented}, but --server-key pins {pinned}; if the server's \
+         key changed on purpose, pin the new one with --server-key '{line}'"
+    )]
+    PinMismatch {
+        /// The pinned key's fingerprint.
+        pinned: String,
+        /// The presented key's fingerprint.
+        presented: String,
+        /// The presented key's line.
+        line: String,
+    },
     /// The server's key is not on record and learning it was not allowed.
     #[error(
         "the server {host} presented key {fingerprint}, which is not in {}; \
@@ -60,7 +164,7 @@ pub enum TrustError {
 }
 
 /// A changed server key: what ssh prints, with the command that removes the old entry.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct KeyChanged {
     host: String,
     fingerprint: String,
@@ -104,6 +208,45 @@ impl fmt::Display for KeyChanged {
     }
 }
 
+impl TrustError {
+    /// A copy, for an error that must be reported from behind a shared reference (a TLS
+    /// verifier's). An I/O cause keeps its kind and message.
+    pub fn duplicate(&self) -> Self {
+        match self {
+            Self::Io { path, source } => Self::Io {
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            Self::Syntax { path, line, why } => Self::Syntax {
+                path: path.clone(),
+                line: *line,
+                why: why.clone(),
+            },
+            Self::KeyChanged(k) => Self::KeyChanged(k.clone()),
+            Self::PinMismatch {
+                pinned,
+                presented,
+                line,
+            } => Self::PinMismatch {
+                pinned: pinned.clone(),
+                presented: presented.clone(),
+                line: line.clone(),
+            },
+            Self::UnknownHost {
+                host,
+                fingerprint,
+                line,
+                path,
+            } => Self::UnknownHost {
+                host: host.clone(),
+                fingerprint: fingerprint.clone(),
+                line: line.clone(),
+                path: path.clone(),
+            },
+        }
+    }
+}
+
 fn io_err(path: &Path, source: std::io::Error) -> TrustError {
     TrustError::Io {
         path: path.to_path_buf(),
@@ -122,11 +265,12 @@ fn content_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
 /// The keys allowed to connect to a server.
 #[derive(Debug, Clone, Default)]
 pub struct AuthorizedPeers {
-    keys: Vec<(PublicKey, String)>,
+    keys: Vec<(PeerKey, String)>,
 }
 
 impl AuthorizedPeers {
-    /// Parse an authorized-peers file: `sessionkey-x25519 BASE64 [comment]` a line.
+    /// Parse an authorized-peers file: `sessionkey-x25519 BASE64 [comment]` or
+    /// `tls-spki-sha256 BASE64 [comment]` a line.
     pub fn load(path: &Path) -> Result<Self, TrustError> {
         let text = fs::read_to_string(path).map_err(|e| io_err(path, e))?;
         let mut keys = Vec::new();
@@ -136,12 +280,13 @@ impl AuthorizedPeers {
                 line,
                 why,
             };
-            if !content.starts_with(PUBLIC_KEY_TYPE) {
+            if !content.starts_with(PUBLIC_KEY_TYPE) && !content.starts_with(TLS_SPKI_TYPE) {
                 return Err(syntax(format!(
-                    "expected `{PUBLIC_KEY_TYPE} BASE64 [comment]` (options are not supported)"
+                    "expected `{PUBLIC_KEY_TYPE} BASE64 [comment]` or `{TLS_SPKI_TYPE} BASE64 \
+                     [comment]` (options are not supported)"
                 )));
             }
-            let key: PublicKey = content.parse().map_err(|e| syntax(format!("{e}")))?;
+            let key: PeerKey = content.parse().map_err(|e| syntax(format!("{e}")))?;
             let comment = content
                 .split_whitespace()
                 .skip(2)
@@ -153,13 +298,26 @@ impl AuthorizedPeers {
     }
 
     /// Add keys given on the command line.
-    pub fn allow(&mut self, key: PublicKey) {
+    pub fn allow(&mut self, key: PeerKey) {
         self.keys.push((key, String::from("--allow")));
     }
 
     /// Whether `key` may connect.
-    pub fn contains(&self, key: &PublicKey) -> bool {
+    pub fn contains(&self, key: &PeerKey) -> bool {
         self.keys.iter().any(|(k, _)| k == key)
+    }
+
+    /// Number of sessionkey identities.
+    pub fn native_keys(&self) -> usize {
+        self.keys
+            .iter()
+            .filter(|(k, _)| matches!(k, PeerKey::Native(_)))
+            .count()
+    }
+
+    /// Number of TLS certificate keys.
+    pub fn tls_keys(&self) -> usize {
+        self.len() - self.native_keys()
     }
 
     /// Number of keys.
@@ -203,8 +361,12 @@ impl KnownPeers {
         Self { path: path.into() }
     }
 
-    /// The key on record for `host`, with its line number.
-    pub fn lookup(&self, host: &str) -> Result<Option<(PublicKey, usize)>, TrustError> {
+    /// The key of `kind`'s type on record for `host`, with its line number.
+    pub fn lookup(
+        &self,
+        host: &str,
+        kind: &PeerKey,
+    ) -> Result<Option<(PeerKey, usize)>, TrustError> {
         let text = match fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -221,11 +383,34 @@ impl KnownPeers {
                 .split_once(char::is_whitespace)
                 .ok_or_else(|| syntax("expected `HOSTS sessionkey-x25519 BASE64`".into()))?;
             if hosts.split(',').any(|h| h == pattern || h == host) {
-                let key: PublicKey = key.trim().parse().map_err(|e| syntax(format!("{e}")))?;
-                return Ok(Some((key, line)));
+                let key: PeerKey = key.trim().parse().map_err(|e| syntax(format!("{e}")))?;
+                if key.same_kind(kind) {
+                    return Ok(Some((key, line)));
+                }
             }
         }
         Ok(None)
+    }
+
+    /// Check the key `host` presented without changing the file: `Ok` if it is on record,
+    /// [`TrustError::UnknownHost`] if no key of its type is, [`TrustError::KeyChanged`] if
+    /// another is.
+    pub fn verify_only(&self, host: &str, key: &PeerKey) -> Result<(), TrustError> {
+        match self.lookup(host, key)? {
+            Some((known, _)) if known == *key => Ok(()),
+            Some((_, line)) => Err(TrustError::KeyChanged(Box::new(KeyChanged {
+                host: host_pattern(host),
+                fingerprint: key.fingerprint().to_string(),
+                path: self.path.clone(),
+                line,
+            }))),
+            None => Err(TrustError::UnknownHost {
+                host: host_pattern(host),
+                fingerprint: key.fingerprint().to_string(),
+                line: key.to_line(""),
+                path: self.path.clone(),
+            }),
+        }
     }
 
     /// Check the key `host` presented: accept it if on record; learn it if new and
@@ -233,18 +418,12 @@ impl KnownPeers {
     pub fn verify(
         &self,
         host: &str,
-        key: &PublicKey,
+        key: &PeerKey,
         accept_new: bool,
     ) -> Result<HostKey, TrustError> {
-        match self.lookup(host)? {
-            Some((known, _)) if known == *key => Ok(HostKey::Known),
-            Some((_, line)) => Err(TrustError::KeyChanged(Box::new(KeyChanged {
-                host: host_pattern(host),
-                fingerprint: key.fingerprint().to_string(),
-                path: self.path.clone(),
-                line,
-            }))),
-            None if accept_new => {
+        match self.verify_only(host, key) {
+            Ok(()) => Ok(HostKey::Known),
+            Err(TrustError::UnknownHost { .. }) if accept_new => {
                 let mut file = fs::OpenOptions::new()
                     .create(true)
                     .append(true)
@@ -254,12 +433,7 @@ impl KnownPeers {
                     .map_err(|e| io_err(&self.path, e))?;
                 Ok(HostKey::Learned)
             }
-            None => Err(TrustError::UnknownHost {
-                host: host_pattern(host),
-                fingerprint: key.fingerprint().to_string(),
-                line: key.to_line(""),
-                path: self.path.clone(),
-            }),
+            Err(e) => Err(e),
         }
     }
 }
@@ -268,8 +442,8 @@ impl KnownPeers {
 mod tests {
     use super::*;
 
-    fn key(b: u8) -> PublicKey {
-        PublicKey::from_bytes([b; 32])
+    fn key(b: u8) -> PeerKey {
+        PeerKey::Native(PublicKey::from_bytes([b; 32]))
     }
 
     #[test]

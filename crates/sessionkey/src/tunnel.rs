@@ -2,23 +2,28 @@
 //! side listens locally and carries each connection through its own session (one session
 //! per connection, as spiped does).
 //!
+//! Each side speaks the native protocol or TLS 1.3 ([`crate::tls`]).
+//!
 //! A session that ends in error (tampering, truncation, a vanished peer, a limit) aborts the
 //! plain TCP connection on that side with a reset, so the application sees an error, never
 //! a clean end of file. A clean close of the session closes the plain side cleanly.
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use sessionkey_proto::handshake::{Header, Initiator, Responder};
 use sessionkey_proto::keys::{Identity, Psk, PublicKey};
 use sessionkey_proto::noise::Pattern;
 use sessionkey_proto::session::SessionConfig;
 use sessionkey_proto::suite::Suite;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::status::Registry;
+use crate::status::{Registry, SessionView};
+use crate::tls::{TlsClient, TlsServer, TlsStream};
 use crate::trust::{HostKey, KnownPeers, TrustError};
 use crate::SecureStream;
 
@@ -49,6 +54,24 @@ pub struct ClientConfig {
     pub name: String,
     /// The server's address.
     pub server: String,
+    /// Rotation and lifetime policy.
+    pub session: SessionConfig,
+    /// The protocol on the wire.
+    pub transport: ClientTransport,
+}
+
+/// A client's protocol on the wire.
+#[derive(Debug)]
+pub enum ClientTransport {
+    /// The native protocol.
+    Native(NativeClient),
+    /// TLS 1.3.
+    Tls(TlsClient),
+}
+
+/// What a native-protocol client needs.
+#[derive(Debug)]
+pub struct NativeClient {
     /// This side's identity.
     pub identity: Arc<Identity>,
     /// How to check the server.
@@ -59,8 +82,6 @@ pub struct ClientConfig {
     pub hybrid: bool,
     /// A pre-shared key, mixed into the handshake.
     pub psk: Option<[u8; 32]>,
-    /// Rotation and lifetime policy.
-    pub session: SessionConfig,
 }
 
 /// What a tunnel server needs.
@@ -70,10 +91,108 @@ pub struct ServerConfig {
     pub name: String,
     /// Where to forward each session's plain bytes.
     pub target: String,
-    /// Policy, identity, authorized keys.
-    pub responder: Arc<Responder>,
     /// Rotation and lifetime policy.
     pub session: SessionConfig,
+    /// The protocol on the wire.
+    pub transport: ServerTransport,
+}
+
+/// A server's protocol on the wire.
+#[derive(Debug, Clone)]
+pub enum ServerTransport {
+    /// The native protocol: policy, identity, authorized keys.
+    Native(Arc<Responder>),
+    /// TLS 1.3.
+    Tls(TlsServer),
+}
+
+impl ServerConfig {
+    /// Run the server side of a handshake over an accepted connection.
+    pub async fn accept(&self, tcp: TcpStream) -> io::Result<Secure> {
+        match &self.transport {
+            ServerTransport::Native(responder) => {
+                SecureStream::accept(tcp, responder.clone(), self.session.clone())
+                    .await
+                    .map(Secure::Native)
+            }
+            ServerTransport::Tls(tls) => tls.accept(tcp, &self.session).await.map(Secure::Tls),
+        }
+    }
+}
+
+/// An established session of either transport over TCP.
+// One per connection, made once and moved into its forwarding task: the size difference
+// between the variants costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Secure {
+    /// The native protocol.
+    Native(SecureStream<TcpStream>),
+    /// TLS 1.3.
+    Tls(TlsStream<TcpStream>),
+}
+
+impl Secure {
+    /// The TCP connection, giving up the session (to reset it).
+    pub fn into_tcp(self) -> TcpStream {
+        match self {
+            Self::Native(s) => s.into_inner(),
+            Self::Tls(s) => s.into_inner(),
+        }
+    }
+
+    /// The TCP connection.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Native(s) => s.get_ref(),
+            Self::Tls(s) => s.get_ref(),
+        }
+    }
+
+    /// A live view of the session for `status`.
+    pub fn status_view(&mut self) -> Arc<dyn SessionView> {
+        match self {
+            Self::Native(s) => Arc::new(s.status_cell()),
+            Self::Tls(s) => Arc::new(s.status_cell()),
+        }
+    }
+}
+
+macro_rules! both {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Secure::Native($s) => $e,
+            Secure::Tls($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for Secure {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        both!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Secure {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        both!(self, s => Pin::new(s).poll_write(cx, data))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        both!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        both!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
 }
 
 /// A session-level failure, with what to tell the user.
@@ -100,7 +219,7 @@ pub enum TunnelError {
     Trust(#[from] TrustError),
 }
 
-impl ClientConfig {
+impl NativeClient {
     fn header(&self) -> Header {
         let pattern = match self.trust {
             ServerTrust::Pinned(_) => Pattern::IK,
@@ -113,9 +232,11 @@ impl ClientConfig {
             psk: self.psk.is_some(),
         }
     }
+}
 
+impl ClientConfig {
     /// Open one session to the server and check its key.
-    pub async fn connect(&self) -> Result<SecureStream<TcpStream>, TunnelError> {
+    pub async fn connect(&self) -> Result<Secure, TunnelError> {
         let tcp =
             TcpStream::connect(&self.server)
                 .await
@@ -124,30 +245,42 @@ impl ClientConfig {
                     source,
                 })?;
         let _ = tcp.set_nodelay(true);
-        let remote = match self.trust {
-            ServerTrust::Pinned(key) => Some(key),
-            _ => None,
-        };
-        let psk = self.psk.map(Psk::from_bytes);
         let handshake_err = |source| TunnelError::Handshake {
             addr: self.server.clone(),
             source,
         };
-        let initiator = Initiator::new(self.header(), Some(self.identity.clone()), remote, psk)
+        let native = match &self.transport {
+            ClientTransport::Native(native) => native,
+            ClientTransport::Tls(tls) => {
+                return match tls.connect(tcp, &self.session).await {
+                    Ok(s) => Ok(Secure::Tls(s)),
+                    Err(e) => Err(match crate::tls::trust_failure(&e) {
+                        Some(t) => TunnelError::Trust(t),
+                        None => handshake_err(e),
+                    }),
+                };
+            }
+        };
+        let remote = match native.trust {
+            ServerTrust::Pinned(key) => Some(key),
+            _ => None,
+        };
+        let psk = native.psk.map(Psk::from_bytes);
+        let initiator = Initiator::new(native.header(), Some(native.identity.clone()), remote, psk)
             .map_err(|e| handshake_err(crate::error::to_io(e)))?;
         let stream = SecureStream::connect(tcp, initiator, self.session.clone())
             .await
             .map_err(handshake_err)?;
-        if let ServerTrust::KnownPeers { file, accept_new } = &self.trust {
+        if let ServerTrust::KnownPeers { file, accept_new } = &native.trust {
             let key = stream
                 .info()
                 .and_then(|i| i.peer)
                 .ok_or_else(|| handshake_err(io::Error::other("the server sent no key")))?;
-            if file.verify(&self.server, &key, *accept_new)? == HostKey::Learned {
+            if file.verify(&self.server, &key.into(), *accept_new)? == HostKey::Learned {
                 tracing::warn!(server = %self.server, key = %key.fingerprint(), "learned a new server key");
             }
         }
-        Ok(stream)
+        Ok(Secure::Native(stream))
     }
 }
 
@@ -171,8 +304,8 @@ pub async fn run_client(
                     return;
                 }
             };
-            let remote = secure.get_ref().peer_addr().unwrap_or(from);
-            let _reg = registry.register(&config.name, "client", remote, secure.status_cell());
+            let remote = secure.tcp().peer_addr().unwrap_or(from);
+            let _reg = registry.register(&config.name, "client", remote, secure.status_view());
             forward(secure, local, &config.name).await;
         });
     }
@@ -190,13 +323,7 @@ pub async fn run_server(
         let registry = registry.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
-            let mut secure = match SecureStream::accept(
-                tcp,
-                config.responder.clone(),
-                config.session.clone(),
-            )
-            .await
-            {
+            let mut secure = match config.accept(tcp).await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(tunnel = %config.name, remote = %from, "handshake failed: {e}");
@@ -207,12 +334,12 @@ pub async fn run_server(
                 Ok(t) => t,
                 Err(e) => {
                     tracing::error!(tunnel = %config.name, target = %config.target, "cannot reach the target: {e}");
-                    abort(secure.into_inner());
+                    abort(secure.into_tcp());
                     return;
                 }
             };
             let _ = target.set_nodelay(true);
-            let _reg = registry.register(&config.name, "server", from, secure.status_cell());
+            let _reg = registry.register(&config.name, "server", from, secure.status_view());
             forward(secure, target, &config.name).await;
         });
     }
@@ -238,7 +365,7 @@ pub fn abort(tcp: TcpStream) {
 
 /// Carry bytes both ways until both directions end. On any session error both TCP
 /// connections are reset.
-pub async fn forward(secure: SecureStream<TcpStream>, plain: TcpStream, name: &str) {
+pub async fn forward(secure: Secure, plain: TcpStream, name: &str) {
     let (mut s_read, mut s_write) = tokio::io::split(secure);
     let (mut p_read, mut p_write) = plain.into_split();
     // plain -> secure: end of the plain input closes the session's sending direction.
@@ -259,7 +386,7 @@ pub async fn forward(secure: SecureStream<TcpStream>, plain: TcpStream, name: &s
         if let Some(p) = plain {
             abort(p);
         }
-        abort(secure.into_inner());
+        abort(secure.into_tcp());
     }
 }
 

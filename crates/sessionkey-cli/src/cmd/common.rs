@@ -11,8 +11,11 @@ use sessionkey::proto::keys::{read_private_key, Identity, Psk, PublicKey};
 use sessionkey::proto::noise::Pattern;
 use sessionkey::proto::session::SessionConfig;
 use sessionkey::proto::suite::Suite;
-use sessionkey::trust::{AuthorizedPeers, KnownPeers};
-use sessionkey::tunnel::ServerTrust;
+use sessionkey::tls::{
+    CertSource, CertifiedKey, TlsClient, TlsClientOptions, TlsServer, TlsServerOptions, TlsTrust,
+};
+use sessionkey::trust::{AuthorizedPeers, KnownPeers, PeerKey, TLS_SPKI_TYPE};
+use sessionkey::tunnel::{ClientTransport, NativeClient, ServerTransport, ServerTrust};
 
 /// A configuration mistake: what is wrong and how to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +42,11 @@ pub(crate) struct SessionOpts {
     #[arg(long, value_name = "FILE")]
     #[serde(default)]
     pub(crate) psk: Option<PathBuf>,
+    /// Update the sending key after this many bytes (default 1 GiB; at least one 16 KiB
+    /// record). Native sessions ratchet; TLS sessions send a TLS 1.3 KeyUpdate.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(16384..))]
+    #[serde(default)]
+    pub(crate) key_update_bytes: Option<u64>,
 }
 
 fn parse_suite(s: &str) -> Result<Suite, String> {
@@ -61,6 +69,15 @@ impl SessionOpts {
 
     pub(crate) fn psk(&self) -> Result<Option<[u8; 32]>> {
         self.psk.as_deref().map(read_psk).transpose()
+    }
+
+    /// The rotation policy: the defaults, with what the options change.
+    pub(crate) fn session_config(&self) -> SessionConfig {
+        let mut config = SessionConfig::default();
+        if let Some(bytes) = self.key_update_bytes {
+            config.key_update_bytes = bytes;
+        }
+        config
     }
 }
 
@@ -113,9 +130,9 @@ pub(crate) fn responder(
         peers = AuthorizedPeers::load(path)?;
     }
     for key in allow {
-        peers.allow(parse_key(key)?);
+        peers.allow(parse_key(key)?.into());
     }
-    if peers.is_empty() && !insecure_anonymous {
+    if peers.native_keys() == 0 && !insecure_anonymous {
         return Err(config_error(
             "no client key is authorized: give --authorized-peers FILE or --allow PUBKEY \
              (or --insecure-anonymous to admit anyone)",
@@ -137,7 +154,7 @@ pub(crate) fn responder(
     if !insecure_anonymous {
         let peers = Arc::new(peers);
         responder = responder.with_authorizer(Arc::new(move |key: &PublicKey| {
-            let ok = peers.contains(key);
+            let ok = peers.contains(&(*key).into());
             if !ok {
                 tracing::warn!(
                     "refused peer key {}: not in {source}; to admit it, add this line:\n  {}",
@@ -173,6 +190,291 @@ pub(crate) fn server_trust(
     }
 }
 
-pub(crate) fn session_config() -> SessionConfig {
-    SessionConfig::default()
+static STATE_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Record the global `--state DIR` (called once, before any command runs).
+pub(crate) fn set_state_dir(dir: Option<PathBuf>) {
+    let dir = dir.unwrap_or_else(|| {
+        let data = std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+            .unwrap_or_else(|| PathBuf::from("/var/lib"));
+        data.join("sessionkey")
+    });
+    let _ = STATE_DIR.set(dir);
+}
+
+/// The state directory: `--state DIR`, `$SESSIONKEY_STATE`, or the user's data directory.
+pub(crate) fn state_dir() -> PathBuf {
+    STATE_DIR.get().cloned().unwrap_or_else(|| {
+        set_state_dir(None);
+        STATE_DIR.get().cloned().unwrap_or_default()
+    })
+}
+
+/// The protocol on the wire.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Transport {
+    /// sessionkey's own protocol (Noise, hybrid ML-KEM-768).
+    #[default]
+    Native,
+    /// TLS 1.3, reachable by standard TLS clients.
+    Tls,
+}
+
+/// `--transport` and the TLS options of a server.
+#[derive(Debug, Clone, Default, clap::Args, serde::Deserialize)]
+pub(crate) struct ServerTransportOpts {
+    /// The protocol on the wire.
+    #[arg(long, value_enum, default_value = "native")]
+    #[serde(default)]
+    pub(crate) transport: Transport,
+    /// TLS: the certificate chain (PEM). Default: a self-signed certificate, made on first
+    /// start and kept in the state directory.
+    #[arg(long, value_name = "FILE", requires = "cert_key")]
+    #[serde(default)]
+    pub(crate) cert: Option<PathBuf>,
+    /// TLS: the certificate's private key (PEM, mode 0600).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    #[serde(default)]
+    pub(crate) cert_key: Option<PathBuf>,
+    /// TLS: mutual TLS; admit client certificates signed by a CA in FILE (PEM).
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub(crate) client_ca: Option<PathBuf>,
+    /// TLS: write session secrets to FILE in the NSS key log format (for Wireshark).
+    /// Anyone who reads FILE can decrypt the sessions: debugging only.
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub(crate) keylog: Option<PathBuf>,
+}
+
+/// `--transport` and the TLS options of a client.
+#[derive(Debug, Clone, Default, clap::Args, serde::Deserialize)]
+pub(crate) struct ClientTransportOpts {
+    /// The protocol on the wire.
+    #[arg(long, value_enum, default_value = "native")]
+    #[serde(default)]
+    pub(crate) transport: Transport,
+    /// TLS: check the server against the CA certificates in FILE (PEM) instead of the
+    /// system's.
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub(crate) ca: Option<PathBuf>,
+    /// TLS: mutual TLS; this client's certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert_key")]
+    #[serde(default)]
+    pub(crate) cert: Option<PathBuf>,
+    /// TLS: the client certificate's private key (PEM, mode 0600).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    #[serde(default)]
+    pub(crate) cert_key: Option<PathBuf>,
+    /// TLS: the server name to send and check (default: the host of the server address).
+    #[arg(long, value_name = "NAME")]
+    #[serde(default)]
+    pub(crate) sni: Option<String>,
+    /// TLS: write session secrets to FILE in the NSS key log format (for Wireshark).
+    /// Anyone who reads FILE can decrypt the sessions: debugging only.
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub(crate) keylog: Option<PathBuf>,
+}
+
+fn warn_keylog(path: &Path) {
+    eprintln!(
+        "sessionkey: warning: --keylog writes TLS session secrets to {}; anyone who can read \
+         it can decrypt these sessions. Use it for debugging only.",
+        path.display()
+    );
+}
+
+fn native_only(transport: Transport, what: &[(&str, bool)]) -> Result<()> {
+    if transport == Transport::Tls {
+        return Ok(());
+    }
+    match what.iter().find(|(_, given)| *given) {
+        Some((flag, _)) => Err(config_error(format!(
+            "{flag} is a TLS option; add --transport tls, or leave it out"
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn need_key(key: Option<&Path>) -> Result<&Path> {
+    key.ok_or_else(|| {
+        config_error(
+            "give this side's private key with --key FILE (make one with: sessionkey keygen FILE), \
+             or use --transport tls",
+        )
+    })
+}
+
+/// What a server needs to accept sessions on its transport.
+pub(crate) struct ServerSide<'a> {
+    pub(crate) key: Option<&'a Path>,
+    pub(crate) opts: &'a SessionOpts,
+    pub(crate) authorized: Option<&'a Path>,
+    pub(crate) allow: &'a [String],
+    pub(crate) insecure_anonymous: bool,
+}
+
+impl ServerTransportOpts {
+    pub(crate) fn build(&self, side: ServerSide<'_>) -> Result<ServerTransport> {
+        native_only(
+            self.transport,
+            &[
+                ("--cert", self.cert.is_some()),
+                ("--client-ca", self.client_ca.is_some()),
+                ("--keylog", self.keylog.is_some()),
+            ],
+        )?;
+        if self.transport == Transport::Native {
+            let identity = load_identity(need_key(side.key)?)?;
+            return Ok(ServerTransport::Native(responder(
+                identity,
+                side.opts,
+                side.authorized,
+                side.allow,
+                side.insecure_anonymous,
+            )?));
+        }
+        if side.opts.psk.is_some() {
+            return Err(config_error(
+                "--psk is for the native transport; TLS admits clients by certificate \
+                 (--client-ca FILE or tls-spki-sha256 lines in --authorized-peers)",
+            ));
+        }
+        let mut peers = AuthorizedPeers::default();
+        if let Some(path) = side.authorized {
+            peers = AuthorizedPeers::load(path)?;
+        }
+        for key in side.allow {
+            peers.allow(parse_peer_key(key)?);
+        }
+        let source = side
+            .authorized
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "--allow".into());
+        if !peers.is_empty() && peers.tls_keys() == 0 {
+            return Err(config_error(format!(
+                "{source} lists no TLS client keys (`{TLS_SPKI_TYPE} BASE64` lines), so no \
+                 client could connect; add them, or leave out --authorized-peers to admit any \
+                 TLS client"
+            )));
+        }
+        let cert = match (&self.cert, &self.cert_key) {
+            (Some(chain), Some(key)) => CertSource::Files {
+                chain: chain.clone(),
+                key: key.clone(),
+            },
+            _ => CertSource::SelfSigned { dir: state_dir() },
+        };
+        if let Some(path) = &self.keylog {
+            warn_keylog(path);
+        }
+        let server = TlsServer::new(TlsServerOptions {
+            cert,
+            client_ca: self.client_ca.clone(),
+            client_keys: (!peers.is_empty()).then_some((peers, source)),
+            keylog: self.keylog.clone(),
+            suite: side.opts.suite(),
+        })?;
+        if server.generated() {
+            let (cert, _) = sessionkey::tls::self_signed_paths(&state_dir());
+            tracing::warn!(
+                "made a self-signed certificate {}; clients pin it with --server-key '{}'",
+                cert.display(),
+                server.pin().to_line("")
+            );
+        }
+        Ok(ServerTransport::Tls(server))
+    }
+}
+
+/// What a client needs to open sessions on its transport.
+pub(crate) struct ClientSide<'a> {
+    pub(crate) server: &'a str,
+    pub(crate) key: Option<&'a Path>,
+    pub(crate) opts: &'a SessionOpts,
+    pub(crate) server_key: Option<&'a str>,
+    pub(crate) known_peers: Option<&'a Path>,
+    pub(crate) accept_new: bool,
+    pub(crate) insecure_anonymous: bool,
+}
+
+impl ClientTransportOpts {
+    pub(crate) fn build(&self, side: ClientSide<'_>) -> Result<ClientTransport> {
+        native_only(
+            self.transport,
+            &[
+                ("--ca", self.ca.is_some()),
+                ("--cert", self.cert.is_some()),
+                ("--sni", self.sni.is_some()),
+                ("--keylog", self.keylog.is_some()),
+            ],
+        )?;
+        if self.transport == Transport::Native {
+            return Ok(ClientTransport::Native(NativeClient {
+                identity: load_identity(need_key(side.key)?)?,
+                trust: server_trust(
+                    side.server_key,
+                    side.known_peers,
+                    side.accept_new,
+                    side.insecure_anonymous,
+                )?,
+                suite: side.opts.suite(),
+                hybrid: !side.opts.classic,
+                psk: side.opts.psk()?,
+            }));
+        }
+        if side.opts.psk.is_some() {
+            return Err(config_error("--psk is for the native transport, not TLS"));
+        }
+        let trust = match (&self.ca, side.server_key, side.known_peers) {
+            (None, None, None) if side.insecure_anonymous => TlsTrust::InsecureNone,
+            (None, None, None) => TlsTrust::SystemRoots,
+            (Some(ca), None, None) => TlsTrust::CaFile(ca.clone()),
+            (None, Some(k), None) => match parse_peer_key(k)? {
+                pin @ PeerKey::TlsSpki(_) => TlsTrust::Pinned(pin),
+                PeerKey::Native(_) => {
+                    return Err(config_error(format!(
+                        "--server-key {k:?} is a sessionkey key; over TLS pin the server's \
+                         certificate key instead (`{TLS_SPKI_TYPE} BASE64`, printed by the \
+                         server at start)"
+                    )))
+                }
+            },
+            (None, None, Some(file)) => TlsTrust::KnownPeers {
+                file: KnownPeers::new(file),
+                accept_new: side.accept_new,
+            },
+            _ => {
+                return Err(config_error(
+                    "give one of --ca, --server-key and --known-peers, not several",
+                ))
+            }
+        };
+        let client_cert = match (&self.cert, &self.cert_key) {
+            (Some(chain), Some(key)) => Some(CertifiedKey::load(chain, key)?),
+            _ => None,
+        };
+        if let Some(path) = &self.keylog {
+            warn_keylog(path);
+        }
+        Ok(ClientTransport::Tls(TlsClient::new(TlsClientOptions {
+            server: side.server.to_string(),
+            server_name: self.sni.clone(),
+            trust,
+            client_cert,
+            keylog: self.keylog.clone(),
+            suite: side.opts.suite(),
+            classic: side.opts.classic,
+        })?))
+    }
+}
+
+pub(crate) fn parse_peer_key(s: &str) -> Result<PeerKey> {
+    s.parse()
+        .map_err(|e| config_error(format!("{e} (from {s:?})")))
 }

@@ -10,7 +10,10 @@ use sessionkey::proto::keys::Identity;
 use sessionkey::proto::session::{Direction, Event, SessionConfig, SessionInfo};
 use sessionkey::proto::suite::Suite;
 use sessionkey::status::Registry;
-use sessionkey::tunnel::{self, ClientConfig, ServerConfig, ServerTrust};
+use sessionkey::tunnel::{
+    self, ClientConfig, ClientTransport, NativeClient, Secure, ServerConfig, ServerTransport,
+    ServerTrust,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -134,8 +137,8 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
         ServerConfig {
             name: "demo".into(),
             target: echo_addr.to_string(),
-            responder: Arc::new(responder),
             session: SessionConfig::default(),
+            transport: ServerTransport::Native(Arc::new(responder)),
         },
         registry.clone(),
     ));
@@ -144,15 +147,19 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
     let client = ClientConfig {
         name: "demo".into(),
         server: server_addr.to_string(),
-        identity: client_id,
-        trust: ServerTrust::Pinned(*server_id.public_key()),
-        suite,
-        hybrid: !args.classic,
-        psk: None,
         session: SessionConfig::default(),
+        transport: ClientTransport::Native(NativeClient {
+            identity: client_id,
+            trust: ServerTrust::Pinned(*server_id.public_key()),
+            suite,
+            hybrid: !args.classic,
+            psk: None,
+        }),
     };
     let start = Instant::now();
-    let mut stream = client.connect().await?;
+    let Secure::Native(mut stream) = client.connect().await? else {
+        anyhow::bail!("the demo client was configured for the native transport");
+    };
     let mut events = stream.events();
     let rotate = stream.rotation_handle();
     if let Some(info) = stream.info() {

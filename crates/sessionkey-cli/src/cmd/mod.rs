@@ -6,9 +6,11 @@ pub(crate) mod keygen;
 pub(crate) mod pipe;
 pub(crate) mod status;
 pub(crate) mod tunnel;
+pub(crate) mod vpn;
 
 use sessionkey::proto::handshake::Refusal;
 use sessionkey::proto::Error;
+use sessionkey::tls::{rustls, TlsError};
 use sessionkey::trust::TrustError;
 use sessionkey::tunnel::TunnelError;
 
@@ -22,7 +24,9 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if let Some(t) = cause.downcast_ref::<TrustError>() {
             return match t {
-                TrustError::KeyChanged(_) | TrustError::UnknownHost { .. } => NOPERM,
+                TrustError::KeyChanged(_)
+                | TrustError::UnknownHost { .. }
+                | TrustError::PinMismatch { .. } => NOPERM,
                 _ => CONFIG,
             };
         }
@@ -30,7 +34,9 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
             Some(TunnelError::Unreachable { .. }) => return UNAVAILABLE,
             // Transparent: the TrustError inside is not a separate link of the chain.
             Some(TunnelError::Trust(
-                TrustError::KeyChanged(_) | TrustError::UnknownHost { .. },
+                TrustError::KeyChanged(_)
+                | TrustError::UnknownHost { .. }
+                | TrustError::PinMismatch { .. },
             )) => return NOPERM,
             Some(TunnelError::Trust(_)) => return CONFIG,
             _ => {}
@@ -50,8 +56,16 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
                 _ => SOFTWARE,
             };
         }
-        if cause.downcast_ref::<common::ConfigError>().is_some() {
+        if cause.downcast_ref::<common::ConfigError>().is_some()
+            || cause.downcast_ref::<TlsError>().is_some()
+        {
             return CONFIG;
+        }
+        if let Some(tls) = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(sessionkey::tls::rustls_error)
+        {
+            return tls_exit_code(tls);
         }
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;
@@ -64,4 +78,22 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
         }
     }
     SOFTWARE
+}
+
+/// A TLS failure: refused certificates (either way) are permission errors, the rest
+/// protocol errors.
+fn tls_exit_code(e: &rustls::Error) -> u8 {
+    use rustls::AlertDescription as A;
+    match e {
+        rustls::Error::InvalidCertificate(_)
+        | rustls::Error::NoCertificatesPresented
+        | rustls::Error::AlertReceived(
+            A::CertificateRequired
+            | A::AccessDenied
+            | A::BadCertificate
+            | A::CertificateUnknown
+            | A::UnknownCA,
+        ) => 77,
+        _ => 76,
+    }
 }

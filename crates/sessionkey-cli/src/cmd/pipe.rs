@@ -3,12 +3,13 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use sessionkey::tunnel::ClientConfig;
-use sessionkey::SecureStream;
+use sessionkey::tunnel::{ClientConfig, Secure, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
-use super::common::{self, SessionOpts};
+use super::common::{
+    ClientSide, ClientTransportOpts, ServerSide, ServerTransportOpts, SessionOpts,
+};
 
 /// Arguments of `sessionkey pipe`.
 #[derive(Debug, clap::Args)]
@@ -23,9 +24,9 @@ enum Side {
     Listen {
         /// Address to listen on.
         addr: String,
-        /// This side's private key.
+        /// This side's private key (native transport).
         #[arg(long)]
-        key: PathBuf,
+        key: Option<PathBuf>,
         /// Keys allowed to connect, one a line.
         #[arg(long, value_name = "FILE")]
         authorized_peers: Option<PathBuf>,
@@ -37,14 +38,16 @@ enum Side {
         insecure_anonymous: bool,
         #[command(flatten)]
         opts: SessionOpts,
+        #[command(flatten)]
+        tls: ServerTransportOpts,
     },
     /// Connect to a listening peer at ADDR.
     Connect {
         /// The peer's address.
         addr: String,
-        /// This side's private key.
+        /// This side's private key (native transport; TLS needs none).
         #[arg(long)]
-        key: PathBuf,
+        key: Option<PathBuf>,
         /// The peer's public key.
         #[arg(long, value_name = "PUBKEY")]
         server_key: Option<String>,
@@ -59,6 +62,8 @@ enum Side {
         insecure_anonymous: bool,
         #[command(flatten)]
         opts: SessionOpts,
+        #[command(flatten)]
+        tls: ClientTransportOpts,
     },
 }
 
@@ -71,21 +76,27 @@ pub(crate) async fn run(args: Args) -> Result<()> {
             allow,
             insecure_anonymous,
             opts,
+            tls,
         } => {
-            let identity = common::load_identity(&key)?;
-            let responder = common::responder(
-                identity,
-                &opts,
-                authorized_peers.as_deref(),
-                &allow,
-                insecure_anonymous,
-            )?;
+            let server = ServerConfig {
+                name: "pipe".into(),
+                target: String::new(),
+                session: opts.session_config(),
+                transport: tls.build(ServerSide {
+                    key: key.as_deref(),
+                    opts: &opts,
+                    authorized: authorized_peers.as_deref(),
+                    allow: &allow,
+                    insecure_anonymous,
+                })?,
+            };
             let listener = TcpListener::bind(&addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
             let (tcp, from) = listener.accept().await?;
             tracing::info!(peer = %from, "connection");
-            SecureStream::accept(tcp, responder, common::session_config())
+            server
+                .accept(tcp)
                 .await
                 .with_context(|| format!("handshake with {from} failed"))?
         }
@@ -97,21 +108,22 @@ pub(crate) async fn run(args: Args) -> Result<()> {
             accept_new,
             insecure_anonymous,
             opts,
+            tls,
         } => {
+            let transport = tls.build(ClientSide {
+                server: &addr,
+                key: key.as_deref(),
+                opts: &opts,
+                server_key: server_key.as_deref(),
+                known_peers: known_peers.as_deref(),
+                accept_new,
+                insecure_anonymous,
+            })?;
             let config = ClientConfig {
                 name: "pipe".into(),
                 server: addr,
-                identity: common::load_identity(&key)?,
-                trust: common::server_trust(
-                    server_key.as_deref(),
-                    known_peers.as_deref(),
-                    accept_new,
-                    insecure_anonymous,
-                )?,
-                suite: opts.suite(),
-                hybrid: !opts.classic,
-                psk: opts.psk()?,
-                session: common::session_config(),
+                session: opts.session_config(),
+                transport,
             };
             config.connect().await?
         }
@@ -121,7 +133,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
 
 /// stdin -> peer (then the close record), peer -> stdout; success only after the peer's
 /// authenticated close.
-async fn pipe(stream: SecureStream<TcpStream>) -> Result<()> {
+async fn pipe(stream: Secure) -> Result<()> {
     let (mut r, mut w) = tokio::io::split(stream);
     let up = async {
         let mut stdin = tokio::io::stdin();

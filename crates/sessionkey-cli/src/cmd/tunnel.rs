@@ -5,10 +5,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use sessionkey::status::{self, Registry};
-use sessionkey::tunnel::{self, ClientConfig, ServerConfig};
+use sessionkey::tunnel::{self, ClientConfig, ServerConfig, ServerTransport};
 use tokio::net::TcpListener;
 
-use super::common::{self, config_error, SessionOpts};
+use super::common::{
+    config_error, ClientSide, ClientTransportOpts, ServerSide, ServerTransportOpts, SessionOpts,
+};
 
 /// Arguments of `sessionkey tunnel`.
 #[derive(Debug, clap::Args)]
@@ -43,9 +45,10 @@ pub(crate) struct ServerArgs {
     /// Where to forward the plain bytes.
     #[arg(long)]
     to: String,
-    /// The server's private key.
+    /// The server's private key (native transport).
     #[arg(long)]
-    key: PathBuf,
+    #[serde(default)]
+    key: Option<PathBuf>,
     /// Keys allowed to connect, one `sessionkey-x25519 BASE64 comment` a line.
     #[arg(long, value_name = "FILE")]
     #[serde(default)]
@@ -61,6 +64,9 @@ pub(crate) struct ServerArgs {
     #[command(flatten)]
     #[serde(flatten)]
     opts: SessionOpts,
+    #[command(flatten)]
+    #[serde(flatten)]
+    tls: ServerTransportOpts,
 }
 
 /// `tunnel client` options (also the fields of a `role = "client"` table).
@@ -77,9 +83,10 @@ pub(crate) struct ClientArgs {
     /// The tunnel server's address.
     #[arg(long)]
     server: String,
-    /// This client's private key.
+    /// This client's private key (native transport; TLS clients need none).
     #[arg(long)]
-    key: PathBuf,
+    #[serde(default)]
+    key: Option<PathBuf>,
     /// The server's public key (pins it; fastest handshake).
     #[arg(long, value_name = "PUBKEY")]
     #[serde(default)]
@@ -99,6 +106,9 @@ pub(crate) struct ClientArgs {
     #[command(flatten)]
     #[serde(flatten)]
     opts: SessionOpts,
+    #[command(flatten)]
+    #[serde(flatten)]
+    tls: ClientTransportOpts,
 }
 
 fn default_server_name() -> String {
@@ -124,19 +134,17 @@ struct ConfigFile {
 
 impl ServerArgs {
     pub(crate) fn build(&self) -> Result<ServerConfig> {
-        let identity = common::load_identity(&self.key)?;
-        let responder = common::responder(
-            identity,
-            &self.opts,
-            self.authorized_peers.as_deref(),
-            &self.allow,
-            self.insecure_anonymous,
-        )?;
         Ok(ServerConfig {
             name: self.name.clone(),
             target: self.to.clone(),
-            responder,
-            session: common::session_config(),
+            session: self.opts.session_config(),
+            transport: self.tls.build(ServerSide {
+                key: self.key.as_deref(),
+                opts: &self.opts,
+                authorized: self.authorized_peers.as_deref(),
+                allow: &self.allow,
+                insecure_anonymous: self.insecure_anonymous,
+            })?,
         })
     }
 }
@@ -146,17 +154,16 @@ impl ClientArgs {
         Ok(ClientConfig {
             name: self.name.clone(),
             server: self.server.clone(),
-            identity: common::load_identity(&self.key)?,
-            trust: common::server_trust(
-                self.server_key.as_deref(),
-                self.known_peers.as_deref(),
-                self.accept_new,
-                self.insecure_anonymous,
-            )?,
-            suite: self.opts.suite(),
-            hybrid: !self.opts.classic,
-            psk: self.opts.psk()?,
-            session: common::session_config(),
+            session: self.opts.session_config(),
+            transport: self.tls.build(ClientSide {
+                server: &self.server,
+                key: self.key.as_deref(),
+                opts: &self.opts,
+                server_key: self.server_key.as_deref(),
+                known_peers: self.known_peers.as_deref(),
+                accept_new: self.accept_new,
+                insecure_anonymous: self.insecure_anonymous,
+            })?,
         })
     }
 }
@@ -199,10 +206,17 @@ pub(crate) async fn run(args: Args) -> Result<()> {
             TunnelTable::Server(s) => {
                 let config = s.build()?;
                 let listener = bind(&s.listen).await?;
+                let transport = match &config.transport {
+                    ServerTransport::Native(_) => "native".to_string(),
+                    ServerTransport::Tls(tls) => {
+                        format!("tls, certificate key {}", tls.pin().to_line(""))
+                    }
+                };
                 tracing::info!(
                     tunnel = %config.name,
                     listen = %tunnel::local_addr(&listener),
                     to = %config.target,
+                    %transport,
                     "tunnel server ready"
                 );
                 tasks.spawn(tunnel::run_server(listener, config, registry.clone()));
