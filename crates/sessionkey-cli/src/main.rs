@@ -10,8 +10,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// exchange (hybrid X25519 + ML-KEM-768 by default), a fast AEAD, automatic rotation.
 ///
 /// Exit status: 0 success (for pipes: only after the peer's authenticated close); 2 usage;
-/// 69 peer unavailable; 76 tampering or truncation; 77 key refused or changed; 78 bad
-/// configuration or key file; 70 other internal errors.
+/// 69 peer or device unavailable; 76 tampering or truncation; 77 key or certificate refused
+/// or changed, or no permission (TUN); 78 bad configuration or key file; 70 other internal
+/// errors.
 #[derive(Debug, Parser)]
 #[command(name = "sessionkey", version, about, long_about)]
 struct Cli {

@@ -13,6 +13,7 @@ use sessionkey::proto::Error;
 use sessionkey::tls::{rustls, TlsError};
 use sessionkey::trust::TrustError;
 use sessionkey::tunnel::TunnelError;
+use sessionkey::vpn::{TunError, VpnError};
 
 /// sysexits(3) classes for an error chain.
 pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
@@ -22,6 +23,14 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
     const NOPERM: u8 = 77;
     const CONFIG: u8 = 78;
     for cause in e.chain() {
+        if let Some(VpnError::Tun(t)) = cause.downcast_ref::<VpnError>() {
+            return match t {
+                TunError::Permission { .. } => NOPERM,
+                TunError::NoDevice { .. } => UNAVAILABLE,
+                TunError::Busy { .. } => CONFIG,
+                _ => SOFTWARE,
+            };
+        }
         if let Some(t) = cause.downcast_ref::<TrustError>() {
             return match t {
                 TrustError::KeyChanged(_)

@@ -28,7 +28,7 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<8} {:<10} {:<7} {:<22} {:<16} {:>6} {:<18} {:>5} {:>5} {:>12} {:>12} {:>9}",
+        "{:<8} {:<10} {:<7} {:<22} {:<16} {:>6} {:<24} {:>5} {:>5} {:>12} {:>12} {:>9}",
         "pid",
         "tunnel",
         "role",
@@ -40,7 +40,7 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
         "rx-ep",
         "sent",
         "received",
-        "rehs-in"
+        "rotate-in"
     );
     for p in &processes {
         for s in p["sessions"].as_array().into_iter().flatten() {
@@ -54,7 +54,7 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
                 other => other.to_string(),
             };
             println!(
-                "{:<8} {:<10} {:<7} {:<22} {:<16} {:>6} {:<18} {:>5} {:>5} {:>12} {:>12} {:>9}",
+                "{:<8} {:<10} {:<7} {:<22} {:<16} {:>6} {:<24} {:>5} {:>5} {:>12} {:>12} {:>9}",
                 text(&p["pid"]),
                 text(&s["tunnel"]),
                 text(&s["role"]),
@@ -66,8 +66,10 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
                 text(&s["receive"]["epoch"]),
                 text(&s["send"]["bytes"]),
                 text(&s["receive"]["bytes"]),
+                // Native: the next re-handshake; TLS: the next key update by time.
                 s["next_rehandshake_secs"]
                     .as_u64()
+                    .or_else(|| s["next_key_update_secs"].as_u64())
                     .map(|v| format!("{v}s"))
                     .unwrap_or("-".into()),
             );

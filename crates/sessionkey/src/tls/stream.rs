@@ -364,6 +364,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<T> {
         if this.due(Instant::now()) {
             this.update_keys().map_err(|e| this.fail(e))?;
         }
+        // No key carries more than the policy's bytes: a write that would cross the limit
+        // stops at it, and the next one starts under a new key.
+        let room = this.policy.bytes.saturating_sub(this.bytes_this_key).max(1);
+        let data = &data[..data.len().min(usize::try_from(room).unwrap_or(usize::MAX))];
         match ready!(Pin::new(&mut this.inner).poll_write(cx, data)) {
             Ok(n) => {
                 // rustls seals each write in records of at most 16 KiB of plaintext.
