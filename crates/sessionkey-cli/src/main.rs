@@ -56,12 +56,19 @@ enum Command {
     /// A VPN over UDP on a Linux TUN interface: `vpn up CONFIG`, `vpn down NAME`, `vpn show`.
     #[command(subcommand)]
     Vpn(cmd::vpn::Command),
+    /// End-to-end encrypted messages through a relay: `msg init | send | recv | contacts | verify`.
+    #[command(subcommand)]
+    Msg(cmd::msg::Command),
+    /// The messaging relay: `relay serve --listen ADDR [--database URL]`.
+    #[command(subcommand)]
+    Relay(cmd::relay::Command),
 }
 
 fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
-    // The demo prints its own account of events; logs would repeat it.
-    let quiet_default = if matches!(cli.command, Command::Demo(_)) {
+    // The demo prints its own account of events; logs would repeat it. Messaging commands
+    // print their results; per-connection TLS logs would only be noise.
+    let quiet_default = if matches!(cli.command, Command::Demo(_) | Command::Msg(_)) {
         "warn"
     } else {
         "info"
@@ -108,6 +115,8 @@ fn main() -> ExitCode {
             Command::Pipe(args) => cmd::pipe::run(args).await,
             Command::Status(args) => cmd::status::run(&args).await,
             Command::Vpn(command) => cmd::vpn::run(command).await,
+            Command::Msg(command) => cmd::msg::run(command).await,
+            Command::Relay(command) => cmd::relay::run(command).await,
         }
     });
     match result {

@@ -3,7 +3,9 @@
 pub(crate) mod common;
 pub(crate) mod demo;
 pub(crate) mod keygen;
+pub(crate) mod msg;
 pub(crate) mod pipe;
+pub(crate) mod relay;
 pub(crate) mod status;
 pub(crate) mod tunnel;
 pub(crate) mod vpn;
@@ -23,6 +25,9 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
     const NOPERM: u8 = 77;
     const CONFIG: u8 = 78;
     for cause in e.chain() {
+        if let Some(code) = msg::exit_code(cause) {
+            return code;
+        }
         if let Some(VpnError::Tun(t)) = cause.downcast_ref::<VpnError>() {
             return match t {
                 TunError::Permission { .. } => NOPERM,
