@@ -39,6 +39,10 @@ pub enum Error {
     /// A deadline passed.
     #[error("timed out: {0}")]
     Timeout(Timeout),
+    /// The caller's check refused the peer's static key (for example a changed known-peers
+    /// entry); the handshake stopped before this side revealed anything more.
+    #[error("the peer's key was refused: {0}")]
+    PeerKeyRejected(std::sync::Arc<dyn std::error::Error + Send + Sync>),
 }
 
 /// Deadlines of a session.
@@ -51,6 +55,16 @@ pub enum Timeout {
     /// Nothing was received for too long.
     #[error("nothing received for {0:?}; the peer is gone or the path is broken")]
     Idle(std::time::Duration),
+    /// A re-handshake was due and did not complete in time: the peer stopped answering, or
+    /// someone on the path holds the old keys and cannot complete a fresh exchange.
+    #[error(
+        "the re-handshake did not complete within {0:?} of being due; \
+         the session's keys are no longer trusted"
+    )]
+    Rehandshake(std::time::Duration),
+    /// The peer did not close its direction after this side's lifetime close.
+    #[error("the peer did not close within {0:?} after the session's lifetime ended")]
+    LifetimeClose(std::time::Duration),
 }
 
 /// Ways a peer can misbehave. Any of these ends the handshake or session.
@@ -108,6 +122,17 @@ pub enum PeerMisbehaved {
         received_records: u64,
         /// Data bytes received.
         received_bytes: u64,
+    },
+    /// The peer acknowledged other totals than this side's close said it sent.
+    #[error(
+        "the peer acknowledged {acked_bytes} bytes but {sent_bytes} were sent: \
+         not everything was delivered"
+    )]
+    AckMismatch {
+        /// Data bytes this side sent.
+        sent_bytes: u64,
+        /// Data bytes the peer says it received.
+        acked_bytes: u64,
     },
     /// A record that is not allowed at this point, or of an unknown type.
     #[error("unexpected record: {0}")]
@@ -199,6 +224,9 @@ pub enum Limit {
     /// The 64-bit nonce counter is exhausted.
     #[error("nonce counter exhausted")]
     NonceExhausted,
+    /// A direction's key epoch counter would wrap.
+    #[error("key epoch counter exhausted; start a new session")]
+    EpochExhausted,
     /// The session reached its configured maximum lifetime.
     #[error("session lifetime of {0:?} reached; start a new session")]
     Lifetime(std::time::Duration),

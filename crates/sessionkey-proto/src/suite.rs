@@ -174,7 +174,7 @@ struct KeyState {
     suite: Suite,
     limits: UsageLimits,
     key: AeadKey,
-    iv: [u8; NONCE_LEN],
+    iv: zeroize::Zeroizing<[u8; NONCE_LEN]>,
     /// The next record's counter; also the number of records processed.
     counter: u64,
 }
@@ -184,8 +184,8 @@ impl KeyState {
         let mut key = zeroize::Zeroizing::new([0u8; 32]);
         let key = &mut key[..suite.key_len()];
         hkdf_sha256_expand(secret.expose(), KEY_LABEL, key);
-        let mut iv = [0; NONCE_LEN];
-        hkdf_sha256_expand(secret.expose(), IV_LABEL, &mut iv);
+        let mut iv = zeroize::Zeroizing::new([0; NONCE_LEN]);
+        hkdf_sha256_expand(secret.expose(), IV_LABEL, &mut iv[..]);
         let max = suite.limits();
         Ok(Self {
             suite,
@@ -201,7 +201,7 @@ impl KeyState {
     }
 
     fn nonce(&self, counter: u64) -> [u8; NONCE_LEN] {
-        let mut nonce = self.iv;
+        let mut nonce = *self.iv;
         for (n, c) in nonce[4..].iter_mut().zip(counter.to_be_bytes()) {
             *n ^= c;
         }
@@ -299,6 +299,8 @@ impl fmt::Debug for SealingKey {
 pub struct OpeningKey {
     state: KeyState,
     failures: u64,
+    /// Blocks opened in order, counted as the sender counts them.
+    blocks: u64,
 }
 
 impl OpeningKey {
@@ -316,22 +318,47 @@ impl OpeningKey {
         Ok(Self {
             state: KeyState::new(suite, secret, limits)?,
             failures: 0,
+            blocks: 0,
         })
     }
 
     /// Decrypt `ciphertext || tag` in place and return the plaintext. A failure leaves the
     /// counter where it was and counts against the suite's integrity limit; past that limit
     /// every call fails with [`Error::LimitReached`].
+    ///
+    /// The receiver enforces the suite's confidentiality limits too: a peer that seals past
+    /// them under one key (it should have rotated at half) is refused, so a broken or hostile
+    /// sender cannot make this side accept records under a worn-out key.
     pub fn open_in_place<'a>(
         &mut self,
         aad: &[u8],
         in_out: &'a mut [u8],
     ) -> Result<&'a mut [u8], Error> {
+        let limits = self.state.limits;
+        let suite = self.state.suite.name();
         if self.state.counter == u64::MAX {
             return Err(Limit::NonceExhausted.into());
         }
+        if self.state.counter >= limits.records {
+            return Err(Limit::ConfidentialityRecords {
+                suite,
+                limit: limits.records,
+            }
+            .into());
+        }
+        let blocks = self
+            .blocks
+            .saturating_add(blocks_for(in_out.len().saturating_sub(TAG_LEN)));
+        if blocks > limits.blocks {
+            return Err(Limit::ConfidentialityBlocks {
+                suite,
+                limit: limits.blocks,
+            }
+            .into());
+        }
         let plaintext = self.open_at(self.state.counter, aad, in_out)?;
         self.state.counter += 1;
+        self.blocks = blocks;
         Ok(plaintext)
     }
 

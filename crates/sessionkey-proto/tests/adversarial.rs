@@ -135,10 +135,12 @@ fn downgrade_to_classical_is_caught_even_when_the_policy_allows_it() {
     let (init, mut wire) = hello(header, &server);
     wire[7] &= !1;
     let err = finish(&responder, init, &wire).unwrap_err();
+    // The changed prologue makes the hello undecryptable, which the responder reports.
     assert!(
         matches!(
             err,
-            Error::PeerMisbehaved(PeerMisbehaved::BadTag | PeerMisbehaved::Truncated { .. })
+            Error::Refused(Refusal::UndecryptableHello)
+                | Error::PeerMisbehaved(PeerMisbehaved::Truncated { .. })
         ),
         "{err:?}"
     );

@@ -64,13 +64,28 @@ fn build(
     }
 }
 
+/// Judges the responder's static key once the handshake has proved it, before the initiator
+/// writes anything more: return an error to stop (for example a changed known-peers entry).
+pub type ResponderCheck =
+    Box<dyn FnMut(&PublicKey) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send>;
+
 /// The initiator's side of the native handshake.
-#[derive(Debug)]
 pub struct Initiator {
     /// What was offered.
     pub header: Header,
     /// The Noise handshake; after [`read_reply`](Self::read_reply), continue with it directly.
     pub state: HandshakeState,
+    check: Option<ResponderCheck>,
+}
+
+impl std::fmt::Debug for Initiator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Initiator")
+            .field("header", &self.header)
+            .field("state", &self.state)
+            .field("check", &self.check.is_some())
+            .finish()
+    }
 }
 
 impl Initiator {
@@ -85,7 +100,28 @@ impl Initiator {
         Ok(Self {
             header,
             state: build(&header, true, local, remote, psk)?,
+            check: None,
         })
+    }
+
+    /// Check the responder's key with `check` as soon as a handshake message has proved it
+    /// (XX: after the second message), before this side writes its next message. A refusal
+    /// ends the handshake with [`Error::PeerKeyRejected`] and nothing more is sent, so a
+    /// responder that fails the check never learns this side's static key.
+    pub fn with_responder_check(mut self, check: ResponderCheck) -> Self {
+        self.check = Some(check);
+        self
+    }
+
+    /// Run the responder check once, if the responder's key is known by now.
+    pub(crate) fn check_responder(&mut self) -> Result<(), Error> {
+        let Some(key) = self.state.remote_static().copied() else {
+            return Ok(());
+        };
+        match self.check.take() {
+            Some(mut check) => check(&key).map_err(|e| Error::PeerKeyRejected(e.into())),
+            None => Ok(()),
+        }
     }
 
     /// Write the hello: the header, then the first Noise message carrying `payload`.
@@ -205,7 +241,16 @@ impl Responder {
             .filter(|_| header.psk)
             .map(|p| Psk::from_bytes(*p.expose()));
         let mut state = build(&header, false, local, None, psk)?;
-        let n = state.read_message(&hello[HEADER_LEN..], payload_out)?;
+        // A hello that does not decrypt was sealed to another key: say so (PROTOCOL.md 4),
+        // which tells an observer nothing the closed connection does not.
+        let n = state
+            .read_message(&hello[HEADER_LEN..], payload_out)
+            .map_err(|e| match e {
+                Error::PeerMisbehaved(crate::PeerMisbehaved::BadTag) => {
+                    Refusal::UndecryptableHello.into()
+                }
+                e => e,
+            })?;
         if let Some(key) = state.remote_static() {
             if !self.authorizes(key) {
                 return Err(Refusal::KeyNotAuthorized.into());

@@ -142,6 +142,13 @@ pub enum Refusal {
          public key (`sessionkey pubkey KEYFILE`) to its authorized peers"
     )]
     KeyNotAuthorized,
+    /// The responder could not decrypt the hello: the initiator encrypted it to a key that is
+    /// not the responder's (a wrong pin), or it was altered on the way.
+    #[error(
+        "the responder could not decrypt the hello: the server key this side pinned is not \
+         the server's key (or the hello was altered on the way)"
+    )]
+    UndecryptableHello,
     /// The header set flags this version does not know.
     #[error("the offer set header flags the responder does not know; upgrade the responder")]
     UnknownFlags,
@@ -180,6 +187,7 @@ impl Refusal {
             Self::AnonymousNotAllowed => (7, 0),
             Self::UnknownFlags => (8, 0),
             Self::KeyNotAuthorized => (9, 0),
+            Self::UndecryptableHello => (10, 0),
             Self::Other(code) => (code, 0),
         }
     }
@@ -210,6 +218,7 @@ impl Refusal {
             7 => Self::AnonymousNotAllowed,
             8 => Self::UnknownFlags,
             9 => Self::KeyNotAuthorized,
+            10 => Self::UndecryptableHello,
             code => Self::Other(code),
         })
     }

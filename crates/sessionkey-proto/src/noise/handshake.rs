@@ -249,6 +249,11 @@ impl HandshakeState {
         self.rs.as_ref()
     }
 
+    /// This side's static identity, if the pattern uses one.
+    pub(crate) fn local_identity(&self) -> Option<Arc<Identity>> {
+        self.s.clone()
+    }
+
     fn check_turn(&self, writing: bool) -> Result<(), Error> {
         if self.failed {
             return Err(ApiMisuse::HandshakeFailed.into());

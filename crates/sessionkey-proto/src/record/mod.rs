@@ -42,6 +42,14 @@ pub enum RecordType {
     Close = 6,
     /// Keeps an idle session alive; no content.
     Ping = 7,
+    /// The initiator's first record when the responder wrote the last handshake message: it
+    /// proves the initiator holds the session keys, so a replayed hello opens nothing.
+    Confirm = 8,
+    /// The responder refuses the initiator's key, under the session keys (PROTOCOL.md 4).
+    Refusal = 9,
+    /// After reading the peer's close: the peer's totals as received, so the peer knows
+    /// every byte arrived. May follow this side's own close.
+    Ack = 10,
 }
 
 impl RecordType {
@@ -54,6 +62,9 @@ impl RecordType {
             5 => Self::RehandshakeFinish,
             6 => Self::Close,
             7 => Self::Ping,
+            8 => Self::Confirm,
+            9 => Self::Refusal,
+            10 => Self::Ack,
             _ => return None,
         })
     }

@@ -12,9 +12,16 @@ pub struct SessionConfig {
     pub key_update_bytes: u64,
     /// Update a direction's key after this many records under one key.
     pub key_update_records: u64,
-    /// Run a fresh ephemeral exchange this often (the handshake's initiator schedules it).
+    /// Run a fresh ephemeral exchange this often. Both sides schedule it; the responder's
+    /// timer runs an eighth longer, so the initiator normally asks first.
     pub rehandshake_interval: Option<Duration>,
-    /// End the session after this long.
+    /// Also run one after this side sent this many data bytes since the last one.
+    pub rehandshake_bytes: Option<u64>,
+    /// End the session when a re-handshake has not completed this long after it was due.
+    pub rehandshake_deadline: Duration,
+    /// At this age the session sends its close; it ends when the peer closes in turn, and
+    /// fails with [`Timeout::LifetimeClose`](crate::Timeout::LifetimeClose) if the peer has
+    /// not done so within [`LIFETIME_GRACE`](super::LIFETIME_GRACE).
     pub max_lifetime: Option<Duration>,
     /// End the session when nothing arrives for this long.
     pub idle_timeout: Option<Duration>,
@@ -35,6 +42,8 @@ impl Default for SessionConfig {
             key_update_bytes: 1 << 30,
             key_update_records: 1 << 20,
             rehandshake_interval: Some(Duration::from_secs(120)),
+            rehandshake_bytes: Some(1 << 36),
+            rehandshake_deadline: Duration::from_secs(60),
             max_lifetime: None,
             idle_timeout: None,
             handshake_timeout: Duration::from_secs(10),

@@ -16,6 +16,13 @@ pub(crate) struct Totals {
     pub(crate) bytes: u64,
 }
 
+/// The epoch after `epoch`; a peer that rotates 2^32 times ends the session, never wraps it.
+fn next_epoch(epoch: u32) -> Result<u32, Error> {
+    epoch
+        .checked_add(1)
+        .ok_or_else(|| crate::error::Limit::EpochExhausted.into())
+}
+
 pub(crate) struct SendDirection {
     secret: SecretKey,
     key: SealingKey,
@@ -41,11 +48,12 @@ impl SendDirection {
 
     /// Move to a new secret; the old one is zeroized as it is dropped.
     pub(crate) fn install(&mut self, secret: SecretKey) -> Result<(), Error> {
+        let epoch = next_epoch(self.epoch)?;
         let suite = self.key.suite();
         self.key = SealingKey::with_limits(suite, &secret, self.key.limits())?;
         self.fingerprint = Fingerprint::of_secret(secret.expose());
         self.secret = secret;
-        self.epoch += 1;
+        self.epoch = epoch;
         self.bytes_this_key = 0;
         Ok(())
     }
@@ -128,11 +136,12 @@ impl RecvDirection {
     }
 
     pub(crate) fn install(&mut self, secret: SecretKey) -> Result<(), Error> {
+        let epoch = next_epoch(self.epoch)?;
         let suite = self.key_suite();
         self.key = OpeningKey::with_limits(suite, &secret, self.limits)?;
         self.fingerprint = Fingerprint::of_secret(secret.expose());
         self.secret = secret;
-        self.epoch += 1;
+        self.epoch = epoch;
         Ok(())
     }
 

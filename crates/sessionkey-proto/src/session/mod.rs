@@ -52,8 +52,10 @@
 //!     delivered
 //! }
 //! pump(&mut client, &mut server, now); // hello
-//! pump(&mut server, &mut client, now); // reply: both established
-//! assert!(client.is_established() && server.is_established());
+//! pump(&mut server, &mut client, now); // reply: the client has authenticated the server
+//! assert!(client.is_established() && !server.is_established());
+//! pump(&mut client, &mut server, now); // key confirmation: a replayed hello never gets here
+//! assert!(server.is_established());
 //!
 //! let mut out = vec![0; MAX_FRAME];
 //! let (consumed, n) = client.seal_data(now, b"hello", &mut out)?;
@@ -81,14 +83,14 @@ pub use event::{CloseReason, Direction, DirectionStats, Event, SessionInfo};
 
 use crate::crypto::SecureRandom;
 use crate::error::{ApiMisuse, Limit, PeerMisbehaved, Timeout};
-use crate::handshake::{Accepted, Initiator, Refusal, Responder, REFUSAL_LEN};
-use crate::keys::{Fingerprint, PublicKey, SecretKey};
+use crate::handshake::{Accepted, Header, Initiator, Refusal, Responder, REFUSAL_LEN};
+use crate::keys::{Fingerprint, Identity, PublicKey, SecretKey};
 use crate::noise::{HandshakeState, Pattern};
 use crate::record::{self, Frame, RecordType, LEN_PREFIX, MAX_CONTENT, MIN_RECORD_BODY};
 use crate::suite::{Suite, UsageLimits};
 use crate::Error;
 
-use direction::{RecvDirection, SendDirection};
+use direction::{RecvDirection, SendDirection, Totals};
 use rekey::Rekey;
 use timer::{Timer, Timers};
 
@@ -123,6 +125,9 @@ pub enum Received {
     },
 }
 
+/// How long the peer has to close its direction after this side's lifetime close.
+pub const LIFETIME_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A session: the handshake, then records in both directions with automatic rotation.
 pub struct Session {
     role: Role,
@@ -134,11 +139,25 @@ pub struct Session {
     started: Instant,
     /// The session as it was when it closed.
     final_info: Option<SessionInfo>,
+    /// After a clean close whose own close the peer has not acknowledged yet: the receiving
+    /// direction, kept to open that one acknowledgement (PROTOCOL.md 9.2).
+    trailing: Option<Box<Trailing>>,
+    /// Data bytes the peer confirmed it received, all of them, with its acknowledgement.
+    acknowledged: Option<u64>,
+}
+
+/// What a closed session keeps to read the peer's acknowledgement of its close.
+struct Trailing {
+    recv: RecvDirection,
+    sent: Totals,
 }
 
 #[allow(clippy::large_enum_variant)]
 enum State {
     Handshaking(Box<Handshaking>),
+    /// The responder wrote the last handshake message: it waits for the initiator's
+    /// confirmation record before it believes anyone is there (a hello can be replayed).
+    Confirming(Box<Established>),
     Established(Box<Established>),
     Closed(CloseReason),
 }
@@ -153,17 +172,24 @@ enum Handshaking {
         responder: Arc<Responder>,
         accepted: Option<Accepted>,
     },
-    /// The responder refused: send the refusal, then close.
-    Refusing(Refusal),
+    /// The responder refused: send the refusal, then close. After the last handshake
+    /// message (XX) keys exist, and the refusal goes sealed under them.
+    Refusing {
+        refusal: Refusal,
+        sealed: Option<SendDirection>,
+    },
 }
 
 /// Flags for control records waiting to be sent.
 #[derive(Debug, Default)]
 struct Pending {
+    confirm: bool,
     key_update: bool,
     rehandshake: bool,
     ping: bool,
     close: bool,
+    /// The peer's close arrived: acknowledge these totals.
+    ack: Option<Totals>,
 }
 
 struct Established {
@@ -173,17 +199,34 @@ struct Established {
     pattern: Pattern,
     hybrid: bool,
     peer: Option<PublicKey>,
+    /// This side's static identity: re-handshakes mix it in (PROTOCOL.md 10.2).
+    local: Option<Arc<Identity>>,
     send: SendDirection,
     recv: RecvDirection,
     salt: SecretKey,
     rekey: Rekey,
     pending: Pending,
     rehandshakes: u32,
+    /// Data bytes sent when the last re-handshake (or the handshake) completed.
+    sent_at_rehandshake: u64,
+    /// This side's totals in its close record.
+    closed_totals: Totals,
     /// Set when a policy ends the session: the reason reported once both sides closed.
     ending: Option<Error>,
 }
 
 impl Established {
+    /// Whether this side has sent enough since the last re-handshake to ask for another.
+    fn wants_rehandshake(&self, after_bytes: Option<u64>) -> bool {
+        after_bytes.is_some_and(|limit| {
+            self.send.totals.bytes - self.sent_at_rehandshake >= limit
+                && matches!(self.rekey, Rekey::Idle)
+                && self.recv.open
+                && !self.pending.close
+                && !self.pending.rehandshake
+        })
+    }
+
     fn info(&self) -> SessionInfo {
         SessionInfo {
             id: self.id,
@@ -203,6 +246,31 @@ impl Established {
 
 /// Handshake payloads are not used by this version; a small one is tolerated and ignored.
 const MAX_HANDSHAKE_PAYLOAD: usize = 256;
+
+/// The largest control frame: a re-handshake request with an X25519 and an ML-KEM key.
+/// [`Session::poll_transmit`] needs this much room.
+pub const MAX_CONTROL_FRAME: usize = LEN_PREFIX + 32 + 1184 + MIN_RECORD_BODY;
+
+/// Seal the acknowledgement of the peer's close: its totals as received.
+fn seal_ack(est: &mut Established, ack: Totals, out: &mut [u8]) -> Result<usize, Error> {
+    out[LEN_PREFIX..LEN_PREFIX + 8].copy_from_slice(&ack.records.to_be_bytes());
+    out[LEN_PREFIX + 8..LEN_PREFIX + 16].copy_from_slice(&ack.bytes.to_be_bytes());
+    est.send.seal_in_place(RecordType::Ack, out, 16)
+}
+
+/// Read the 16 bytes of totals that close and acknowledgement records carry.
+fn read_totals(content: &[u8], what: &'static str) -> Result<Totals, Error> {
+    let (Some(records), Some(bytes)) = (content.get(..8), content.get(8..16)) else {
+        return Err(PeerMisbehaved::UnexpectedRecord(what).into());
+    };
+    if content.len() != 16 {
+        return Err(PeerMisbehaved::UnexpectedRecord(what).into());
+    }
+    Ok(Totals {
+        records: u64::from_be_bytes(records.try_into().unwrap_or_default()),
+        bytes: u64::from_be_bytes(bytes.try_into().unwrap_or_default()),
+    })
+}
 
 impl Session {
     /// A session that connects: the first [`poll_transmit`](Self::poll_transmit) yields the
@@ -253,6 +321,8 @@ impl Session {
             events: VecDeque::new(),
             started: now,
             final_info: None,
+            trailing: None,
+            acknowledged: None,
         }
     }
 
@@ -261,7 +331,9 @@ impl Session {
         self.role
     }
 
-    /// Whether the handshake completed and the session is not closed.
+    /// Whether the handshake completed, the peer proved it holds the keys, and the session is
+    /// not closed. A responder becomes established only when the initiator's first record
+    /// confirms the keys (PROTOCOL.md 9.1): a replayed hello never gets this far.
     pub fn is_established(&self) -> bool {
         matches!(self.state, State::Established(_))
     }
@@ -331,9 +403,33 @@ impl Session {
     pub fn close(&mut self) {
         match &mut self.state {
             State::Established(est) => est.pending.close = true,
-            State::Handshaking(_) => self.fail(ApiMisuse::NotEstablished.into()),
+            State::Handshaking(_) | State::Confirming(_) => {
+                self.fail(ApiMisuse::NotEstablished.into())
+            }
             State::Closed(_) => {}
         }
+    }
+
+    /// Whether this side's close record has been written (to `poll_transmit`'s buffer), or
+    /// the session is closed.
+    pub fn is_send_closed(&self) -> bool {
+        match &self.state {
+            State::Established(est) => !est.send.open,
+            State::Closed(_) => true,
+            _ => false,
+        }
+    }
+
+    /// The data bytes the peer confirmed receiving, once its acknowledgement of this side's
+    /// close arrived and matched what was sent: every byte was delivered. `None` until then.
+    pub fn acknowledged(&self) -> Option<u64> {
+        self.acknowledged
+    }
+
+    /// Whether the peer's acknowledgement of this side's close can still arrive: the session
+    /// closed cleanly but the acknowledgement has not been read yet.
+    pub fn awaits_acknowledgement(&self) -> bool {
+        self.trailing.is_some()
     }
 
     /// End the session with `error`, and report it.
@@ -344,6 +440,7 @@ impl Session {
         let info = self.info();
         self.final_info = info.clone();
         self.state = State::Closed(CloseReason::Error(error.clone()));
+        self.trailing = None;
         self.timers.clear();
         self.events.push_back(Event::Closed {
             reason: CloseReason::Error(error),
@@ -356,12 +453,12 @@ impl Session {
         Err(error)
     }
 
-    /// Close once both directions are closed.
+    /// Close once both directions are closed and the peer's close is acknowledged.
     fn maybe_finish(&mut self) {
         let State::Established(est) = &mut self.state else {
             return;
         };
-        if est.send.open || est.recv.open {
+        if est.send.open || est.recv.open || est.pending.ack.is_some() {
             return;
         }
         let info = est.info();
@@ -370,7 +467,18 @@ impl Session {
             None => CloseReason::Clean,
         };
         self.final_info = Some(info.clone());
-        self.state = State::Closed(reason.clone());
+        let State::Established(est) =
+            std::mem::replace(&mut self.state, State::Closed(reason.clone()))
+        else {
+            unreachable!()
+        };
+        if self.acknowledged.is_none() && matches!(reason, CloseReason::Clean) {
+            let est = *est;
+            self.trailing = Some(Box::new(Trailing {
+                recv: est.recv,
+                sent: est.closed_totals,
+            }));
+        }
         self.timers.clear();
         self.events.push_back(Event::Closed {
             reason,
@@ -383,28 +491,49 @@ impl Session {
         self.config.usage_limits.unwrap_or_else(|| suite.limits())
     }
 
+    /// The handshake is complete: derive the keys. `wrote_last` says whether this side
+    /// wrote the last handshake message; if it is the responder, it must wait for the
+    /// initiator's confirmation, and an initiator that read the last message sends one.
     fn establish(
         &mut self,
         now: Instant,
         state: HandshakeState,
-        header: crate::handshake::Header,
+        header: Header,
+        wrote_last: bool,
     ) -> Result<(), Error> {
+        let local = state.local_identity();
+        let mut est = self.keys_from(state, header)?;
+        est.local = local;
+        match (self.role, wrote_last) {
+            (Role::Responder, true) => {
+                self.state = State::Confirming(est);
+                Ok(())
+            }
+            (Role::Initiator, false) => {
+                est.pending.confirm = true;
+                self.enter_established(now, est);
+                Ok(())
+            }
+            _ => {
+                self.enter_established(now, est);
+                Ok(())
+            }
+        }
+    }
+
+    /// Split a finished handshake into the session's directions (PROTOCOL.md 10).
+    fn keys_from(&self, state: HandshakeState, header: Header) -> Result<Box<Established>, Error> {
         let split = state.split()?;
         let secrets = schedule::initial(
             &split.initiator_to_responder,
             &split.responder_to_initiator,
             &split.handshake_hash,
         );
-        let (send, recv) = match self.role {
-            Role::Initiator => (
-                secrets.initiator_to_responder,
-                secrets.responder_to_initiator,
-            ),
-            Role::Responder => (
-                secrets.responder_to_initiator,
-                secrets.initiator_to_responder,
-            ),
-        };
+        let (send, recv) = split_secrets(
+            self.role,
+            secrets.initiator_to_responder,
+            secrets.responder_to_initiator,
+        );
         let limits = self.usage_limits(header.suite);
         let fingerprint = Fingerprint::of_session(&split.handshake_hash);
         let mut id = [0u8; 8];
@@ -416,39 +545,71 @@ impl Session {
             pattern: header.pattern,
             hybrid: header.hybrid,
             peer: split.remote_static,
+            local: None,
             send: SendDirection::new(header.suite, send, limits)?,
             recv: RecvDirection::new(header.suite, recv, limits)?,
             salt: secrets.rehandshake,
             rekey: Rekey::Idle,
             pending: Pending::default(),
             rehandshakes: 0,
+            sent_at_rehandshake: 0,
+            closed_totals: Totals::default(),
             ending: None,
         };
+        Ok(Box::new(est))
+    }
+
+    /// The peer is known to hold the keys: report the session and start its timers.
+    fn enter_established(&mut self, now: Instant, est: Box<Established>) {
         self.events.push_back(Event::Established(est.info()));
-        self.state = State::Established(Box::new(est));
+        self.state = State::Established(est);
         self.timers.stop(Timer::Handshake);
-        if let (Role::Initiator, Some(every)) = (self.role, self.config.rehandshake_interval) {
-            self.timers.set(Timer::Rehandshake, now + every);
-        }
+        self.schedule_rehandshake(now);
         if let Some(life) = self.config.max_lifetime {
             self.timers.set(Timer::Lifetime, self.started + life);
         }
         if let Some(idle) = self.config.idle_timeout {
             self.timers.set(Timer::Idle, now + idle);
         }
-        Ok(())
+    }
+
+    /// Arm the next timed re-handshake. Both roles keep one; the responder's runs an eighth
+    /// longer so that normally only the initiator asks, and the responder's is the backstop.
+    fn schedule_rehandshake(&mut self, now: Instant) {
+        if let Some(every) = self.config.rehandshake_interval {
+            let every = match self.role {
+                Role::Initiator => every,
+                Role::Responder => every + every / 8,
+            };
+            self.timers.set(Timer::Rehandshake, now + every);
+        }
     }
 
     /// Write the next frame this side must send into `out` (at least
     /// [`MAX_FRAME`](crate::record::MAX_FRAME) bytes is always enough); `None` when nothing
     /// is pending.
     pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error> {
+        // A buffer too small is the caller's mistake, found before anything changes: the
+        // session goes on, and the caller can retry with a larger one.
+        let needed = match &self.state {
+            State::Established(_) => MAX_CONTROL_FRAME,
+            _ => LEN_PREFIX + MIN_RECORD_BODY + REFUSAL_LEN,
+        };
+        if out.len() < needed {
+            return Err(ApiMisuse::BufferTooSmall {
+                needed,
+                have: out.len(),
+            }
+            .into());
+        }
         let result = match &mut self.state {
             State::Handshaking(_) => self.transmit_handshake(now, out),
-            State::Established(_) => self.transmit_control(out),
-            State::Closed(_) => Ok(None),
+            State::Established(_) => self.transmit_control(now, out),
+            State::Confirming(_) | State::Closed(_) => Ok(None),
         };
         match result {
+            // Handshake messages are checked against the buffer before they are written.
+            Err(e @ Error::ApiMisuse(ApiMisuse::BufferTooSmall { .. })) => Err(e),
             Err(e) => self.fail_with(e),
             ok => ok,
         }
@@ -458,11 +619,7 @@ impl Session {
         let State::Handshaking(hs) = &mut self.state else {
             return Ok(None);
         };
-        let have = out.len();
-        let body = out.get_mut(LEN_PREFIX..).ok_or(ApiMisuse::BufferTooSmall {
-            needed: record::MAX_FRAME,
-            have,
-        })?;
+        let body = &mut out[LEN_PREFIX..];
         let (n, finished) = match &mut **hs {
             Handshaking::Client {
                 initiator,
@@ -488,22 +645,32 @@ impl Session {
                 (n, acc.state.is_finished())
             }
             Handshaking::Server { .. } => return Ok(None),
-            Handshaking::Refusing(refusal) => {
+            Handshaking::Refusing { refusal, sealed } => {
                 let refusal = *refusal;
-                body[..REFUSAL_LEN].copy_from_slice(&refusal.encode());
-                record::write_prefix(out, REFUSAL_LEN);
+                let n = match sealed {
+                    Some(send) => {
+                        out[LEN_PREFIX..LEN_PREFIX + REFUSAL_LEN]
+                            .copy_from_slice(&refusal.encode());
+                        send.seal_in_place(RecordType::Refusal, out, REFUSAL_LEN)?
+                    }
+                    None => {
+                        body[..REFUSAL_LEN].copy_from_slice(&refusal.encode());
+                        record::write_prefix(out, REFUSAL_LEN);
+                        LEN_PREFIX + REFUSAL_LEN
+                    }
+                };
                 self.fail(refusal.into());
-                return Ok(Some(LEN_PREFIX + REFUSAL_LEN));
+                return Ok(Some(n));
             }
         };
         record::write_prefix(out, n);
         if finished {
-            self.finish_handshake(now)?;
+            self.finish_handshake(now, true)?;
         }
         Ok(Some(LEN_PREFIX + n))
     }
 
-    fn finish_handshake(&mut self, now: Instant) -> Result<(), Error> {
+    fn finish_handshake(&mut self, now: Instant, wrote_last: bool) -> Result<(), Error> {
         let State::Handshaking(hs) =
             std::mem::replace(&mut self.state, State::Closed(CloseReason::Clean))
         else {
@@ -517,29 +684,42 @@ impl Session {
             } => (acc.state, acc.header),
             _ => unreachable!("finish_handshake called without a handshake"),
         };
-        self.establish(now, state, header)
+        self.establish(now, state, header, wrote_last)
     }
 
-    fn transmit_control(&mut self, out: &mut [u8]) -> Result<Option<usize>, Error> {
+    fn transmit_control(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error> {
         let cfg_records = self.config.key_update_records;
         let cfg_bytes = self.config.key_update_bytes;
+        let rehandshake_bytes = self.config.rehandshake_bytes;
+        let deadline = now + self.config.rehandshake_deadline;
         let State::Established(est) = &mut self.state else {
             return Ok(None);
         };
         if !est.send.open {
-            return Ok(None);
+            // After its close a side sends one record more: its acknowledgement of the
+            // peer's close, when that came later (PROTOCOL.md 9.2).
+            let Some(ack) = est.pending.ack.take() else {
+                return Ok(None);
+            };
+            let n = seal_ack(est, ack, out)?;
+            self.maybe_finish();
+            return Ok(Some(n));
         }
         if est.send.wants_update(cfg_records, cfg_bytes) {
             est.pending.key_update = true;
         }
-        // Control records carry at most an X25519 key and an ML-KEM key.
-        const MAX_CONTROL_FRAME: usize = LEN_PREFIX + 32 + 1184 + MIN_RECORD_BODY;
-        if out.len() < MAX_CONTROL_FRAME {
-            return Err(ApiMisuse::BufferTooSmall {
-                needed: MAX_CONTROL_FRAME,
-                have: out.len(),
-            }
-            .into());
+        if est.wants_rehandshake(rehandshake_bytes) {
+            est.pending.rehandshake = true;
+        }
+        if est.pending.confirm {
+            est.pending.confirm = false;
+            return est
+                .send
+                .seal_in_place(RecordType::Confirm, out, 0)
+                .map(Some);
+        }
+        if let Some(ack) = est.pending.ack.take() {
+            return seal_ack(est, ack, out).map(Some);
         }
         let rekey = std::mem::replace(&mut est.rekey, Rekey::Idle);
         let n = match rekey {
@@ -549,7 +729,15 @@ impl Session {
                     .send
                     .seal_in_place(RecordType::RehandshakeReply, out, reply.len())?;
                 est.send.install(send)?;
-                est.rekey = Rekey::AwaitingFinish { recv };
+                if est.recv.open {
+                    est.rekey = Rekey::AwaitingFinish { recv };
+                    self.timers
+                        .set_if_unset(Timer::RehandshakeDeadline, deadline);
+                } else {
+                    // The requester closed after asking: it will send no finish, and its
+                    // records stay under the old key.
+                    self.timers.stop(Timer::RehandshakeDeadline);
+                }
                 self.events.push_back(Event::KeyUpdated {
                     direction: Direction::Send,
                     info: est.info(),
@@ -562,14 +750,17 @@ impl Session {
                     .seal_in_place(RecordType::RehandshakeFinish, out, 0)?;
                 est.send.install(send)?;
                 est.rehandshakes += 1;
+                est.sent_at_rehandshake = est.send.totals.bytes;
                 self.events.push_back(Event::KeyUpdated {
                     direction: Direction::Send,
                     info: est.info(),
                 });
                 self.events.push_back(Event::Rehandshaken(est.info()));
+                self.timers.stop(Timer::RehandshakeDeadline);
+                self.schedule_rehandshake(now);
                 n
             }
-            Rekey::Idle if est.pending.rehandshake => {
+            Rekey::Idle if est.pending.rehandshake && est.recv.open && !est.pending.close => {
                 est.pending.rehandshake = false;
                 let requested = rekey::request(self.rng.as_mut(), est.hybrid)?;
                 let Rekey::Requested { request, .. } = &requested else {
@@ -580,6 +771,8 @@ impl Session {
                     est.send
                         .seal_in_place(RecordType::RehandshakeRequest, out, request.len())?;
                 est.rekey = requested;
+                self.timers
+                    .set_if_unset(Timer::RehandshakeDeadline, deadline);
                 n
             }
             other => {
@@ -599,12 +792,19 @@ impl Session {
                     est.send.seal_in_place(RecordType::Ping, out, 0)?
                 } else if est.pending.close {
                     est.pending.close = false;
+                    est.pending.rehandshake = false;
                     let totals = est.send.totals;
                     out[LEN_PREFIX..LEN_PREFIX + 8].copy_from_slice(&totals.records.to_be_bytes());
                     out[LEN_PREFIX + 8..LEN_PREFIX + 16]
                         .copy_from_slice(&totals.bytes.to_be_bytes());
                     let n = est.send.seal_in_place(RecordType::Close, out, 16)?;
                     est.send.open = false;
+                    est.closed_totals = totals;
+                    // A request of ours can no longer be finished (its reply is still read);
+                    // a finish we await still comes.
+                    if !matches!(est.rekey, Rekey::AwaitingFinish { .. }) {
+                        self.timers.stop(Timer::RehandshakeDeadline);
+                    }
                     self.maybe_finish();
                     n
                 } else {
@@ -622,7 +822,10 @@ impl Session {
         };
         let p = &est.pending;
         matches!(est.rekey, Rekey::Replying { .. } | Rekey::Finishing { .. })
-            || (p.rehandshake && matches!(est.rekey, Rekey::Idle))
+            || (p.rehandshake && matches!(est.rekey, Rekey::Idle) && est.recv.open)
+            || est.wants_rehandshake(self.config.rehandshake_bytes)
+            || p.confirm
+            || p.ack.is_some()
             || p.key_update
             || p.ping
             || p.close
@@ -642,7 +845,7 @@ impl Session {
             State::Established(est) => {
                 Err(est.ending.clone().unwrap_or(ApiMisuse::SendClosed.into()))
             }
-            State::Handshaking(_) => Err(ApiMisuse::NotEstablished.into()),
+            State::Handshaking(_) | State::Confirming(_) => Err(ApiMisuse::NotEstablished.into()),
             State::Closed(CloseReason::Error(e)) => Err(e.clone()),
             State::Closed(CloseReason::Clean) => Err(ApiMisuse::SendClosed.into()),
         }
@@ -715,10 +918,14 @@ impl Session {
     pub fn read(&mut self, now: Instant, buf: &mut [u8]) -> Result<Received, Error> {
         let result = match &self.state {
             State::Handshaking(_) => self.read_handshake(now, buf),
+            State::Confirming(_) => self.read_confirmation(now, buf),
             State::Established(_) => self.read_record(now, buf),
             State::Closed(CloseReason::Error(e)) => Err(e.clone()),
             State::Closed(CloseReason::Clean) if buf.is_empty() => {
                 Ok(Received::Incomplete { needed: 1 })
+            }
+            State::Closed(CloseReason::Clean) if self.trailing.is_some() => {
+                self.read_trailing_ack(buf)
             }
             State::Closed(CloseReason::Clean) => {
                 Err(PeerMisbehaved::UnexpectedRecord("data after the session closed").into())
@@ -730,8 +937,12 @@ impl Session {
         }
     }
 
+    fn max_body(&self) -> usize {
+        self.config.max_record_len.min(record::MAX_BODY)
+    }
+
     fn read_handshake(&mut self, now: Instant, buf: &mut [u8]) -> Result<Received, Error> {
-        let len = match record::frame(buf, 1, self.config.max_record_len.min(record::MAX_BODY))? {
+        let len = match record::frame(buf, 1, self.max_body())? {
             Frame::Incomplete(needed) => return Ok(Received::Incomplete { needed }),
             Frame::Complete(len) => len,
         };
@@ -750,6 +961,7 @@ impl Session {
                 e => e,
             })
         };
+        let mut refused_after_last = None;
         let finished = match &mut **hs {
             Handshaking::Client {
                 initiator,
@@ -767,6 +979,8 @@ impl Session {
                     *reply_read = true;
                     initiator.read_reply(body, &mut payload)?;
                 }
+                // The responder's key is proven now: judge it before writing anything more.
+                initiator.check_responder()?;
                 initiator.state.is_finished()
             }
             Handshaking::Server {
@@ -779,7 +993,10 @@ impl Session {
                         false
                     }
                     Err(Error::Refused(refusal)) => {
-                        **hs = Handshaking::Refusing(refusal);
+                        **hs = Handshaking::Refusing {
+                            refusal,
+                            sealed: None,
+                        };
                         false
                     }
                     Err(e) => return Err(e),
@@ -793,35 +1010,120 @@ impl Session {
                     }
                     read(&mut acc.state, body, &mut payload)?;
                     // Where the initiator's key arrived only now (XX), judge it now; the
-                    // refusal replaces the first record so the initiator learns why.
+                    // refusal goes sealed in place of the first record.
                     let refused = acc.state.is_finished()
                         && acc
                             .state
                             .remote_static()
                             .is_some_and(|k| !responder.authorizes(k));
                     if refused {
-                        **hs = Handshaking::Refusing(Refusal::KeyNotAuthorized);
+                        refused_after_last = Some(acc.header);
                         false
                     } else {
                         acc.state.is_finished()
                     }
                 }
             },
-            Handshaking::Refusing(_) => {
+            Handshaking::Refusing { .. } => {
                 return Err(PeerMisbehaved::UnexpectedRecord("message after a refusal").into())
             }
         };
+        if let Some(header) = refused_after_last {
+            let State::Handshaking(hs) =
+                std::mem::replace(&mut self.state, State::Closed(CloseReason::Clean))
+            else {
+                unreachable!()
+            };
+            let Handshaking::Server {
+                accepted: Some(acc),
+                ..
+            } = *hs
+            else {
+                unreachable!()
+            };
+            let est = self.keys_from(acc.state, header)?;
+            self.state = State::Handshaking(Box::new(Handshaking::Refusing {
+                refusal: Refusal::KeyNotAuthorized,
+                sealed: Some(est.send),
+            }));
+        }
         if finished {
-            self.finish_handshake(now)?;
+            self.finish_handshake(now, false)?;
         }
         Ok(Received::Control {
             frame_len: LEN_PREFIX + len,
         })
     }
 
+    /// The responder's first record from the initiator must be its key confirmation.
+    fn read_confirmation(&mut self, now: Instant, buf: &mut [u8]) -> Result<Received, Error> {
+        let max = self.max_body();
+        let State::Confirming(est) = &mut self.state else {
+            unreachable!()
+        };
+        let len = match record::frame(buf, MIN_RECORD_BODY, max)? {
+            Frame::Incomplete(needed) => return Ok(Received::Incomplete { needed }),
+            Frame::Complete(len) => len,
+        };
+        let frame_len = LEN_PREFIX + len;
+        let (kind, clen) = est.recv.open_in_place(&mut buf[..frame_len])?;
+        if kind != RecordType::Confirm || clen != 0 {
+            return Err(PeerMisbehaved::UnexpectedRecord(
+                "the initiator's first record is not its key confirmation",
+            )
+            .into());
+        }
+        let State::Confirming(est) =
+            std::mem::replace(&mut self.state, State::Closed(CloseReason::Clean))
+        else {
+            unreachable!()
+        };
+        self.enter_established(now, est);
+        Ok(Received::Control { frame_len })
+    }
+
+    /// After a clean close: the peer's acknowledgement of this side's close, nothing else.
+    fn read_trailing_ack(&mut self, buf: &mut [u8]) -> Result<Received, Error> {
+        let max = self.max_body();
+        let Some(trailing) = self.trailing.as_mut() else {
+            unreachable!()
+        };
+        let len = match record::frame(buf, MIN_RECORD_BODY, max)? {
+            Frame::Incomplete(needed) => return Ok(Received::Incomplete { needed }),
+            Frame::Complete(len) => len,
+        };
+        let frame_len = LEN_PREFIX + len;
+        let (kind, clen) = trailing.recv.open_in_place(&mut buf[..frame_len])?;
+        if kind != RecordType::Ack {
+            return Err(PeerMisbehaved::UnexpectedRecord("record after the peer's close").into());
+        }
+        let acked = read_totals(
+            &buf[LEN_PREFIX..LEN_PREFIX + clen],
+            "malformed acknowledgement",
+        )?;
+        let sent = trailing.sent;
+        self.trailing = None;
+        self.acknowledge(sent, acked)?;
+        Ok(Received::Control { frame_len })
+    }
+
+    /// The peer acknowledged `acked` of what this side's close said it sent.
+    fn acknowledge(&mut self, sent: Totals, acked: Totals) -> Result<(), Error> {
+        if (acked.records, acked.bytes) != (sent.records, sent.bytes) {
+            return Err(PeerMisbehaved::AckMismatch {
+                sent_bytes: sent.bytes,
+                acked_bytes: acked.bytes,
+            }
+            .into());
+        }
+        self.acknowledged = Some(sent.bytes);
+        Ok(())
+    }
+
     fn read_record(&mut self, now: Instant, buf: &mut [u8]) -> Result<Received, Error> {
-        let max = self.config.max_record_len.min(record::MAX_BODY);
+        let max = self.max_body();
         let role = self.role;
+        let deadline = now + self.config.rehandshake_deadline;
         let State::Established(est) = &mut self.state else {
             unreachable!()
         };
@@ -832,24 +1134,12 @@ impl Session {
             }
             return Err(PeerMisbehaved::UnexpectedRecord("record after the peer's close").into());
         }
-        // A responder that refuses a key it learned in the last handshake message sends a
-        // refusal instead of the first record; no record is that short.
-        if est.recv.totals.records == 0 && buf.get(..LEN_PREFIX) == Some(&[0, REFUSAL_LEN as u8]) {
-            let Some(body) = buf.get(LEN_PREFIX..LEN_PREFIX + REFUSAL_LEN) else {
-                return Ok(Received::Incomplete {
-                    needed: LEN_PREFIX + REFUSAL_LEN,
-                });
-            };
-            return Err(match Refusal::decode(body) {
-                Some(refusal) => refusal.into(),
-                None => PeerMisbehaved::UnexpectedRecord("malformed refusal").into(),
-            });
-        }
         let len = match record::frame(buf, MIN_RECORD_BODY, max)? {
             Frame::Incomplete(needed) => return Ok(Received::Incomplete { needed }),
             Frame::Complete(len) => len,
         };
         let frame_len = LEN_PREFIX + len;
+        let first = est.recv.totals.records == 0;
         let (kind, clen) = est.recv.open_in_place(&mut buf[..frame_len])?;
         if let Some(idle) = self.config.idle_timeout {
             self.timers.set(Timer::Idle, now + idle);
@@ -865,6 +1155,33 @@ impl Session {
         match kind {
             RecordType::Data => return Ok(Received::Data { frame_len, content }),
             RecordType::Ping => empty("ping with content")?,
+            // Sealed under the session keys, so only the responder can have sent it; it may
+            // only replace the responder's first record (PROTOCOL.md 4).
+            RecordType::Refusal if first && role == Role::Initiator => {
+                return Err(match Refusal::decode(&buf[content]) {
+                    Some(refusal) => refusal.into(),
+                    None => PeerMisbehaved::UnexpectedRecord("malformed refusal").into(),
+                });
+            }
+            RecordType::Refusal => {
+                return Err(PeerMisbehaved::UnexpectedRecord("refusal after the handshake").into())
+            }
+            RecordType::Confirm => {
+                return Err(
+                    PeerMisbehaved::UnexpectedRecord("key confirmation out of place").into(),
+                )
+            }
+            RecordType::Ack => {
+                if est.send.open {
+                    return Err(PeerMisbehaved::UnexpectedRecord(
+                        "acknowledgement of a close that was not sent",
+                    )
+                    .into());
+                }
+                let acked = read_totals(&buf[content], "malformed acknowledgement")?;
+                let sent = est.closed_totals;
+                self.acknowledge(sent, acked)?;
+            }
             RecordType::KeyUpdate => {
                 empty("key update with content")?;
                 let next = schedule::ratchet(est.recv.secret());
@@ -877,17 +1194,29 @@ impl Session {
             RecordType::RehandshakeRequest => {
                 let ours_wins = role == Role::Initiator;
                 match &est.rekey {
+                    // A closed side cannot reply; the requester gives up when our close
+                    // arrives.
+                    _ if !est.send.open || est.pending.close => {}
                     Rekey::Requested { .. } if ours_wins => {} // the peer answers ours instead
                     Rekey::Idle | Rekey::Requested { .. } => {
-                        let (reply, secrets) =
-                            rekey::answer(self.rng.as_mut(), est.hybrid, &est.salt, &buf[content])?;
+                        let statics = rekey::Statics::new(role, est.local.as_deref(), est.peer);
+                        let (reply, secrets) = rekey::answer(
+                            self.rng.as_mut(),
+                            est.hybrid,
+                            &est.salt,
+                            &statics,
+                            &buf[content],
+                        )?;
                         let (send, recv) = split_secrets(
-                            self.role,
+                            role,
                             secrets.initiator_to_responder,
                             secrets.responder_to_initiator,
                         );
                         est.salt = secrets.rehandshake;
                         est.rekey = Rekey::Replying { reply, send, recv };
+                        est.pending.rehandshake = false;
+                        self.timers
+                            .set_if_unset(Timer::RehandshakeDeadline, deadline);
                     }
                     _ => {
                         return Err(PeerMisbehaved::UnexpectedRecord(
@@ -904,16 +1233,29 @@ impl Session {
                     )
                     .into());
                 };
-                let secrets =
-                    rekey::complete(e, kem.as_deref(), &est.salt, request, &buf[content])?;
+                let statics = rekey::Statics::new(role, est.local.as_deref(), est.peer);
+                let secrets = rekey::complete(
+                    e,
+                    kem.as_deref(),
+                    &est.salt,
+                    &statics,
+                    request,
+                    &buf[content],
+                )?;
                 let (send, recv) = split_secrets(
-                    self.role,
+                    role,
                     secrets.initiator_to_responder,
                     secrets.responder_to_initiator,
                 );
                 est.salt = secrets.rehandshake;
                 est.recv.install(recv)?;
-                est.rekey = Rekey::Finishing { send };
+                if est.send.open {
+                    est.rekey = Rekey::Finishing { send };
+                } else {
+                    // We closed after asking: the peer's records now use the new key, ours
+                    // have ended.
+                    est.rekey = Rekey::Idle;
+                }
                 self.events.push_back(Event::KeyUpdated {
                     direction: Direction::Receive,
                     info: est.info(),
@@ -933,35 +1275,41 @@ impl Session {
                 };
                 est.recv.install(recv)?;
                 est.rehandshakes += 1;
+                est.sent_at_rehandshake = est.send.totals.bytes;
                 self.events.push_back(Event::KeyUpdated {
                     direction: Direction::Receive,
                     info: est.info(),
                 });
                 self.events.push_back(Event::Rehandshaken(est.info()));
+                self.timers.stop(Timer::RehandshakeDeadline);
+                self.schedule_rehandshake(now);
             }
             RecordType::Close => {
-                if clen != 16 {
-                    return Err(PeerMisbehaved::UnexpectedRecord(
-                        "close record of the wrong length",
-                    )
-                    .into());
-                }
-                let c = &buf[content];
-                let sent_records = u64::from_be_bytes(c[..8].try_into().unwrap_or_default());
-                let sent_bytes = u64::from_be_bytes(c[8..].try_into().unwrap_or_default());
+                let sent = read_totals(&buf[content], "close record of the wrong length")?;
                 // The close record itself is not in the sender's totals.
                 let received_records = est.recv.totals.records - 1;
                 let received_bytes = est.recv.totals.bytes;
-                if (sent_records, sent_bytes) != (received_records, received_bytes) {
+                if (sent.records, sent.bytes) != (received_records, received_bytes) {
                     return Err(PeerMisbehaved::CloseMismatch {
-                        sent_records,
-                        sent_bytes,
+                        sent_records: sent.records,
+                        sent_bytes: sent.bytes,
                         received_records,
                         received_bytes,
                     }
                     .into());
                 }
                 est.recv.open = false;
+                est.pending.ack = Some(sent);
+                // A re-handshake needs both directions: what the peer can no longer finish
+                // or answer is dropped (the open direction keeps rotating by key updates).
+                match est.rekey {
+                    Rekey::AwaitingFinish { .. } | Rekey::Requested { .. } => {
+                        est.rekey = Rekey::Idle;
+                        self.timers.stop(Timer::RehandshakeDeadline);
+                    }
+                    _ => {}
+                }
+                est.pending.rehandshake = false;
                 self.timers.stop(Timer::Idle);
                 self.maybe_finish();
             }
@@ -975,7 +1323,11 @@ impl Session {
         let _ = now;
         match &self.state {
             State::Established(est) if !est.recv.open => Ok(()),
-            State::Closed(CloseReason::Clean) => Ok(()),
+            State::Closed(CloseReason::Clean) => {
+                // No acknowledgement can come any more; `acknowledged` stays as it is.
+                self.trailing = None;
+                Ok(())
+            }
             State::Closed(CloseReason::Error(e)) => Err(e.clone()),
             _ => self.fail_with(PeerMisbehaved::StreamTruncated.into()),
         }
@@ -990,21 +1342,35 @@ impl Session {
             let idle = self.config.idle_timeout.unwrap_or_default();
             return self.fail(Timeout::Idle(idle).into());
         }
+        if self.timers.expired(Timer::RehandshakeDeadline, now) {
+            return self.fail(Timeout::Rehandshake(self.config.rehandshake_deadline).into());
+        }
         let State::Established(est) = &mut self.state else {
             return;
         };
         if self.timers.expired(Timer::Lifetime, now) {
-            self.timers.stop(Timer::Lifetime);
+            if est.ending.is_some() {
+                // The peer had its grace period to close in turn.
+                return self.fail(Timeout::LifetimeClose(LIFETIME_GRACE).into());
+            }
+            self.timers.set(Timer::Lifetime, now + LIFETIME_GRACE);
             self.timers.stop(Timer::Rehandshake);
             let life = self.config.max_lifetime.unwrap_or_default();
             est.ending = Some(Limit::Lifetime(life).into());
             est.pending.close = true;
         }
         if self.timers.expired(Timer::Rehandshake, now) {
-            est.pending.rehandshake = true;
-            if let Some(every) = self.config.rehandshake_interval {
-                self.timers.set(Timer::Rehandshake, now + every);
+            self.timers.stop(Timer::Rehandshake);
+            if est.send.open && est.recv.open {
+                est.pending.rehandshake = true;
+                let deadline = now + self.config.rehandshake_deadline;
+                self.timers
+                    .set_if_unset(Timer::RehandshakeDeadline, deadline);
+            } else if est.send.open {
+                // Half closed: no re-handshake is possible, so rotate what is left by time.
+                est.pending.key_update = true;
             }
+            self.schedule_rehandshake(now);
         }
     }
 }
@@ -1021,6 +1387,7 @@ impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match &self.state {
             State::Handshaking(_) => "handshaking",
+            State::Confirming(_) => "confirming",
             State::Established(est) if est.send.open && est.recv.open => "established",
             State::Established(_) => "closing",
             State::Closed(_) => "closed",
@@ -1032,3 +1399,6 @@ impl std::fmt::Debug for Session {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,6 @@
 //! The in-band re-handshake: a fresh X25519 (and ML-KEM-768 when hybrid) exchange carried in
-//! records and mixed into the key schedule (PROTOCOL.md section 10.3).
+//! records, authenticated by both static keys, and mixed into the key schedule (PROTOCOL.md
+//! section 10.2).
 //!
 //! ```text
 //! requester                                   peer
@@ -17,10 +18,46 @@ use crate::crypto::hash::sha256;
 use crate::crypto::kem::{self, KemKeyPair};
 use crate::crypto::SecureRandom;
 use crate::error::PeerMisbehaved;
-use crate::keys::SecretKey;
+use crate::keys::{Identity, PublicKey, SecretKey};
 use crate::Error;
 
 use super::schedule::{self, Secrets};
+use super::Role;
+
+/// The static keys that authenticate a re-handshake (PROTOCOL.md 10.2): each side's static
+/// key is combined with the other side's fresh ephemeral, so only the holders of the static
+/// keys can compute the new secrets, even if the old traffic secrets leaked.
+pub(crate) struct Statics<'a> {
+    role: Role,
+    local: Option<&'a Identity>,
+    peer: Option<PublicKey>,
+}
+
+impl<'a> Statics<'a> {
+    pub(crate) fn new(role: Role, local: Option<&'a Identity>, peer: Option<PublicKey>) -> Self {
+        Self { role, local, peer }
+    }
+
+    /// The two static terms, in the handshake's role order: X25519 of the initiator's static
+    /// key with the other side's ephemeral, then the same for the responder's static key. A
+    /// side without a static key (anonymous initiator) contributes no term.
+    fn terms(&self, my_e: &PrivateKey, peer_e: &[u8]) -> Result<[Option<Shared>; 2], Error> {
+        let mine = match self.local {
+            Some(id) => Some(dh::agree(id.private(), peer_e)?),
+            None => None,
+        };
+        let theirs = match &self.peer {
+            Some(key) => Some(dh::agree(my_e, key.as_bytes())?),
+            None => None,
+        };
+        Ok(match self.role {
+            Role::Initiator => [mine, theirs],
+            Role::Responder => [theirs, mine],
+        })
+    }
+}
+
+type Shared = Zeroizing<[u8; DH_LEN]>;
 
 /// Where a session is in a re-handshake.
 pub(crate) enum Rekey {
@@ -80,6 +117,7 @@ pub(crate) fn answer(
     rng: &mut dyn SecureRandom,
     hybrid: bool,
     salt: &SecretKey,
+    statics: &Statics<'_>,
     request: &[u8],
 ) -> Result<(Box<[u8]>, Secrets), Error> {
     if request.len() != request_len(hybrid) {
@@ -92,6 +130,7 @@ pub(crate) fn answer(
     let e = dh::private_from_bytes(&secret)?;
     let mut reply = dh::public_of(&e)?.to_vec();
     let shared = dh::agree(&e, &request[..DH_LEN])?;
+    let terms = statics.terms(&e, &request[..DH_LEN])?;
     let kem_secret = if hybrid {
         let ek = kem::parse_public(&request[DH_LEN..])?;
         let (ct, ss) = kem::encapsulate(&ek)?;
@@ -101,7 +140,7 @@ pub(crate) fn answer(
         None
     };
     let transcript = sha256(&[request, &reply]);
-    let secrets = schedule::rehandshake(salt, &shared, kem_secret.as_deref(), &transcript);
+    let secrets = schedule::rehandshake(salt, &shared, &terms, kem_secret.as_deref(), &transcript);
     Ok((reply.into_boxed_slice(), secrets))
 }
 
@@ -110,6 +149,7 @@ pub(crate) fn complete(
     e: &PrivateKey,
     kem: Option<&KemKeyPair>,
     salt: &SecretKey,
+    statics: &Statics<'_>,
     request: &[u8],
     reply: &[u8],
 ) -> Result<Secrets, Error> {
@@ -119,6 +159,7 @@ pub(crate) fn complete(
         );
     }
     let shared = dh::agree(e, &reply[..DH_LEN])?;
+    let terms = statics.terms(e, &reply[..DH_LEN])?;
     let kem_secret = match kem {
         Some(pair) => Some(pair.decapsulate(&reply[DH_LEN..])?),
         None => None,
@@ -127,6 +168,7 @@ pub(crate) fn complete(
     Ok(schedule::rehandshake(
         salt,
         &shared,
+        &terms,
         kem_secret.as_deref(),
         &transcript,
     ))

@@ -46,16 +46,24 @@ pub(crate) fn initial(k_i2r: &SecretKey, k_r2i: &SecretKey, handshake_hash: &[u8
     derive(handshake_hash, &[k_i2r.expose(), k_r2i.expose()])
 }
 
-/// The secrets after a re-handshake: the fresh shared secrets (X25519, then ML-KEM when
-/// hybrid) and the transcript hash, under the previous re-handshake salt.
+/// The secrets after a re-handshake: the ephemeral X25519 secret, the static terms (the
+/// initiator's, then the responder's, each present when that side has a static key), the
+/// ML-KEM secret when hybrid, and the transcript hash, under the previous re-handshake salt.
 pub(crate) fn rehandshake(
     salt: &SecretKey,
     dh: &[u8; 32],
+    statics: &[Option<Zeroizing<[u8; 32]>>; 2],
     kem: Option<&[u8; 32]>,
     transcript: &[u8; 32],
 ) -> Secrets {
+    fn term(t: &Option<Zeroizing<[u8; 32]>>) -> &[u8] {
+        t.as_ref().map_or(&[], |k| &k[..])
+    }
     let kem: &[u8] = kem.map_or(&[], |k| &k[..]);
-    derive(salt.expose(), &[dh, kem, transcript])
+    derive(
+        salt.expose(),
+        &[dh, term(&statics[0]), term(&statics[1]), kem, transcript],
+    )
 }
 
 /// The next secret of a direction's one-way ratchet: the old one cannot be computed from it.
@@ -85,8 +93,9 @@ mod tests {
                 assert_ne!(all[i], all[j]);
             }
         }
-        let r1 = rehandshake(&s.rehandshake, &[4; 32], None, &[5; 32]);
-        let r2 = rehandshake(&s.rehandshake, &[4; 32], Some(&[6; 32]), &[5; 32]);
+        let none = [None, None];
+        let r1 = rehandshake(&s.rehandshake, &[4; 32], &none, None, &[5; 32]);
+        let r2 = rehandshake(&s.rehandshake, &[4; 32], &none, Some(&[6; 32]), &[5; 32]);
         assert_ne!(
             r1.initiator_to_responder.expose(),
             r2.initiator_to_responder.expose()

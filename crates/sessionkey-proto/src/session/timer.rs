@@ -9,9 +9,11 @@ pub(crate) enum Timer {
     Rehandshake = 1,
     Lifetime = 2,
     Idle = 3,
+    /// A re-handshake was due: it must complete by then.
+    RehandshakeDeadline = 4,
 }
 
-const COUNT: usize = 4;
+const COUNT: usize = 5;
 
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Timers([Option<Instant>; COUNT]);
@@ -19,6 +21,11 @@ pub(crate) struct Timers([Option<Instant>; COUNT]);
 impl Timers {
     pub(crate) fn set(&mut self, timer: Timer, at: Instant) {
         self.0[timer as usize] = Some(at);
+    }
+
+    /// Set `timer` unless it is already running (a deadline stays at its first value).
+    pub(crate) fn set_if_unset(&mut self, timer: Timer, at: Instant) {
+        self.0[timer as usize].get_or_insert(at);
     }
 
     pub(crate) fn stop(&mut self, timer: Timer) {
