@@ -78,6 +78,15 @@ pub struct Pair {
 
 impl Pair {
     pub fn new(header: Header, config: SessionConfig) -> Self {
+        Self::with_configs(header, config.clone(), config)
+    }
+
+    /// A pair whose sides have their own rotation policies.
+    pub fn with_configs(
+        header: Header,
+        config: SessionConfig,
+        server_config: SessionConfig,
+    ) -> Self {
         let now = Instant::now();
         let server_id = Arc::new(Identity::generate(&mut SystemRandom).unwrap());
         let client_id = Arc::new(Identity::generate(&mut SystemRandom).unwrap());
@@ -93,7 +102,7 @@ impl Pair {
         };
         let responder = Arc::new(Responder::new(policy, Some(server_id), None));
         let client = Session::client(now, initiator, config.clone(), Box::new(SystemRandom));
-        let server = Session::server(now, responder, config, Box::new(SystemRandom));
+        let server = Session::server(now, responder, server_config, Box::new(SystemRandom));
         Self {
             now,
             client: End::new(client),
