@@ -123,6 +123,12 @@ pub enum PeerMisbehaved {
         /// Data bytes received.
         received_bytes: u64,
     },
+    /// The connection ended before the peer acknowledged this side's close.
+    #[error(
+        "the peer never confirmed receiving everything sent: its acknowledgement did not \
+         arrive (the peer or its application stopped before reading to the end)"
+    )]
+    NotAcknowledged,
     /// The peer acknowledged other totals than this side's close said it sent.
     #[error(
         "the peer acknowledged {acked_bytes} bytes but {sent_bytes} were sent: \

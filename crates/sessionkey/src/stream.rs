@@ -10,7 +10,9 @@ use std::time::Instant;
 use sessionkey_proto::crypto::SystemRandom;
 use sessionkey_proto::handshake::{Initiator, Responder};
 use sessionkey_proto::record::MAX_FRAME;
-use sessionkey_proto::session::{Event, Received, Session, SessionConfig, SessionInfo};
+use sessionkey_proto::session::{
+    CloseReason, Event, Received, Session, SessionConfig, SessionInfo,
+};
 use sessionkey_proto::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
@@ -166,6 +168,56 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SecureStream<T> {
         }
     }
 
+    /// Wait until the peer confirms it received every byte this side sent (PROTOCOL.md 9.2):
+    /// call after `shutdown`, once reads have reached end of stream. Returns the data bytes
+    /// confirmed; fails if the connection ends first or the counts differ, which means the
+    /// peer (or its application) did not take everything.
+    pub async fn acknowledged(&mut self) -> io::Result<u64> {
+        loop {
+            // Our own acknowledgement of the peer's close may still wait to be written.
+            self.queue_transmit()?;
+            self.flush_wbuf().await?;
+            if let Some(bytes) = self.session.acknowledged() {
+                return Ok(bytes);
+            }
+            self.failed()?;
+            if !self.session.awaits_acknowledgement() && !self.session.is_established() {
+                return Err(not_acknowledged());
+            }
+            match self
+                .session
+                .read(Instant::now(), &mut self.rbuf[self.rpos..self.rlen])
+            {
+                Ok(Received::Incomplete { needed }) => {
+                    self.make_room(needed);
+                    let n = self.io.read(&mut self.rbuf[self.rlen..]).await?;
+                    if n == 0 {
+                        let _ = self.session.handle_eof(Instant::now());
+                        self.drain_events();
+                        self.failed()?;
+                        if self.session.acknowledged().is_none() {
+                            return Err(not_acknowledged());
+                        }
+                    }
+                    self.rlen += n;
+                }
+                Ok(Received::Control { frame_len }) => {
+                    self.rpos += frame_len;
+                    self.drain_events();
+                }
+                Ok(Received::Data { .. }) => {
+                    return Err(io::Error::other(
+                        "data arrived while waiting for the acknowledgement: read to the end first",
+                    ))
+                }
+                Err(e) => {
+                    self.drain_events();
+                    return Err(to_io(e));
+                }
+            }
+        }
+    }
+
     async fn flush_wbuf(&mut self) -> io::Result<()> {
         if self.wpos < self.wlen {
             self.io.write_all(&self.wbuf[self.wpos..self.wlen]).await?;
@@ -286,13 +338,18 @@ impl<T> SecureStream<T> {
         }
     }
 
-    /// Move pending control frames into the send buffer.
-    fn queue_transmit(&mut self) -> io::Result<()> {
+    /// Move pending control frames into the send buffer. Returns whether the session has
+    /// nothing more to send (false: the buffer filled first).
+    fn queue_transmit(&mut self) -> io::Result<bool> {
         let now = Instant::now();
+        let mut drained = false;
         while self.wbuf.len() - self.wlen >= MAX_FRAME {
             match self.session.poll_transmit(now, &mut self.wbuf[self.wlen..]) {
                 Ok(Some(n)) => self.wlen += n,
-                Ok(None) => break,
+                Ok(None) => {
+                    drained = true;
+                    break;
+                }
                 Err(e) => {
                     self.drain_events();
                     return Err(to_io(e));
@@ -300,16 +357,26 @@ impl<T> SecureStream<T> {
             }
         }
         self.drain_events();
-        Ok(())
+        Ok(drained)
+    }
+
+    /// The session's error, once it failed: every later call reports it.
+    fn failed(&self) -> io::Result<()> {
+        match self.session.close_reason() {
+            Some(CloseReason::Error(e)) => Err(to_io(e.clone())),
+            _ => Ok(()),
+        }
     }
 }
 
-fn reason_error(reason: &sessionkey_proto::session::CloseReason) -> Error {
+fn not_acknowledged() -> io::Error {
+    to_io(sessionkey_proto::PeerMisbehaved::NotAcknowledged.into())
+}
+
+fn reason_error(reason: &CloseReason) -> Error {
     match reason {
-        sessionkey_proto::session::CloseReason::Error(e) => e.clone(),
-        sessionkey_proto::session::CloseReason::Clean => {
-            sessionkey_proto::ApiMisuse::SendClosed.into()
-        }
+        CloseReason::Error(e) => e.clone(),
+        CloseReason::Clean => sessionkey_proto::ApiMisuse::SendClosed.into(),
     }
 }
 
@@ -321,7 +388,7 @@ fn log_event(event: &Event) {
             suite = %info.suite,
             pattern = info.pattern.name(),
             hybrid = info.hybrid,
-            peer = ?info.peer.map(|p| p.fingerprint()),
+            peer = %info.peer.map_or_else(|| "anonymous".to_string(), |p| p.fingerprint().to_string()),
             "session established"
         ),
         Event::KeyUpdated { direction, info } => {
@@ -344,10 +411,15 @@ fn log_event(event: &Event) {
             rehandshakes = info.rehandshakes,
             "re-handshake complete"
         ),
-        Event::Closed { reason, info } => tracing::info!(
-            session = format_args!("{:016x}", info.as_ref().map_or(0, |i| i.id)),
-            sent = info.as_ref().map_or(0, |i| i.send.bytes),
-            received = info.as_ref().map_or(0, |i| i.receive.bytes),
+        // A handshake that failed made no session: its caller logs the one line for it.
+        Event::Closed { info: None, .. } => {}
+        Event::Closed {
+            reason,
+            info: Some(info),
+        } => tracing::info!(
+            session = format_args!("{:016x}", info.id),
+            sent = info.send.bytes,
+            received = info.receive.bytes,
             %reason,
             "session closed"
         ),
@@ -464,6 +536,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for SecureStream<T> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        this.failed()?;
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
@@ -495,19 +568,42 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for SecureStream<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        this.queue_transmit()?;
-        ready!(this.poll_flush_wbuf(cx))?;
+        this.failed()?;
+        loop {
+            let drained = this.queue_transmit()?;
+            ready!(this.poll_flush_wbuf(cx))?;
+            if drained {
+                break;
+            }
+        }
         Pin::new(&mut this.io).poll_flush(cx)
     }
 
+    /// Sends the close record, then shuts the transport's writing side down. Returns only
+    /// once the close record (and everything before it) is written: a `shutdown` that
+    /// returns `Ok` never leaves the peer with a truncated stream.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.failed()?;
         if !this.close_sent {
             this.session.close();
             this.close_sent = true;
         }
-        this.queue_transmit()?;
-        ready!(this.poll_flush_wbuf(cx))?;
+        // Under backpressure the send buffer fills before the close record is queued: write,
+        // queue again, until the session has nothing left and the buffer is on the wire.
+        loop {
+            let drained = this.queue_transmit()?;
+            ready!(this.poll_flush_wbuf(cx))?;
+            if drained && this.session.is_send_closed() {
+                break;
+            }
+        }
+        this.failed()?;
+        // The transport stays open for writing while the peer's direction is: this side
+        // still owes it the acknowledgement of its close (PROTOCOL.md 9.2).
+        if this.session.close_reason().is_none() {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }

@@ -350,7 +350,7 @@ pub enum HostKey {
 }
 
 /// A known-peers file: server keys learned or given, by host.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct KnownPeers {
     path: PathBuf,
 }

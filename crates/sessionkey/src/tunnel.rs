@@ -14,11 +14,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use sessionkey_proto::handshake::{Header, Initiator, Responder};
+use sessionkey_proto::handshake::{Header, Initiator, Refusal, Responder};
 use sessionkey_proto::keys::{Identity, Psk, PublicKey};
 use sessionkey_proto::noise::Pattern;
 use sessionkey_proto::session::SessionConfig;
 use sessionkey_proto::suite::Suite;
+use sessionkey_proto::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -217,6 +218,18 @@ pub enum TunnelError {
     /// The server's key failed the known-peers check.
     #[error(transparent)]
     Trust(#[from] TrustError),
+    /// The server could not decrypt a hello sealed to the pinned key: it has another key.
+    #[error(
+        "{addr} could not decrypt the hello sealed to the pinned server key {pinned}: that is \
+         not the server's key. Run `sessionkey pubkey KEYFILE` on the server and pass its \
+         output to --server-key"
+    )]
+    PinRejected {
+        /// The address.
+        addr: String,
+        /// The pinned key's fingerprint.
+        pinned: String,
+    },
 }
 
 impl NativeClient {
@@ -266,21 +279,51 @@ impl ClientConfig {
             _ => None,
         };
         let psk = native.psk.map(Psk::from_bytes);
-        let initiator = Initiator::new(native.header(), Some(native.identity.clone()), remote, psk)
-            .map_err(|e| handshake_err(crate::error::to_io(e)))?;
-        let stream = SecureStream::connect(tcp, initiator, self.session.clone())
-            .await
-            .map_err(handshake_err)?;
+        let mut initiator =
+            Initiator::new(native.header(), Some(native.identity.clone()), remote, psk)
+                .map_err(|e| handshake_err(crate::error::to_io(e)))?;
+        // XX: the server's key is judged after its message proves it and before ours
+        // reveals this client's key, so an impostor learns nothing about who connected.
+        let refused: Arc<std::sync::Mutex<Option<TrustError>>> = Arc::default();
         if let ServerTrust::KnownPeers { file, accept_new } = &native.trust {
-            let key = stream
-                .info()
-                .and_then(|i| i.peer)
-                .ok_or_else(|| handshake_err(io::Error::other("the server sent no key")))?;
-            if file.verify(&self.server, &key.into(), *accept_new)? == HostKey::Learned {
-                tracing::warn!(server = %self.server, key = %key.fingerprint(), "learned a new server key");
+            let (file, accept_new, host) = (file.clone(), *accept_new, self.server.clone());
+            let refused = refused.clone();
+            initiator = initiator.with_responder_check(Box::new(move |key| {
+                match file.verify(&host, &(*key).into(), accept_new) {
+                    Ok(HostKey::Learned) => {
+                        tracing::warn!(server = %host, key = %key.fingerprint(), "learned a new server key");
+                        Ok(())
+                    }
+                    Ok(HostKey::Known) => Ok(()),
+                    Err(e) => {
+                        let text = e.to_string();
+                        if let Ok(mut slot) = refused.lock() {
+                            *slot = Some(e);
+                        }
+                        Err(text.into())
+                    }
+                }
+            }));
+        }
+        match SecureStream::connect(tcp, initiator, self.session.clone()).await {
+            Ok(stream) => Ok(Secure::Native(stream)),
+            Err(e) => {
+                if let Some(t) = refused.lock().ok().and_then(|mut slot| slot.take()) {
+                    return Err(TunnelError::Trust(t));
+                }
+                let undecryptable = matches!(
+                    crate::protocol_error(&e),
+                    Some(Error::Refused(Refusal::UndecryptableHello))
+                );
+                match (&native.trust, undecryptable) {
+                    (ServerTrust::Pinned(key), true) => Err(TunnelError::PinRejected {
+                        addr: self.server.clone(),
+                        pinned: key.fingerprint().to_string(),
+                    }),
+                    _ => Err(handshake_err(e)),
+                }
             }
         }
-        Ok(Secure::Native(stream))
     }
 }
 

@@ -216,3 +216,135 @@ async fn unauthorized_key_is_refused_with_a_reason() {
     assert!(err.to_string().contains("authorized peers"), "{err}");
     assert!(s.await.unwrap().is_err());
 }
+
+#[tokio::test]
+async fn shutdown_without_flush_under_backpressure_still_sends_the_close() {
+    // A whole record and more sit in the send buffer when shutdown is called: the close
+    // record must still follow them, or the peer sees a truncated stream.
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let (mut client, mut server) = pair(a, b, SessionConfig::default()).await;
+    let data = pattern_data(sessionkey::proto::record::MAX_CONTENT + 1000, 7);
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let r = server.read_to_end(&mut got).await;
+        (r.map(|_| got), server)
+    });
+    client.write_all(&data).await.unwrap();
+    client.shutdown().await.unwrap(); // no flush first
+    let (got, _server) = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .expect("the reader never finished")
+        .unwrap();
+    assert!(got.expect("the peer saw an error, not a clean end") == data);
+}
+
+#[tokio::test]
+async fn a_failed_session_reports_its_error_on_every_later_call() {
+    let config = SessionConfig {
+        idle_timeout: Some(Duration::from_millis(200)),
+        ..SessionConfig::default()
+    };
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let (_client, mut server) = pair(a, b, config).await;
+    let mut buf = [0u8; 16];
+    let err = tokio::time::timeout(Duration::from_secs(10), server.read(&mut buf))
+        .await
+        .expect("the idle timeout never fired")
+        .unwrap_err();
+    assert!(
+        matches!(protocol_error(&err), Some(Error::Timeout(_))),
+        "{err}"
+    );
+    for (what, result) in [
+        ("write", server.write(b"x").await.map(|_| ())),
+        ("flush", server.flush().await),
+        ("shutdown", server.shutdown().await),
+    ] {
+        let e = result.expect_err(what);
+        assert!(
+            matches!(protocol_error(&e), Some(Error::Timeout(_))),
+            "{what}: {e}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn delivery_is_confirmed_only_when_the_peer_read_everything() {
+    // Over TCP, so a dropped peer really closes the connection.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    for peer_reads_all in [true, false] {
+        let k = keys();
+        // Small enough to sit whole in the socket buffers: every byte gets "written".
+        let data = pattern_data(60_000, 3);
+        let server = async {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut s = SecureStream::accept(tcp, k.responder, SessionConfig::default())
+                .await
+                .unwrap();
+            if peer_reads_all {
+                let mut all = Vec::new();
+                s.read_to_end(&mut all).await.unwrap();
+                s.shutdown().await.unwrap();
+                (all.len(), Some(s))
+            } else {
+                // It has nothing to send and closes its direction at once (as `pipe listen`
+                // with an empty standard input), then its application stops after reading a
+                // part (stuck or killed; the connection stays up so no reset tells the client).
+                s.shutdown().await.unwrap();
+                let mut got = vec![0u8; 10_000];
+                s.read_exact(&mut got).await.unwrap();
+                (got.len(), Some(s))
+            }
+        };
+        let client = async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut client = SecureStream::connect(tcp, k.initiator, SessionConfig::default())
+                .await
+                .unwrap();
+            client.write_all(&data).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            let read = client.read_to_end(&mut rest).await;
+            (client, read)
+        };
+        let ((got, server), (mut client, read)) =
+            tokio::time::timeout(Duration::from_secs(10), async {
+                tokio::join!(server, client)
+            })
+            .await
+            .expect("the transfer never ended");
+        read.expect("the peer's close arrived: reading ends cleanly");
+        let mut server = server.unwrap();
+        if peer_reads_all {
+            let (acked, server_acked) = tokio::time::timeout(Duration::from_secs(10), async {
+                tokio::join!(client.acknowledged(), server.acknowledged())
+            })
+            .await
+            .expect("waiting for the acknowledgements never ended");
+            assert_eq!(got, data.len());
+            assert_eq!(acked.unwrap(), data.len() as u64);
+            assert_eq!(server_acked.unwrap(), 0, "the server sent no data");
+        } else {
+            assert_eq!(got, 10_000);
+            let acked =
+                tokio::time::timeout(Duration::from_millis(500), client.acknowledged()).await;
+            assert!(
+                !matches!(acked, Ok(Ok(_))),
+                "delivery confirmed although the peer read only part"
+            );
+            drop(server); // killed now: the connection ends without the acknowledgement
+            let err = tokio::time::timeout(Duration::from_secs(10), client.acknowledged())
+                .await
+                .expect("the end of the connection was not noticed")
+                .unwrap_err();
+            assert!(
+                matches!(
+                    protocol_error(&err),
+                    Some(Error::PeerMisbehaved(PeerMisbehaved::NotAcknowledged))
+                ) || err.kind() == std::io::ErrorKind::ConnectionReset,
+                "{err}"
+            );
+        }
+    }
+}

@@ -53,6 +53,7 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
                 | TrustError::PinMismatch { .. },
             )) => return NOPERM,
             Some(TunnelError::Trust(_)) => return CONFIG,
+            Some(TunnelError::PinRejected { .. }) => return NOPERM,
             _ => {}
         }
         let proto = cause.downcast_ref::<Error>().or_else(|| {
@@ -63,7 +64,8 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(p) = proto {
             return match p {
                 Error::KeyFile { .. } => CONFIG,
-                Error::Refused(Refusal::KeyNotAuthorized) => NOPERM,
+                Error::Refused(Refusal::KeyNotAuthorized | Refusal::UndecryptableHello) => NOPERM,
+                Error::PeerKeyRejected(_) => NOPERM,
                 Error::Refused(_) => CONFIG,
                 Error::PeerMisbehaved(_) => PROTOCOL,
                 Error::Timeout(_) => UNAVAILABLE,

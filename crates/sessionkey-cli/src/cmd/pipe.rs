@@ -131,8 +131,12 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     pipe(stream).await
 }
 
+/// How long the peer has to acknowledge our close once both directions are done.
+const ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// stdin -> peer (then the close record), peer -> stdout; success only after the peer's
-/// authenticated close.
+/// authenticated close and, on the native transport, its acknowledgement that every byte
+/// sent arrived (PROTOCOL.md 9.2).
 async fn pipe(stream: Secure) -> Result<()> {
     let (mut r, mut w) = tokio::io::split(stream);
     let up = async {
@@ -171,5 +175,16 @@ async fn pipe(stream: Secure) -> Result<()> {
         anyhow::Ok(())
     };
     tokio::try_join!(up, down)?;
+    let mut stream = r.unsplit(w);
+    if let Secure::Native(native) = &mut stream {
+        let bytes = tokio::time::timeout(ACK_WAIT, native.acknowledged())
+            .await
+            .map_err(|_| {
+                sessionkey::proto::Error::from(sessionkey::proto::PeerMisbehaved::NotAcknowledged)
+            })?
+            .context("delivery was not confirmed")?;
+        tracing::info!(bytes, "the peer confirmed receiving every byte");
+        native.shutdown().await.context("closing the connection")?;
+    }
     Ok(())
 }
