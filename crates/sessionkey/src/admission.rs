@@ -184,8 +184,9 @@ impl Gate {
             .per_source
             .lock()
             .map_err(|_| Refusal::Handshakes(self.limits.max_handshakes))?;
-        let count = map.entry(source).or_insert(0);
-        if *count >= self.limits.max_handshakes_per_source.max(1) {
+        // The map holds only sources with a handshake in progress (at most
+        // max_handshakes entries), so many refused sources cannot grow it.
+        if map.get(&source).copied().unwrap_or(0) >= self.limits.max_handshakes_per_source.max(1) {
             return Err(Refusal::PerSource(self.limits.max_handshakes_per_source));
         }
         let permit = self
@@ -193,7 +194,7 @@ impl Gate {
             .clone()
             .try_acquire_owned()
             .map_err(|_| Refusal::Handshakes(self.limits.max_handshakes))?;
-        *count += 1;
+        *map.entry(source).or_insert(0) += 1;
         drop(map);
         Ok(HandshakeSlot {
             gate: self.clone(),
@@ -450,19 +451,19 @@ mod tests {
             max_connections: Some(1),
         });
         let a1 = gate.admit(&addr("192.0.2.1:1000")).unwrap();
-        let _a2 = gate.admit(&addr("192.0.2.1:1001")).unwrap();
+        let a2 = gate.admit(&addr("192.0.2.1:1001")).unwrap();
         assert_eq!(
             gate.admit(&addr("192.0.2.1:1002")).unwrap_err(),
             Refusal::PerSource(2)
         );
         // One IPv6 /64 is one source.
-        let _b1 = gate.admit(&addr("[2001:db8::1]:1")).unwrap();
+        let b1 = gate.admit(&addr("[2001:db8::1]:1")).unwrap();
         assert_eq!(
             gate.admit(&addr("[2001:db8::2]:1")).unwrap_err(),
             Refusal::Handshakes(3)
         );
         drop(a1);
-        let _a3 = gate.admit(&addr("192.0.2.1:1003")).unwrap();
+        let a3 = gate.admit(&addr("192.0.2.1:1003")).unwrap();
         let s1 = gate.establish().unwrap();
         assert_eq!(gate.establish().unwrap_err(), Refusal::Connections(1));
         assert_eq!(
@@ -471,6 +472,14 @@ mod tests {
         );
         drop(s1);
         assert!(gate.establish().is_ok());
+        // Refused sources leave nothing behind; finished handshakes neither.
+        for i in 0..100u16 {
+            let from = SocketAddr::from(([198, 51, 100, (i % 250) as u8], i));
+            assert!(gate.admit(&from).is_err());
+        }
+        assert_eq!(gate.per_source.lock().unwrap().len(), 2);
+        drop((a2, b1, a3));
+        assert_eq!(gate.per_source.lock().unwrap().len(), 0);
     }
 
     #[test]
