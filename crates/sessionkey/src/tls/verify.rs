@@ -127,17 +127,20 @@ impl ClientCertVerifier for ClientAuth {
         if self.peers.contains(&presented) {
             return Ok(ClientCertVerified::assertion());
         }
-        let ca_error = match &self.ca {
-            Some(ca) => match ca.verify_client_cert(end_entity, intermediates, now) {
+        let mut why = Vec::new();
+        if !self.peers.is_empty() {
+            why.push(format!("not in {}", self.source));
+        }
+        if let Some(ca) = &self.ca {
+            match ca.verify_client_cert(end_entity, intermediates, now) {
                 Ok(v) => return Ok(v),
-                Err(e) => format!(", and --client-ca refused it ({e})"),
-            },
-            None => String::new(),
-        };
+                Err(e) => why.push(format!("--client-ca refused it: {}", client_cert_words(&e))),
+            }
+        }
         tracing::warn!(
-            "refused client certificate key {}: not in {}{ca_error}; to admit it, add this line:\n  {}",
+            "refused client certificate key {}: {}; to admit it, add this line:\n  {}",
             presented.fingerprint(),
-            self.source,
+            why.join(", and "),
             presented.to_line("")
         );
         Err(Error::InvalidCertificate(
@@ -344,6 +347,35 @@ impl CertProblem {
             error: error.clone(),
             text,
         }
+    }
+}
+
+/// Why `--client-ca` refused a client certificate, in words.
+fn client_cert_words(e: &Error) -> String {
+    match e {
+        Error::InvalidCertificate(CertificateError::ExpiredContext { time, not_after }) => format!(
+            "it expired on {} (it is now {})",
+            utc(not_after.as_secs()),
+            utc(time.as_secs())
+        ),
+        Error::InvalidCertificate(CertificateError::NotValidYetContext { time, not_before }) => {
+            format!(
+                "it is valid only from {} (it is now {})",
+                utc(not_before.as_secs()),
+                utc(time.as_secs())
+            )
+        }
+        Error::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        ) => "it is not signed by a CA in --client-ca".into(),
+        Error::InvalidCertificate(CertificateError::Other(o)) if is_ca_used_as_end_entity(o) => {
+            "it is a CA certificate (basicConstraints CA:TRUE), not a client certificate".into()
+        }
+        Error::InvalidCertificate(CertificateError::InvalidPurpose)
+        | Error::InvalidCertificate(CertificateError::InvalidPurposeContext { .. }) => {
+            "its extended key usage lacks clientAuth".into()
+        }
+        other => other.to_string(),
     }
 }
 
