@@ -216,6 +216,34 @@ impl Gate {
     }
 }
 
+/// A budget for log lines that a peer can cause (a refused key, a refused certificate):
+/// at most a few per [`REPORT_INTERVAL`], the rest dropped (the tunnel's summary counts
+/// the failed handshakes).
+#[derive(Debug, Default)]
+pub struct LogBudget {
+    window: Mutex<Option<(std::time::Instant, u32)>>,
+}
+
+impl LogBudget {
+    /// Whether one more line may be logged now.
+    pub fn allow(&self) -> bool {
+        let now = std::time::Instant::now();
+        let Ok(mut w) = self.window.lock() else {
+            return false;
+        };
+        match &mut *w {
+            Some((start, used)) if now.duration_since(*start) < REPORT_INTERVAL => {
+                *used += 1;
+                *used <= DETAILED_PER_INTERVAL
+            }
+            _ => {
+                *w = Some((now, 1));
+                true
+            }
+        }
+    }
+}
+
 /// What happened in the current interval, for the summary.
 #[derive(Debug, Default)]
 struct Window {
@@ -480,6 +508,13 @@ mod tests {
         assert_eq!(gate.per_source.lock().unwrap().len(), 2);
         drop((a2, b1, a3));
         assert_eq!(gate.per_source.lock().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn log_budget_allows_a_few_lines() {
+        let budget = LogBudget::default();
+        let allowed = (0..100).filter(|_| budget.allow()).count();
+        assert_eq!(allowed, DETAILED_PER_INTERVAL as usize);
     }
 
     #[test]

@@ -157,9 +157,11 @@ pub(crate) fn responder(
     let mut responder = Responder::new(policy, Some(identity), psk);
     if !insecure_anonymous {
         let peers = Arc::new(peers);
+        // A peer chooses its key: without a budget, random keys would flood the log.
+        let budget = sessionkey::admission::LogBudget::default();
         responder = responder.with_authorizer(Arc::new(move |key: &PublicKey| {
             let ok = peers.contains(&(*key).into());
-            if !ok {
+            if !ok && budget.allow() {
                 tracing::warn!(
                     "refused peer key {}: not in {source}; to admit it, add this line:\n  {}",
                     key.fingerprint(),

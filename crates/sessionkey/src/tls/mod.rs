@@ -221,6 +221,7 @@ impl TlsServer {
                 peers,
                 source,
                 algorithms,
+                log_budget: Default::default(),
             }))
         } else {
             builder.with_no_client_auth()

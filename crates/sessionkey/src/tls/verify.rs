@@ -110,6 +110,8 @@ pub(crate) struct ClientAuth {
     /// Where the pins came from, for the refusal message.
     pub(crate) source: String,
     pub(crate) algorithms: WebPkiSupportedAlgorithms,
+    /// Refusals logged in full: a few per interval (a client chooses its certificate).
+    pub(crate) log_budget: crate::admission::LogBudget,
 }
 
 impl ClientCertVerifier for ClientAuth {
@@ -136,6 +138,11 @@ impl ClientCertVerifier for ClientAuth {
                 Ok(v) => return Ok(v),
                 Err(e) => why.push(format!("--client-ca refused it: {}", client_cert_words(&e))),
             }
+        }
+        if !self.log_budget.allow() {
+            return Err(Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ));
         }
         tracing::warn!(
             "refused client certificate key {}: {}; to admit it, add this line:\n  {}",
