@@ -251,7 +251,7 @@ sk_tls_round() {
 	for p in $PS $PB $PA; do port_busy "$p" && die "port $p busy (set SK_BASE_PORT)"; done
 	start_bg sk-iperf3-srv iperf3 -s -B 127.0.0.1 -p "$PS"
 	wait_listen "$PS" || die "iperf3 server did not start: $(tail -3 "$WORK/sk-iperf3-srv.log")"
-	start_bg sk-tls-server "$SK" --state "$WORK/tls-state" tunnel server --transport tls \
+	start_bg sk-tls-server "$SK" --state "$WORK/tls-state" tunnel server --transport tls --any-client \
 		--listen "127.0.0.1:$PB" --to "127.0.0.1:$PS" --suite "$SK_SUITE"
 	local srv=$LAST_PID
 	wait_listen "$PB" || die "sessionkey TLS server did not start: $(tail -3 "$WORK/sk-tls-server.log")"

@@ -4,6 +4,7 @@
 //! [`SecureStream`] runs the sans-IO core ([`proto`]) over any `AsyncRead + AsyncWrite`
 //! transport; [`tls`] offers the same tunnels over standard TLS 1.3.
 
+pub mod admission;
 mod error;
 pub mod msg;
 pub mod status;

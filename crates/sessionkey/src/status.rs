@@ -149,6 +149,38 @@ pub fn control_dir() -> PathBuf {
     }
 }
 
+/// Refuse a control directory that is not this user's own: a directory another user made
+/// first (in `/tmp`, anyone can) could hold their sockets, or let them replace ours.
+pub fn check_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::symlink_metadata(dir)?;
+    let me = nix::unistd::geteuid().as_raw();
+    let refuse = |why: String| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{}: {why}", dir.display()),
+        ))
+    };
+    if !meta.file_type().is_dir() {
+        return refuse("not a directory (a symbolic link?); remove it".into());
+    }
+    if meta.uid() != me {
+        return refuse(format!(
+            "owned by uid {}, not by this user (uid {me}); someone else made it: remove it, \
+             or set XDG_RUNTIME_DIR to a private directory",
+            meta.uid()
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode != 0o700 {
+        return refuse(format!(
+            "mode {mode:03o}, but it must be private; fix it with: chmod 700 {}",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Serve `registry` on an owner-only Unix socket in [`control_dir`]; returns its path. The
 /// socket is removed when the returned guard is dropped.
 pub fn serve(registry: Registry) -> std::io::Result<ControlSocket> {
@@ -158,11 +190,7 @@ pub fn serve(registry: Registry) -> std::io::Result<ControlSocket> {
         .recursive(true)
         .mode(0o700)
         .create(&dir)?;
-    // Refuse a directory others can enter: the socket would not be private.
-    let mode = std::fs::metadata(&dir)?.permissions().mode();
-    if mode & 0o077 != 0 {
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-    }
+    check_private_dir(&dir)?;
     let path = dir.join(format!("{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;
@@ -205,6 +233,11 @@ pub async fn query_all() -> std::io::Result<Vec<Value>> {
     use tokio::io::AsyncReadExt;
     let dir = control_dir();
     let mut out = Vec::new();
+    match check_private_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    }
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),

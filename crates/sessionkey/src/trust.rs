@@ -372,8 +372,17 @@ impl KnownPeers {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(&self.path, e)),
         };
+        self.lookup_in(&text, host, kind)
+    }
+
+    fn lookup_in(
+        &self,
+        text: &str,
+        host: &str,
+        kind: &PeerKey,
+    ) -> Result<Option<(PeerKey, usize)>, TrustError> {
         let pattern = host_pattern(host);
-        for (line, content) in content_lines(&text) {
+        for (line, content) in content_lines(text) {
             let syntax = |why: String| TrustError::Syntax {
                 path: self.path.clone(),
                 line,
@@ -396,7 +405,16 @@ impl KnownPeers {
     /// [`TrustError::UnknownHost`] if no key of its type is, [`TrustError::KeyChanged`] if
     /// another is.
     pub fn verify_only(&self, host: &str, key: &PeerKey) -> Result<(), TrustError> {
-        match self.lookup(host, key)? {
+        self.judge(self.lookup(host, key)?, host, key)
+    }
+
+    fn judge(
+        &self,
+        found: Option<(PeerKey, usize)>,
+        host: &str,
+        key: &PeerKey,
+    ) -> Result<(), TrustError> {
+        match found {
             Some((known, _)) if known == *key => Ok(()),
             Some((_, line)) => Err(TrustError::KeyChanged(Box::new(KeyChanged {
                 host: host_pattern(host),
@@ -415,6 +433,11 @@ impl KnownPeers {
 
     /// Check the key `host` presented: accept it if on record; learn it if new and
     /// `accept_new`; refuse a changed key with ssh's warning.
+    ///
+    /// Learning holds an exclusive lock on the file (`flock`) and reads it again under
+    /// the lock before appending, so that of two first connections at once to two different
+    /// servers behind one name, one key is learned and the other connection is refused as
+    /// a changed key (other `sessionkey` processes take the same lock).
     pub fn verify(
         &self,
         host: &str,
@@ -423,18 +446,42 @@ impl KnownPeers {
     ) -> Result<HostKey, TrustError> {
         match self.verify_only(host, key) {
             Ok(()) => Ok(HostKey::Known),
-            Err(TrustError::UnknownHost { .. }) if accept_new => {
-                let mut file = fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)
-                    .map_err(|e| io_err(&self.path, e))?;
-                writeln!(file, "{} {}", host_pattern(host), key.to_line(""))
-                    .map_err(|e| io_err(&self.path, e))?;
-                Ok(HostKey::Learned)
-            }
+            Err(TrustError::UnknownHost { .. }) if accept_new => self.learn(host, key),
             Err(e) => Err(e),
         }
+    }
+
+    fn learn(&self, host: &str, key: &PeerKey) -> Result<HostKey, TrustError> {
+        use std::io::{Read, Seek};
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.path)
+            .map_err(|e| io_err(&self.path, e))?;
+        let mut file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, errno)| io_err(&self.path, errno.into()))?;
+        let mut text = String::new();
+        file.rewind()
+            .and_then(|_| file.read_to_string(&mut text))
+            .map_err(|e| io_err(&self.path, e))?;
+        match self.judge(self.lookup_in(&text, host, key)?, host, key) {
+            // Another connection learned this very key in the meantime.
+            Ok(()) => return Ok(HostKey::Known),
+            Err(TrustError::UnknownHost { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let mut line = String::new();
+        if !text.is_empty() && !text.ends_with('\n') {
+            line.push('\n');
+        }
+        line.push_str(&format!("{} {}\n", host_pattern(host), key.to_line("")));
+        file.write_all(line.as_bytes())
+            .map_err(|e| io_err(&self.path, e))?;
+        // The lock is released when `file` is dropped.
+        Ok(HostKey::Learned)
     }
 }
 
@@ -483,6 +530,50 @@ mod tests {
             text.starts_with("[127.0.0.1]:7000 sessionkey-x25519 "),
             "{text}"
         );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Two first connections at once to two servers behind one name (in threads here; in
+    /// processes the lock is the same): one key is learned, the other refused as changed,
+    /// and the file holds one line.
+    #[test]
+    fn concurrent_first_use_learns_one_key() {
+        let dir = std::env::temp_dir().join(format!("sk-race-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        for round in 0..50u8 {
+            let path = dir.join(format!("known_peers.{round}"));
+            let threads = 6u8;
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(threads.into()));
+            let results: Vec<_> = (0..threads)
+                .map(|i| {
+                    let path = path.clone();
+                    let barrier = barrier.clone();
+                    std::thread::spawn(move || {
+                        let kp = KnownPeers::new(path);
+                        barrier.wait();
+                        kp.verify("server.example:7000", &key(10 + i), true)
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .collect();
+            let learned = results
+                .iter()
+                .filter(|r| matches!(r, Ok(HostKey::Learned)))
+                .count();
+            let changed = results
+                .iter()
+                .filter(|r| matches!(r, Err(TrustError::KeyChanged(_))))
+                .count();
+            let text = fs::read_to_string(&path).unwrap();
+            assert_eq!(
+                (learned, changed, text.lines().count()),
+                (1, usize::from(threads) - 1, 1),
+                "round {round}: {results:?}\n{text}"
+            );
+        }
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -23,6 +23,7 @@ use sessionkey_proto::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::admission::{self, Gate, Limits, Reporter};
 use crate::status::{Registry, SessionView};
 use crate::tls::{TlsClient, TlsServer, TlsStream};
 use crate::trust::{HostKey, KnownPeers, TrustError};
@@ -96,6 +97,8 @@ pub struct ServerConfig {
     pub session: SessionConfig,
     /// The protocol on the wire.
     pub transport: ServerTransport,
+    /// Bounds on connections in their handshake and on established sessions.
+    pub limits: Limits,
 }
 
 /// A server's protocol on the wire.
@@ -333,8 +336,10 @@ pub async fn run_client(
     config: Arc<ClientConfig>,
     registry: Registry,
 ) -> io::Result<()> {
+    let report = Reporter::new(&config.name);
+    let _ticker = report.start();
     loop {
-        let (local, from) = listener.accept().await?;
+        let (local, from) = admission::accept(&listener, &report).await;
         let config = config.clone();
         let registry = registry.clone();
         tokio::spawn(async move {
@@ -355,21 +360,50 @@ pub async fn run_client(
 }
 
 /// Run a tunnel server: accept sessions on `listener`, forward each to the target.
+///
+/// It runs until the task is dropped: accept errors (out of descriptors, an aborted
+/// connection) are logged, rate-limited, and retried after a pause. Connections beyond
+/// [`ServerConfig::limits`] are reset before their handshake; failed handshakes are logged
+/// in full a few times per interval, then summarised.
 pub async fn run_server(
     listener: TcpListener,
     config: ServerConfig,
     registry: Registry,
 ) -> io::Result<()> {
+    let gate = Gate::new(config.limits);
+    let report = Reporter::new(&config.name);
+    let _ticker = report.start();
+    let config = Arc::new(config);
     loop {
-        let (tcp, from) = listener.accept().await?;
+        let (tcp, from) = admission::accept(&listener, &report).await;
+        let slot = match gate.admit(&from) {
+            Ok(slot) => slot,
+            Err(why) => {
+                report.refused(&from, why);
+                abort(tcp);
+                continue;
+            }
+        };
         let config = config.clone();
         let registry = registry.clone();
+        let gate = gate.clone();
+        let report = report.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
-            let mut secure = match config.accept(tcp).await {
+            let accepted = config.accept(tcp).await;
+            drop(slot);
+            let mut secure = match accepted {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(tunnel = %config.name, remote = %from, "handshake failed: {e}");
+                    report.handshake_failed(&from, &e);
+                    return;
+                }
+            };
+            let _session_slot = match gate.establish() {
+                Ok(s) => s,
+                Err(why) => {
+                    report.refused(&from, why);
+                    abort(secure.into_tcp());
                     return;
                 }
             };

@@ -135,7 +135,7 @@ pub(crate) fn responder(
     if peers.native_keys() == 0 && !insecure_anonymous {
         return Err(config_error(
             "no client key is authorized: give --authorized-peers FILE or --allow PUBKEY \
-             (or --insecure-anonymous to admit anyone)",
+             (or --any-client to admit anyone)",
         ));
     }
     let mut policy = Policy {
@@ -143,6 +143,10 @@ pub(crate) fn responder(
         ..Policy::default()
     };
     if insecure_anonymous {
+        tracing::warn!(
+            "--any-client: any client is admitted, with or without a key; anyone who can \
+             reach this address reaches the target"
+        );
         policy.allow_anonymous = true;
         policy.patterns.extend([Pattern::NK, Pattern::NN]);
     }
@@ -153,9 +157,11 @@ pub(crate) fn responder(
     let mut responder = Responder::new(policy, Some(identity), psk);
     if !insecure_anonymous {
         let peers = Arc::new(peers);
+        // A peer chooses its key: without a budget, random keys would flood the log.
+        let budget = sessionkey::admission::LogBudget::default();
         responder = responder.with_authorizer(Arc::new(move |key: &PublicKey| {
             let ok = peers.contains(&(*key).into());
-            if !ok {
+            if !ok && budget.allow() {
                 tracing::warn!(
                     "refused peer key {}: not in {source}; to admit it, add this line:\n  {}",
                     key.fingerprint(),
@@ -356,12 +362,35 @@ impl ServerTransportOpts {
             .authorized
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "--allow".into());
-        if !peers.is_empty() && peers.tls_keys() == 0 {
+        if !peers.is_empty() && peers.tls_keys() == 0 && self.client_ca.is_none() {
             return Err(config_error(format!(
                 "{source} lists no TLS client keys (`{TLS_SPKI_TYPE} BASE64` lines), so no \
-                 client could connect; add them, or leave out --authorized-peers to admit any \
-                 TLS client"
+                 client could connect; add them, or give --client-ca FILE"
             )));
+        }
+        let authenticates = self.client_ca.is_some() || peers.tls_keys() > 0;
+        match (authenticates, side.insecure_anonymous) {
+            (false, false) => {
+                return Err(config_error(format!(
+                    "a TLS server must authenticate its clients, or anyone who can reach it \
+                     reaches the target; give one of:\n  \
+                     --client-ca FILE: admit client certificates signed by a CA in FILE\n  \
+                     --allow '{TLS_SPKI_TYPE} BASE64' (or such lines in --authorized-peers \
+                     FILE): admit client certificates with these keys\n  \
+                     --any-client: admit any client, unauthenticated"
+                )))
+            }
+            (true, true) => {
+                return Err(config_error(
+                    "--any-client admits every client, so --client-ca and the authorized keys \
+                     would do nothing; leave out one or the other",
+                ))
+            }
+            (false, true) => tracing::warn!(
+                "--any-client: any TLS client is admitted, with or without a certificate; \
+                 anyone who can reach this address reaches the target"
+            ),
+            (true, false) => {}
         }
         let cert = match (&self.cert, &self.cert_key) {
             (Some(chain), Some(key)) => CertSource::Files {

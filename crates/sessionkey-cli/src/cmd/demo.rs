@@ -139,6 +139,7 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
             target: echo_addr.to_string(),
             session: SessionConfig::default(),
             transport: ServerTransport::Native(Arc::new(responder)),
+            limits: sessionkey::admission::Limits::default(),
         },
         registry.clone(),
     ));

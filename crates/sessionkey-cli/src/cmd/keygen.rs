@@ -25,7 +25,8 @@ pub(crate) struct KeygenArgs {
 /// Arguments of `sessionkey pubkey`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct PubkeyArgs {
-    /// A private key file (or a .pub file).
+    /// A private key file (or a .pub file), or a PEM certificate (prints its
+    /// `tls-spki-sha256` pin, for --allow, --authorized-peers and --server-key).
     path: PathBuf,
 }
 
@@ -53,6 +54,11 @@ pub(crate) fn keygen(args: &KeygenArgs) -> Result<()> {
 }
 
 pub(crate) fn pubkey(args: &PubkeyArgs) -> Result<()> {
+    if let Some(pin) = certificate_pin(&args.path) {
+        println!("{}", pin.to_line(""));
+        eprintln!("fingerprint {}", pin.fingerprint());
+        return Ok(());
+    }
     let public = match keys::read_private_key(&args.path) {
         Ok(identity) => *identity.public_key(),
         // A .pub file is fine too; report the private-key error if both fail.
@@ -61,4 +67,14 @@ pub(crate) fn pubkey(args: &PubkeyArgs) -> Result<()> {
     println!("{}", public.to_line(""));
     eprintln!("fingerprint {}", public.fingerprint());
     Ok(())
+}
+
+/// The pin of the first certificate of a PEM file, if it is one.
+fn certificate_pin(path: &std::path::Path) -> Option<sessionkey::trust::PeerKey> {
+    let text = std::fs::read_to_string(path).ok()?;
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return None;
+    }
+    let certs = sessionkey::tls::load_certs(path).ok()?;
+    sessionkey::tls::spki_pin(certs.first()?)
 }

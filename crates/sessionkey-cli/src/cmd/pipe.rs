@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use sessionkey::admission::Limits;
 use sessionkey::tunnel::{ClientConfig, Secure, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -33,9 +34,9 @@ enum Side {
         /// A key allowed to connect (repeatable).
         #[arg(long, value_name = "PUBKEY")]
         allow: Vec<String>,
-        /// Admit any peer. Insecure.
-        #[arg(long)]
-        insecure_anonymous: bool,
+        /// Admit any peer, with or without a key or certificate. Insecure.
+        #[arg(long, visible_alias = "insecure-anonymous")]
+        any_client: bool,
         #[command(flatten)]
         opts: SessionOpts,
         #[command(flatten)]
@@ -74,7 +75,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
             key,
             authorized_peers,
             allow,
-            insecure_anonymous,
+            any_client,
             opts,
             tls,
         } => {
@@ -87,8 +88,9 @@ pub(crate) async fn run(args: Args) -> Result<()> {
                     opts: &opts,
                     authorized: authorized_peers.as_deref(),
                     allow: &allow,
-                    insecure_anonymous,
+                    insecure_anonymous: any_client,
                 })?,
+                limits: Limits::default(),
             };
             let listener = TcpListener::bind(&addr)
                 .await

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use sessionkey::admission::{self, Limits};
 use sessionkey::status::{self, Registry};
 use sessionkey::tunnel::{self, ClientConfig, ServerConfig, ServerTransport};
 use tokio::net::TcpListener;
@@ -57,10 +58,26 @@ pub(crate) struct ServerArgs {
     #[arg(long, value_name = "PUBKEY")]
     #[serde(default)]
     allow: Vec<String>,
-    /// Admit any client, with or without a key. Insecure.
-    #[arg(long)]
+    /// Admit any client, with or without a key or certificate. Anyone who can reach the
+    /// listening address reaches the target.
+    #[arg(long, visible_alias = "insecure-anonymous")]
+    #[serde(default, alias = "insecure_anonymous")]
+    any_client: bool,
+    /// Connections in their handshake at once; more are reset at once (default: from the
+    /// open-files limit, at most 1024).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     #[serde(default)]
-    insecure_anonymous: bool,
+    max_handshakes: Option<u32>,
+    /// Connections in their handshake at once from one address (IPv6: one /64)
+    /// (default: a quarter of max-handshakes, at least 2).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[serde(default)]
+    max_handshakes_per_source: Option<u32>,
+    /// Established sessions at once; more are refused (default: no bound but the
+    /// open-files limit).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[serde(default)]
+    max_connections: Option<u32>,
     #[command(flatten)]
     #[serde(flatten)]
     opts: SessionOpts,
@@ -143,9 +160,27 @@ impl ServerArgs {
                 opts: &self.opts,
                 authorized: self.authorized_peers.as_deref(),
                 allow: &self.allow,
-                insecure_anonymous: self.insecure_anonymous,
+                insecure_anonymous: self.any_client,
             })?,
+            limits: self.limits(),
         })
+    }
+
+    /// The defaults for this process's open-files limit, with what the options change.
+    fn limits(&self) -> Limits {
+        let mut limits = Limits::default();
+        let n = |v: u32| usize::try_from(v).unwrap_or(usize::MAX);
+        if let Some(v) = self.max_handshakes {
+            limits.max_handshakes = n(v);
+            if self.max_handshakes_per_source.is_none() {
+                limits.max_handshakes_per_source = (n(v) / 4).max(2).min(n(v));
+            }
+        }
+        if let Some(v) = self.max_handshakes_per_source {
+            limits.max_handshakes_per_source = n(v);
+        }
+        limits.max_connections = self.max_connections.map(n);
+        limits
     }
 }
 
@@ -194,13 +229,21 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     if tables.is_empty() {
         return Err(config_error("the configuration has no [[tunnel]] tables"));
     }
+    match admission::raise_open_files_limit() {
+        Ok((before, now)) if now > before => {
+            tracing::info!("open-files limit raised from {before} to {now} (the hard limit)")
+        }
+        Ok((_, now)) => tracing::info!("open-files limit {now} (the hard limit)"),
+        Err(e) => tracing::warn!("cannot read or raise the open-files limit: {e}"),
+    }
     let registry = Registry::default();
     let control = status::serve(registry.clone());
     match &control {
         Ok(c) => tracing::debug!(socket = %c.path().display(), "status on the control socket"),
-        Err(e) => tracing::warn!("no control socket for `sessionkey status`: {e}"),
+        Err(e) => tracing::warn!("`sessionkey status` is disabled for this process: {e}"),
     }
     let mut tasks = tokio::task::JoinSet::new();
+    let mut names = std::collections::HashMap::new();
     for table in tables {
         match table {
             TunnelTable::Server(s) => {
@@ -219,7 +262,17 @@ pub(crate) async fn run(args: Args) -> Result<()> {
                     %transport,
                     "tunnel server ready"
                 );
-                tasks.spawn(tunnel::run_server(listener, config, registry.clone()));
+                let limits = config.limits;
+                tracing::debug!(
+                    tunnel = %config.name,
+                    max_handshakes = limits.max_handshakes,
+                    max_handshakes_per_source = limits.max_handshakes_per_source,
+                    max_connections = ?limits.max_connections,
+                    "limits"
+                );
+                let name = config.name.clone();
+                let task = tasks.spawn(tunnel::run_server(listener, config, registry.clone()));
+                names.insert(task.id(), name);
             }
             TunnelTable::Client(c) => {
                 let config = Arc::new(c.build()?);
@@ -230,18 +283,45 @@ pub(crate) async fn run(args: Args) -> Result<()> {
                     server = %config.server,
                     "tunnel client ready"
                 );
-                tasks.spawn(tunnel::run_client(listener, config, registry.clone()));
+                let name = config.name.clone();
+                let task = tasks.spawn(tunnel::run_client(listener, config, registry.clone()));
+                names.insert(task.id(), name);
             }
         }
     }
-    tokio::select! {
-        Some(done) = tasks.join_next() => {
-            done.context("tunnel task failed")?.context("tunnel stopped")?;
+    // A tunnel's task does not end on network errors; if one ends anyway (a bug), the
+    // others keep running, and the process ends with the last one.
+    let mut last_error = None;
+    loop {
+        tokio::select! {
+            done = tasks.join_next_with_id() => {
+                let Some(done) = done else { break };
+                let (id, why) = match done {
+                    Ok((id, Ok(()))) => (id, "ended".to_string()),
+                    Ok((id, Err(e))) => (id, format!("stopped: {e}")),
+                    Err(e) => (e.id(), format!("failed: {e}")),
+                };
+                let name = names.remove(&id).unwrap_or_default();
+                let rest = match tasks.len() {
+                    0 => "it was the last one",
+                    _ => "the others keep running",
+                };
+                tracing::error!(tunnel = %name, remaining = tasks.len(), "tunnel {why}; {rest}");
+                last_error = Some(format!("tunnel {name} {why}"));
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("interrupted; stopping");
+                return Ok(());
+            }
+            _ = terminate() => {
+                tracing::info!("terminated; stopping");
+                return Ok(());
+            }
         }
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
-        _ = terminate() => tracing::info!("terminated; stopping"),
     }
-    Ok(())
+    Err(anyhow::anyhow!(
+        last_error.unwrap_or_else(|| "no tunnel is left".into())
+    ))
 }
 
 async fn terminate() {

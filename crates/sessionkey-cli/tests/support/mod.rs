@@ -213,12 +213,35 @@ impl Env {
 
     /// Start `sessionkey ARGS`, standard output and error to files named after `name`.
     pub(crate) fn spawn(&self, name: &str, args: &[&str], stdin: Stdio) -> Proc {
+        self.spawn_limited(name, args, stdin, None)
+    }
+
+    /// [`Env::spawn`], with the open-files limit (soft and hard) set to `nofile` first.
+    pub(crate) fn spawn_limited(
+        &self,
+        name: &str,
+        args: &[&str],
+        stdin: Stdio,
+        nofile: Option<u32>,
+    ) -> Proc {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let stdout = self.path(&format!("{name}.{n}.stdout"));
         let stderr = self.path(&format!("{name}.{n}.stderr"));
-        let child = self
-            .command()
+        let mut command = self.command();
+        if let Some(nofile) = nofile {
+            let program = command.get_program().to_owned();
+            command = Command::new("sh");
+            command
+                .env("XDG_RUNTIME_DIR", &self.run_dir)
+                .env("NO_COLOR", "1")
+                .env_remove("SESSIONKEY_LOG")
+                .env_remove("RUST_LOG")
+                .arg("-c")
+                .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+                .arg(program);
+        }
+        let child = command
             .args(args)
             .stdin(stdin)
             .stdout(File::create(&stdout).expect("stdout file"))

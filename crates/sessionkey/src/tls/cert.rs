@@ -99,14 +99,19 @@ pub fn spki_pin(cert: &CertificateDer<'_>) -> Option<PeerKey> {
     digest.as_ref().try_into().ok().map(PeerKey::TlsSpki)
 }
 
-/// Load every certificate of a PEM file as trust anchors.
-pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
+/// Every certificate of a PEM file, as written.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| TlsError::Pem {
             path: path.to_path_buf(),
             why: e.to_string(),
-        })?;
+        })
+}
+
+/// Load every certificate of a PEM file as trust anchors.
+pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let certs = load_certs(path)?;
     let mut roots = rustls::RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(certs);
     if added == 0 {

@@ -5,8 +5,13 @@
 //! - Certificates from PEM files, or a self-signed pair made on first start and kept
 //!   ([`CertifiedKey::self_signed`]). Clients check servers against the system roots, a CA
 //!   file, or a public-key pin (given, or in the known-peers file of native mode).
-//! - Clients are admitted like stunnel admits them (any TLS client) unless mutual TLS is
-//!   asked for: a `--client-ca`, or `tls-spki-sha256` lines in the authorized-peers file.
+//! - Clients are authenticated by mutual TLS: a `--client-ca`, or `tls-spki-sha256` lines
+//!   in the authorized-peers file. Without either, this library admits any TLS client (as
+//!   the messaging relay wants: its clients authenticate inside); the command line refuses
+//!   to start such a server unless `--any-client` is given.
+//! - A client checking against CA certificates also accepts a server certificate that is
+//!   byte for byte one of them (a self-signed certificate as its own trust anchor), and
+//!   tells every certificate failure in words, with the fix ([`CertProblem`]).
 //! - Keys rotate by the native byte, record and time policy ([`KeyUpdatePolicy`]); tickets
 //!   resume sessions (with a fresh ECDHE, `psk_dhe_ke`) and their keys rotate every 6 hours;
 //!   the exporter gives the session fingerprint ([`TlsInfo::fingerprint`]).
@@ -59,12 +64,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use rustls;
 
-pub use cert::{load_roots, self_signed_paths, spki_pin, system_roots, CertifiedKey};
+pub use cert::{load_certs, load_roots, self_signed_paths, spki_pin, system_roots, CertifiedKey};
 pub use keylog::KeyLogFile;
 pub use stream::{KeyUpdatePolicy, TlsInfo, TlsStatusCell, TlsStream, FINGERPRINT_LABEL};
 
 use crate::trust::{AuthorizedPeers, HostKey, KnownPeers, PeerKey, TrustError};
-use verify::{ClientAuth, Pin, PinnedServer};
+pub use verify::CertProblem;
+use verify::{CaServer, ClientAuth, Pin, PinnedServer};
 
 /// rustls's record plaintext limit (RFC 8446 5.1).
 const MAX_FRAGMENT: usize = 16 * 1024;
@@ -215,6 +221,7 @@ impl TlsServer {
                 peers,
                 source,
                 algorithms,
+                log_budget: Default::default(),
             }))
         } else {
             builder.with_no_client_auth()
@@ -363,10 +370,36 @@ impl TlsClient {
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(PinnedServer { pin, algorithms }))
         };
+        let by_ca = |roots: rustls::RootCertStore, anchors, source| {
+            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| TlsError::Config(format!("{source}: {e}")))?;
+            Ok::<_, TlsError>(
+                builder
+                    .clone()
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(CaServer {
+                        inner,
+                        anchors,
+                        source,
+                    })),
+            )
+        };
         let mut learn = None;
         let builder = match opts.trust {
-            TlsTrust::SystemRoots => builder.with_root_certificates(system_roots()?),
-            TlsTrust::CaFile(path) => builder.with_root_certificates(load_roots(&path)?),
+            TlsTrust::SystemRoots => by_ca(
+                system_roots()?,
+                Vec::new(),
+                "the system's CA certificates".into(),
+            )?,
+            TlsTrust::CaFile(path) => by_ca(
+                load_roots(&path)?,
+                load_certs(&path)?,
+                format!("--ca {}", path.display()),
+            )?,
             TlsTrust::Pinned(key) => pinned(Pin::Key(key)),
             TlsTrust::InsecureNone => pinned(Pin::Any),
             TlsTrust::KnownPeers { file, accept_new } => {
@@ -460,6 +493,17 @@ pub(crate) fn explain(e: io::Error) -> io::Error {
     let Some(rustls_error) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
         return e;
     };
+    if let rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o)) = rustls_error {
+        if let Some(problem) = o.0.downcast_ref::<CertProblem>() {
+            return io::Error::new(
+                e.kind(),
+                TlsFailure {
+                    error: rustls_error.clone(),
+                    text: problem.to_string(),
+                },
+            );
+        }
+    }
     let hint = match rustls_error {
         rustls::Error::InvalidCertificate(
             rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature,
@@ -491,18 +535,18 @@ pub(crate) fn explain(e: io::Error) -> io::Error {
         e.kind(),
         TlsFailure {
             error: rustls_error.clone(),
-            hint,
+            text: format!("{rustls_error}: {hint}"),
         },
     )
 }
 
-/// A TLS failure with what to do about it.
+/// A TLS failure in words, with what to do about it.
 #[derive(Debug, thiserror::Error)]
-#[error("{error}: {hint}")]
+#[error("{text}")]
 pub struct TlsFailure {
     /// What rustls reported.
     pub error: rustls::Error,
-    hint: &'static str,
+    text: String,
 }
 
 /// The rustls error inside an `io::Error` from a TLS stream, if there is one.

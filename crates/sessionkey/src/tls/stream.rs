@@ -214,7 +214,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TlsStream<T> {
             group = info.group,
             hybrid = info.hybrid,
             resumed = info.resumed,
-            peer = ?info.peer.map(|p| p.fingerprint()),
+            peer = %info
+                .peer
+                .map_or_else(|| "none".to_string(), |p| p.fingerprint().to_string()),
             "TLS session established"
         );
         let deadline = info
