@@ -458,6 +458,40 @@ fn vpn_between_two_namespaces() {
     );
     assert!(peer0(&b1, "rx_bytes") >= TOTAL as u64);
 
+    // 2b. `vpn show NAME dump` in `wg show dump`'s format, parsed as wg's fields.
+    let out = run(Command::new(BIN).args(["vpn", "show", &lab.tun_b, "dump"]));
+    let dump = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<Vec<&str>> = dump.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(lines.len(), 2, "{dump}");
+    let iface = &lines[0];
+    assert_eq!(iface.len(), 4, "interface line: {dump}");
+    assert_eq!(iface[0], "(hidden)", "no private key is printed");
+    assert_eq!(iface[1], key_b);
+    assert_eq!(iface[2].parse::<u16>().unwrap(), PORT);
+    assert_eq!(iface[3], "off");
+    let peer = &lines[1];
+    assert_eq!(peer.len(), 8, "peer line: {dump}");
+    assert_eq!(peer[0], key_a);
+    assert_eq!(peer[1], "(none)");
+    assert!(peer[2].starts_with(VETH_A), "endpoint {}", peer[2]);
+    assert_eq!(peer[3], format!("{TUN_A}/32"));
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let latest: u64 = peer[4].parse().unwrap();
+    assert!(
+        latest <= unix_now && latest + 120 > unix_now,
+        "latest handshake {latest}"
+    );
+    assert!(
+        peer[5].parse::<u64>().unwrap() >= TOTAL as u64,
+        "rx {}",
+        peer[5]
+    );
+    assert!(peer[6].parse::<u64>().unwrap() > 0, "tx {}", peer[6]);
+    assert_eq!(peer[7], "off");
+
     // 3. A captured data packet, replayed, is dropped.
     let rejected = peer0(&b1, "rejected");
     let rx_packets = peer0(&b1, "rx_packets");
@@ -543,6 +577,44 @@ fn vpn_between_two_namespaces() {
         .unwrap_or_default()
         .to_string();
     assert_eq!(endpoint, format!("{VETH_A}:{new_port}"));
+
+    // 6b. Exit codes: `vpn down` of an unknown name is 69 (unavailable); so is a UDP port
+    // in use, and the message names the port.
+    let out = Command::new(BIN)
+        .args(["vpn", "down", "skvnosuch"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(69),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config_d = lab.dir.join("d.toml");
+    std::fs::write(
+        &config_d,
+        format!(
+            "[interface]\nname = \"skv{}td\"\nprivate_key_file = \"stranger.key\"\n\
+             address = [\"10.231.3.1/24\"]\nlisten_port = {PORT}\n",
+            std::process::id() % 100_000
+        ),
+    )
+    .unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns_b, BIN, "vpn", "up"])
+        .arg(&config_d)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(
+        stderr.contains(&format!("UDP port {PORT} is in use")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("sessionkey (pid"),
+        "the holder is named: {stderr}"
+    );
 
     // 7. `vpn down` stops A and removes its interface; SIGTERM does the same for B.
     run(Command::new(BIN).args(["vpn", "down", &lab.tun_a]));

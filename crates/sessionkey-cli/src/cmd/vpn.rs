@@ -1,4 +1,5 @@
-//! `sessionkey vpn up CONFIG | down NAME | show [NAME] [--json]`: the VPN (docs/VPN.md).
+//! `sessionkey vpn up CONFIG | down NAME | show [NAME|all] [dump] [--json]`: the VPN
+//! (docs/VPN.md).
 
 use std::path::PathBuf;
 
@@ -38,10 +39,17 @@ pub(crate) struct DownArgs {
 /// Arguments of `vpn show`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ShowArgs {
-    /// Only this interface.
+    /// Only this interface (`all` or nothing: every running one).
     name: Option<String>,
+    /// `dump`: tab-separated lines in `wg show dump`'s format, for scripts and WireGuard
+    /// exporters: the interface line (private-key, public-key, listen-port, fwmark), then
+    /// one per peer (public-key, preshared-key, endpoint, allowed-ips, latest-handshake as
+    /// Unix seconds, transfer-rx, transfer-tx, persistent-keepalive). Keys are shown as
+    /// `(hidden)`; with `all` each line starts with the interface name.
+    #[arg(value_parser = ["dump"])]
+    format: Option<String>,
     /// Print JSON instead of text.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "format")]
     json: bool,
 }
 
@@ -57,6 +65,26 @@ pub(crate) async fn run(command: Command) -> Result<()> {
     }
 }
 
+/// The exit code of a VPN failure in an error chain's link, if it is one the generic
+/// mapping does not know: 69 (unavailable) when no VPN of the name runs (`vpn down nosuch`)
+/// or the UDP port is in use.
+pub(crate) fn exit_code(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
+    const UNAVAILABLE: u8 = 69;
+    if let Some(VpnError::Udp { source, .. }) = cause.downcast_ref::<VpnError>() {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            return Some(UNAVAILABLE);
+        }
+    }
+    let io = cause.downcast_ref::<std::io::Error>()?;
+    if io
+        .get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<vpn::NotRunning>().is_some())
+    {
+        return Some(UNAVAILABLE);
+    }
+    None
+}
+
 async fn up(args: UpArgs) -> Result<()> {
     let config = VpnConfig::load(&args.config).map_err(|e| config_error(e.to_string()))?;
     let name = config.name.clone();
@@ -68,7 +96,16 @@ async fn up(args: UpArgs) -> Result<()> {
 }
 
 async fn show(args: ShowArgs) -> Result<()> {
-    let all = vpn::show(args.name.as_deref()).await?;
+    let name = args.name.as_deref().filter(|n| *n != "all");
+    let all = vpn::show(name).await?;
+    if args.format.is_some() {
+        for v in &all {
+            for line in dump_lines(v, name.is_none()) {
+                println!("{line}");
+            }
+        }
+        return Ok(());
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&Value::Array(all))?);
         return Ok(());
@@ -87,6 +124,55 @@ async fn show(args: ShowArgs) -> Result<()> {
         print_interface(v);
     }
     Ok(())
+}
+
+/// `wg show dump`'s lines for one interface (wg's src/show.c, `dump_print`), with keys
+/// that must not leave the process shown as `(hidden)` (wg prints those only as root; this
+/// VPN never prints them) and absent values as `(none)`, `0` or `off` as wg does.
+pub(crate) fn dump_lines(v: &Value, with_interface: bool) -> Vec<String> {
+    let prefix = if with_interface {
+        format!("{}\t", text(&v["interface"]))
+    } else {
+        String::new()
+    };
+    let or = |x: &Value, none: &str| match x {
+        Value::Null => none.to_string(),
+        other => text(other),
+    };
+    let mut lines = vec![format!(
+        "{prefix}(hidden)\t{}\t{}\t{}",
+        text(&v["public_key"]),
+        text(&v["listen_port"]),
+        or(&v["fwmark"], "off"),
+    )];
+    for p in v["peers"].as_array().into_iter().flatten() {
+        let ips: Vec<String> = p["allowed_ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
+        lines.push(format!(
+            "{prefix}{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            text(&p["public_key"]),
+            if p["preshared_key"].as_bool() == Some(true) {
+                "(hidden)"
+            } else {
+                "(none)"
+            },
+            or(&p["endpoint"], "(none)"),
+            if ips.is_empty() {
+                "(none)".to_string()
+            } else {
+                ips.join(",")
+            },
+            p["latest_handshake_unix"].as_u64().unwrap_or(0),
+            p["rx_bytes"].as_u64().unwrap_or(0),
+            p["tx_bytes"].as_u64().unwrap_or(0),
+            or(&p["persistent_keepalive_secs"], "off"),
+        ));
+    }
+    lines
 }
 
 fn text(v: &Value) -> String {

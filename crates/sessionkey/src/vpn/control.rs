@@ -134,10 +134,24 @@ pub async fn show(name: Option<&str>) -> io::Result<Vec<Value>> {
     Ok(out)
 }
 
+/// No VPN of that name is running (its control socket is missing or dead). Carried inside
+/// an [`io::Error`] of kind `NotFound`; the CLI exits with 69 (unavailable) for it.
+#[derive(Debug, thiserror::Error)]
+#[error("no running VPN named {name} ({cause}); `sessionkey vpn show` lists the running ones")]
+pub struct NotRunning {
+    /// The name asked for.
+    pub name: String,
+    /// Why its control socket did not answer.
+    pub cause: io::Error,
+}
+
 fn not_running(name: &str, e: io::Error) -> io::Error {
     io::Error::new(
         io::ErrorKind::NotFound,
-        format!("no running VPN named {name} ({e}); `sessionkey vpn show` lists the running ones"),
+        NotRunning {
+            name: name.to_string(),
+            cause: e,
+        },
     )
 }
 

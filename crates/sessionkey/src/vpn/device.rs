@@ -9,13 +9,13 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 use sessionkey_proto::crypto::{SecureRandom, SystemRandom};
 use sessionkey_proto::keys::{Identity, PublicKey};
 use sessionkey_proto::suite::Suite;
-use sessionkey_proto::vpn::{AllowedIps, Cidr, Local, Peer, PeerConfig, Timing};
+use sessionkey_proto::vpn::{AllowedIps, Cidr, Local, Mac1Verifier, Peer, PeerConfig, Timing};
 use tun_rs::{InterruptEvent, SyncDevice};
 
 use super::config::VpnConfig;
@@ -37,6 +37,10 @@ pub(crate) struct PeerSlot {
     pub(crate) state: Mutex<PeerState>,
     pub(crate) public_key: PublicKey,
     pub(crate) allowed_ips: Vec<Cidr>,
+    /// Whether a pre-shared key is configured (shown, never the key).
+    pub(crate) has_psk: bool,
+    /// The persistent keepalive interval, for `vpn show`.
+    pub(crate) persistent_keepalive: Option<Duration>,
 }
 
 impl PeerSlot {
@@ -68,8 +72,10 @@ counters!(
     unknown_peer,
     /// Packets for a receiver index no session has.
     unknown_index,
-    /// Handshake messages with a wrong mac1.
+    /// Handshake messages with a wrong mac1 (dropped in the receiving thread, uncopied).
     bad_mac,
+    /// Cookie replies that did not open or were addressed to no handshake of ours.
+    cookie_refused,
     /// Cookie replies sent (under load).
     cookies_sent,
     /// Handshake messages refused by the per-address rate limit.
@@ -110,6 +116,10 @@ pub(crate) struct Device {
     pub(crate) counters: Counters,
     /// Handshake messages waiting in the handshake thread's queue.
     pub(crate) queued: AtomicUsize,
+    /// The mac1 check the receiving thread runs before copying a handshake message.
+    pub(crate) mac1: Mac1Verifier,
+    /// The earliest peer deadline, which any thread can bring nearer.
+    pub(crate) timers: TimerWake,
     stop: AtomicBool,
     started: SystemTime,
 }
@@ -146,6 +156,7 @@ impl Device {
                 }
             }
             by_key.insert(p.public_key, i);
+            let (has_psk, persistent_keepalive) = (p.psk.is_some(), p.persistent_keepalive);
             let peer = Peer::new(
                 local.clone(),
                 PeerConfig {
@@ -164,11 +175,13 @@ impl Device {
                 }),
                 public_key: p.public_key,
                 allowed_ips: p.allowed_ips,
+                has_psk,
+                persistent_keepalive,
             });
         }
         Ok(Self {
             name: config.name,
-            identity: config.identity,
+            identity: config.identity.clone(),
             hybrid: config.hybrid,
             suite: config.suite,
             mtu: config.mtu,
@@ -182,6 +195,8 @@ impl Device {
             indexes: RwLock::new(HashMap::new()),
             counters: Counters::default(),
             queued: AtomicUsize::new(0),
+            mac1: Mac1Verifier::new(config.identity.public_key()),
+            timers: TimerWake::new(now),
             stop: AtomicBool::new(false),
             started: SystemTime::now(),
         })
@@ -240,6 +255,7 @@ impl Device {
     /// What `vpn show` prints: public keys, fingerprints and counters, never keys.
     pub(crate) fn snapshot(&self) -> Value {
         let now = Instant::now();
+        let wall = SystemTime::now();
         let peers: Vec<Value> = self
             .peers
             .iter()
@@ -252,6 +268,13 @@ impl Device {
                     "endpoint": s.endpoint.map(|e: SocketAddr| e.to_string()),
                     "allowed_ips": slot.allowed_ips.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
                     "latest_handshake_secs_ago": s.last_handshake.map(|d| d.as_secs_f64()),
+                    // As `wg show dump`: seconds since the Unix epoch, 0 for never.
+                    "latest_handshake_unix": s.last_handshake
+                        .and_then(|ago| wall.checked_sub(ago))
+                        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_secs()),
+                    "preshared_key": slot.has_psk,
+                    "persistent_keepalive_secs": slot.persistent_keepalive.map(|d| d.as_secs()),
                     "epoch": s.epoch,
                     "send_key": s.send_key.map(|f| f.short()),
                     "previous_key_kept": s.previous_kept,
@@ -263,6 +286,8 @@ impl Device {
                     "rx_bytes": s.stats.rx_bytes,
                     "rx_packets": s.stats.rx_packets,
                     "rejected": s.stats.rejected,
+                    "responses_refused": s.stats.responses_refused,
+                    "cookie_replies_refused": s.stats.cookie_replies_refused,
                     "staged": st.staged.len(),
                 })
             })
@@ -296,4 +321,97 @@ pub(crate) fn unix_nanos() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The earliest deadline of any peer's timers, shared by the threads: the data threads arm
+/// timers (passive keepalive after receiving, new handshake after sending) and bring this
+/// nearer; the handshake thread sleeps until it and is woken when it comes nearer.
+///
+/// Deadlines are nanoseconds since an origin, in one atomic (`u64::MAX`: none). A data
+/// thread that brings the deadline nearer also raises `rescan`, so a full scan by the
+/// handshake thread that overwrote it with a later value is followed by another.
+#[derive(Debug)]
+pub(crate) struct TimerWake {
+    origin: Instant,
+    next: AtomicU64,
+    rescan: AtomicBool,
+}
+
+impl TimerWake {
+    pub(crate) fn new(origin: Instant) -> Self {
+        Self {
+            origin,
+            next: AtomicU64::new(u64::MAX),
+            rescan: AtomicBool::new(false),
+        }
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// A peer's earliest deadline is now `at`. Returns whether it is nearer than what the
+    /// handshake thread sleeps until: then the caller wakes it (`Job::Wake`). Costs one
+    /// relaxed load when it is not (the common case, per packet).
+    pub(crate) fn arm(&self, at: Instant) -> bool {
+        let n = self.nanos(at);
+        if n >= self.next.load(Ordering::Relaxed) {
+            return false;
+        }
+        let before = self.next.fetch_min(n, Ordering::AcqRel);
+        if n < before {
+            self.rescan.store(true, Ordering::Release);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The handshake thread scanned every peer: their earliest deadline is `at`.
+    pub(crate) fn set(&self, at: Option<Instant>) {
+        let n = at.map_or(u64::MAX, |t| self.nanos(t));
+        self.next.store(n, Ordering::Release);
+    }
+
+    /// The earliest deadline known.
+    pub(crate) fn get(&self) -> Option<Instant> {
+        match self.next.load(Ordering::Acquire) {
+            u64::MAX => None,
+            n => Some(self.origin + Duration::from_nanos(n)),
+        }
+    }
+
+    /// Whether a thread brought the deadline nearer since the last call.
+    pub(crate) fn take_rescan(&self) -> bool {
+        self.rescan.swap(false, Ordering::AcqRel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::TimerWake;
+
+    #[test]
+    fn only_a_nearer_deadline_wakes_the_handshake_thread() {
+        let t0 = std::time::Instant::now();
+        let w = TimerWake::new(t0);
+        assert_eq!(w.get(), None);
+        assert!(
+            w.arm(t0 + Duration::from_secs(10)),
+            "a first deadline wakes"
+        );
+        assert!(w.take_rescan());
+        assert!(!w.arm(t0 + Duration::from_secs(15)), "a later one does not");
+        assert!(!w.take_rescan());
+        assert!(w.arm(t0 + Duration::from_secs(5)), "a nearer one does");
+        assert_eq!(w.get(), Some(t0 + Duration::from_secs(5)));
+        // A full scan that missed the nearer deadline is followed by another (rescan).
+        w.set(Some(t0 + Duration::from_secs(20)));
+        assert!(w.take_rescan());
+        assert!(!w.take_rescan());
+        w.set(None);
+        assert_eq!(w.get(), None);
+    }
 }

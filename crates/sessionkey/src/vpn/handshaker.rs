@@ -3,6 +3,9 @@
 //! receiver indexes no longer used. It is the only thread that does Diffie-Hellman and
 //! ML-KEM work, so a handshake flood cannot stall the data threads; the cookie checks in
 //! front of that work keep the flood cheap ([`HandshakeGate`]).
+//!
+//! It sleeps until the earliest deadline of all peers ([`TimerWake`](super::device::TimerWake)),
+//! which the data threads bring nearer (and wake it) when they arm a timer.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +19,7 @@ use sessionkey_proto::vpn::message::{self, Message, COOKIE_REPLY_LEN, MAX_HANDSH
 use sessionkey_proto::vpn::ratelimit::DEFAULT_LOAD_THRESHOLD;
 use sessionkey_proto::vpn::{HandshakeGate, Screen, SealError};
 
-use super::datapath::{slot_len, Job};
+use super::datapath::{flush_staged, slot_len, Job};
 use super::device::{unix_nanos, Device};
 
 /// Logs a repeated event at debug level at most once a second, with its count.
@@ -60,29 +63,34 @@ pub(crate) fn run(dev: &Device, jobs: Receiver<Job>) -> Result<(), sessionkey_pr
         failed_log: Throttle(None),
     };
     let mut next_sweep = Instant::now() + Duration::from_secs(1);
-    let mut deadline = h.service_all(Instant::now());
+    h.scan(Instant::now());
     while !dev.stopping() {
         let now = Instant::now();
-        let wake_at = deadline.map_or(next_sweep, |d| d.min(next_sweep));
+        // The shared deadline: data threads bring it nearer and wake us when they do.
+        let wake_at = dev.timers.get().map_or(next_sweep, |d| d.min(next_sweep));
         let wait = wake_at
             .saturating_duration_since(now)
-            .min(Duration::from_millis(200));
+            .min(Duration::from_millis(500));
         let job = jobs.recv_timeout(wait);
         let now = Instant::now();
+        let woken = matches!(job, Ok(Job::Wake));
         match job {
             Ok(Job::Message { bytes, from }) => {
                 dev.queued.fetch_sub(1, Ordering::Relaxed);
                 if let Some(peer) = h.handle_message(now, &bytes, from) {
-                    let t = h.service(peer, now);
-                    deadline = min_opt(deadline, t);
+                    if let Some(t) = h.service(peer, now) {
+                        dev.timers.arm(t);
+                    }
                 }
             }
-            Ok(Job::Wake) => deadline = h.service_all(now),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
+            Ok(Job::Wake) => {}
         }
-        if deadline.is_some_and(|d| d <= now) {
-            deadline = h.service_all(now);
+        // A wake-up (a peer wants a handshake or a keepalive, or a nearer deadline), a
+        // deadline that came nearer, or one that passed: look at every peer.
+        if woken || dev.timers.take_rescan() || dev.timers.get().is_some_and(|d| d <= now) {
+            h.scan(now);
         }
         if now >= next_sweep {
             dev.sweep_indexes();
@@ -92,7 +100,7 @@ pub(crate) fn run(dev: &Device, jobs: Receiver<Job>) -> Result<(), sessionkey_pr
     Ok(())
 }
 
-fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+pub(crate) fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, None) => a,
@@ -101,16 +109,30 @@ fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 }
 
 impl Handshaker<'_> {
-    fn service_all(&mut self, now: Instant) -> Option<Instant> {
+    /// Service every peer and publish their earliest deadline.
+    fn scan(&mut self, now: Instant) {
         let mut next = None;
         for i in 0..self.dev.peers.len() {
             next = min_opt(next, self.service(i, now));
         }
-        next
+        self.dev.timers.set(next);
     }
 
-    /// Run peer `i`'s timers and send what it wants; returns its next deadline.
+    /// Run peer `i`'s timers and send what it wants; returns its next deadline. Runs again
+    /// when sending (a kept packet, a keepalive) made the peer want a handshake, so that
+    /// one leaves now rather than at the next deadline.
     fn service(&mut self, i: usize, now: Instant) -> Option<Instant> {
+        for _ in 0..3 {
+            if !self.service_once(i, now) {
+                break;
+            }
+        }
+        self.dev.peers[i].lock().peer.poll_timeout()
+    }
+
+    /// One pass of [`service`](Self::service); returns whether the peer wants an
+    /// initiation again.
+    fn service_once(&mut self, i: usize, now: Instant) -> bool {
         let dev = self.dev;
         let slot = &dev.peers[i];
         let wants_initiation = {
@@ -158,24 +180,7 @@ impl Handshaker<'_> {
         }
         let mut st = slot.lock();
         // Packets kept during the handshake, then a keepalive if still wanted.
-        while let Some(packet) = st.staged.pop_front() {
-            let len = packet.len();
-            if HEADER_LEN + len + 16 > self.seal_buf.len() {
-                continue;
-            }
-            self.seal_buf[HEADER_LEN..HEADER_LEN + len].copy_from_slice(&packet);
-            match st
-                .peer
-                .seal(now, &mut self.seal_buf[..HEADER_LEN + len + 16], len)
-            {
-                Ok((n, to)) => dev.udp.send(to, &self.seal_buf[..n], None),
-                Err(SealError::NoSession) => {
-                    st.staged.push_front(packet);
-                    break;
-                }
-                Err(_) => dev.count(&dev.counters.staged_dropped),
-            }
-        }
+        flush_staged(dev, &mut st, now, &mut self.seal_buf);
         if st.peer.wants_keepalive() {
             match st.peer.seal(now, &mut self.seal_buf[..HEADER_LEN + 16], 0) {
                 Ok((n, to)) => dev.udp.send(to, &self.seal_buf[..n], None),
@@ -183,7 +188,7 @@ impl Handshaker<'_> {
                 Err(e) => tracing::debug!("keepalive not sealed: {e}"),
             }
         }
-        st.peer.poll_timeout()
+        st.peer.wants_initiation()
     }
 
     /// Handle one handshake message; returns the peer it concerned, if any.
@@ -196,16 +201,8 @@ impl Handshaker<'_> {
         let sender = match &msg {
             Message::Initiation(m) => m.sender_index,
             Message::Response(m) => m.sender_index,
-            Message::CookieReply(c) => {
-                let peer = dev.peer_of_index(c.receiver_index)?;
-                let result = dev.peers[peer].lock().peer.handle_cookie_reply(now, c);
-                match result {
-                    Ok(()) => tracing::debug!("cookie reply from {from}: peer is under load"),
-                    Err(e) => tracing::debug!("cookie reply from {from} refused: {e}"),
-                }
-                return Some(peer);
-            }
-            Message::Data => return None,
+            // The receiving thread handles those itself.
+            Message::CookieReply(_) | Message::Data => return None,
         };
         let queued = dev.queued.load(Ordering::Relaxed);
         match self.gate.screen(

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 pub use config::{ConfigError, PeerEntry, VpnConfig};
-pub use control::{down, show, vpn_control_dir};
+pub use control::{down, show, vpn_control_dir, NotRunning};
 pub use tun::TunError;
 
 use datapath::{Job, HANDSHAKE_QUEUE};
@@ -48,7 +48,8 @@ pub enum VpnError {
     Udp {
         /// The port.
         port: u16,
-        /// The cause.
+        /// The cause (kind `AddrInUse` when another socket holds the port; its message
+        /// then names the process if it can be found).
         source: std::io::Error,
     },
     /// The protocol core refused (a key could not be used).
