@@ -82,6 +82,8 @@ struct Lab {
     tun_b: String,
     dir: PathBuf,
     vpns: Vec<Child>,
+    /// More namespaces made by the test, removed with the others.
+    extra_ns: Vec<String>,
 }
 
 impl Drop for Lab {
@@ -103,7 +105,7 @@ impl Drop for Lab {
             let _ = child.kill();
             let _ = child.wait();
         }
-        for ns in [&self.ns_a, &self.ns_b] {
+        for ns in [&self.ns_a, &self.ns_b].into_iter().chain(&self.extra_ns) {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -120,6 +122,7 @@ impl Lab {
             tun_b: format!("skv{id}tb"),
             dir: std::env::temp_dir().join(format!("skv-test-{id}")),
             vpns: Vec::new(),
+            extra_ns: Vec::new(),
         };
         let _ = std::fs::remove_dir_all(&lab.dir);
         std::fs::create_dir_all(&lab.dir).unwrap();
@@ -441,6 +444,63 @@ fn vpn_between_two_namespaces() {
             thread::sleep(Duration::from_millis(30));
         }
     });
+
+    // 2a. While the transfer runs, `vpn set` adds a third peer, C, in a third namespace
+    // (joined to B's by its own veth pair); A's session on B goes on untouched.
+    let id = std::process::id() % 100_000;
+    let (ns_c, tun_c3) = (format!("skv{id}c"), format!("skv{id}t3"));
+    lab.extra_ns.push(ns_c.clone());
+    ip(&["netns", "add", &ns_c]);
+    let (vc, vbc) = (format!("skv{id}vc"), format!("skv{id}vbc"));
+    ip(&[
+        "link", "add", &vc, "netns", &ns_c, "type", "veth", "peer", "name", &vbc, "netns", &ns_b,
+    ]);
+    ip(&["-n", &ns_c, "addr", "add", "10.231.4.1/24", "dev", &vc]);
+    ip(&["-n", &ns_b, "addr", "add", "10.231.4.2/24", "dev", &vbc]);
+    ip(&["-n", &ns_c, "link", "set", &vc, "up"]);
+    ip(&["-n", &ns_c, "link", "set", "lo", "up"]);
+    ip(&["-n", &ns_b, "link", "set", &vbc, "up"]);
+    let key_c = lab.keygen("c3.key");
+    let config_c3 = lab.dir.join("c3.toml");
+    std::fs::write(
+        &config_c3,
+        format!(
+            "[interface]\nname = \"{tun_c3}\"\nprivate_key_file = \"c3.key\"\n\
+             address = [\"10.231.1.3/24\"]\nlisten_port = {PORT}\n\n[[peer]]\n\
+             public_key = \"{key_b}\"\nendpoint = \"10.231.4.2:{PORT}\"\n\
+             allowed_ips = [\"{TUN_B}/32\"]\n"
+        ),
+    )
+    .unwrap();
+    let before_set = lab.show(&lab.tun_b);
+    run(Command::new(BIN).args([
+        "vpn",
+        "set",
+        &lab.tun_b,
+        "peer",
+        &key_c,
+        "allowed-ips",
+        "10.231.1.3/32",
+    ]));
+    lab.start(&ns_c, &config_c3, "c3.log");
+    lab.wait_for_link(&ns_c, &tun_c3);
+    assert!(
+        lab.ping(&ns_c, &["-c", "2", "-i", "0.2", "-W", "3", TUN_B]),
+        "the peer added by vpn set gets no answer; logs:\n{}\n{}",
+        lab.log("b.log"),
+        lab.log("c3.log")
+    );
+    let after_set = lab.show(&lab.tun_b);
+    assert_eq!(after_set["peers"].as_array().map(Vec::len), Some(2));
+    assert!(
+        peer0(&after_set, "handshakes") >= peer0(&before_set, "handshakes"),
+        "A's peer state on B was reset by vpn set"
+    );
+    assert!(
+        peer0(&after_set, "rx_bytes") >= peer0(&before_set, "rx_bytes"),
+        "A's peer state on B was reset by vpn set"
+    );
+
     client.join().expect("TCP client");
     let received = server.join().expect("TCP server");
     assert_eq!(received.len(), TOTAL, "bytes lost in the tunnel");
@@ -458,7 +518,23 @@ fn vpn_between_two_namespaces() {
     );
     assert!(peer0(&b1, "rx_bytes") >= TOTAL as u64);
 
-    // 2b. `vpn show NAME dump` in `wg show dump`'s format, parsed as wg's fields.
+    // 2b. `vpn syncconf` with B's original file removes C; A stays.
+    run(Command::new(BIN)
+        .args(["vpn", "syncconf", &lab.tun_b])
+        .arg(&config_b));
+    let synced = lab.show(&lab.tun_b);
+    assert_eq!(
+        synced["peers"].as_array().map(Vec::len),
+        Some(1),
+        "{synced:#}"
+    );
+    assert_eq!(synced["peers"][0]["public_key"], key_a.as_str());
+    assert!(
+        !lab.ping(&ns_c, &["-c", "1", "-W", "1", TUN_B]),
+        "the peer removed by syncconf still gets answers"
+    );
+
+    // 2c. `vpn show NAME dump` in `wg show dump`'s format, parsed as wg's fields.
     let out = run(Command::new(BIN).args(["vpn", "show", &lab.tun_b, "dump"]));
     let dump = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<Vec<&str>> = dump.lines().map(|l| l.split('\t').collect()).collect();

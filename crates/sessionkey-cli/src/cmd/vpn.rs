@@ -19,6 +19,33 @@ pub(crate) enum Command {
     Down(DownArgs),
     /// Show the running VPNs: peers, endpoints, latest handshakes, traffic, counters.
     Show(ShowArgs),
+    /// Add, change or remove a peer of a running VPN without touching the others (as `wg
+    /// set`): `vpn set NAME peer PUBKEY [allowed-ips NET[,NET...]] [endpoint HOST:PORT]
+    /// [persistent-keepalive SECS|off] [remove]`. allowed-ips replaces the peer's list.
+    Set(SetArgs),
+    /// Make a running VPN's peers those of CONFIG (as `wg syncconf`): new peers added,
+    /// missing ones removed, the others changed in place, their sessions kept. Interface
+    /// settings in CONFIG are not applied (restart for those).
+    Syncconf(SyncconfArgs),
+}
+
+/// Arguments of `vpn set`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SetArgs {
+    /// The interface name.
+    name: String,
+    /// `peer PUBKEY` then settings, as `wg set`.
+    #[arg(num_args = 2.., required = true, allow_hyphen_values = true)]
+    settings: Vec<String>,
+}
+
+/// Arguments of `vpn syncconf`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SyncconfArgs {
+    /// The interface name.
+    name: String,
+    /// The configuration file (the same format as for `vpn up`).
+    config: PathBuf,
 }
 
 /// Arguments of `vpn up`.
@@ -62,7 +89,72 @@ pub(crate) async fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Show(args) => show(args).await,
+        Command::Set(args) => {
+            let change = parse_set(&args.settings).map_err(config_error)?;
+            let done = vpn::set(&args.name, &change).await?;
+            eprintln!("vpn {}: {done}", args.name);
+            Ok(())
+        }
+        Command::Syncconf(args) => {
+            // Validated here first, so mistakes come back with file, line and field.
+            VpnConfig::load(&args.config).map_err(|e| config_error(e.to_string()))?;
+            let path = std::fs::canonicalize(&args.config)
+                .with_context(|| format!("{}", args.config.display()))?;
+            let done = vpn::syncconf(&args.name, &path).await?;
+            eprintln!("vpn {}: {done}", args.name);
+            Ok(())
+        }
     }
+}
+
+/// `peer PUBKEY [allowed-ips ...] [endpoint ...] [persistent-keepalive ...] [remove]`.
+fn parse_set(words: &[String]) -> Result<vpn::PeerChange, String> {
+    let usage = "usage: vpn set NAME peer PUBKEY [allowed-ips NET[,NET...]] \
+                 [endpoint HOST:PORT] [persistent-keepalive SECS|off] [remove]";
+    let mut it = words.iter().map(String::as_str);
+    if it.next() != Some("peer") {
+        return Err(usage.into());
+    }
+    let key = it.next().ok_or(usage)?;
+    let mut change = vpn::PeerChange {
+        public_key: Some(key.parse().map_err(|e| format!("peer {key:?}: {e}"))?),
+        ..vpn::PeerChange::default()
+    };
+    while let Some(word) = it.next() {
+        match word {
+            "remove" => change.remove = true,
+            "allowed-ips" => {
+                let list = it.next().ok_or(usage)?;
+                change.allowed_ips = Some(
+                    list.split(',')
+                        .map(str::trim)
+                        .filter(|c| !c.is_empty())
+                        .map(|c| c.parse().map_err(|e| format!("allowed-ips {c:?}: {e}")))
+                        .collect::<Result<Vec<_>, _>>()?,
+                );
+            }
+            "endpoint" => {
+                let e = it.next().ok_or(usage)?;
+                change.endpoint = Some(
+                    std::net::ToSocketAddrs::to_socket_addrs(e)
+                        .map_err(|err| format!("endpoint {e:?}: {err} (write HOST:PORT)"))?
+                        .next()
+                        .ok_or_else(|| format!("endpoint {e:?}: no address"))?,
+                );
+            }
+            "persistent-keepalive" => {
+                let k = it.next().ok_or(usage)?;
+                change.persistent_keepalive = Some(match k {
+                    "off" | "0" => None,
+                    k => Some(std::time::Duration::from_secs(k.parse().map_err(|_| {
+                        format!("persistent-keepalive {k:?}: seconds or off")
+                    })?)),
+                });
+            }
+            other => return Err(format!("unknown setting {other:?}; {usage}")),
+        }
+    }
+    Ok(change)
 }
 
 /// The exit code of a VPN failure in an error chain's link, if it is one the generic

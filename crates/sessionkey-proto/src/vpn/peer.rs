@@ -391,6 +391,31 @@ impl Peer {
         self.endpoint
     }
 
+    /// Change where packets to the peer go (`vpn set ... endpoint`, a re-resolved DNS
+    /// name); the peer's authenticated packets move it again as usual. Keeps the sessions.
+    pub fn set_endpoint(&mut self, endpoint: SocketAddr) {
+        self.endpoint = Some(endpoint);
+    }
+
+    /// Change the persistent keepalive interval as of `now` (`None`: off). Keeps the
+    /// sessions; with an interval, an empty packet is wanted at once if the peer's
+    /// endpoint is known (as at start).
+    pub fn set_persistent_keepalive(&mut self, now: Instant, interval: Option<Duration>) {
+        self.persistent_keepalive = interval;
+        let at = match (interval, self.endpoint) {
+            (Some(_), Some(_)) => Some(now),
+            _ => None,
+        };
+        self.set(Timer::Persistent, at);
+    }
+
+    /// Change the pre-shared key. The current sessions go on; the next handshake (at the
+    /// next rekey, at most [`Timing::rekey_interval`] later) uses the new key, as
+    /// WireGuard does.
+    pub fn set_psk(&mut self, psk: Option<Psk>) {
+        self.psk = psk;
+    }
+
     /// The earliest time [`handle_timeout`](Self::handle_timeout) has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let keys = [&self.current, &self.previous, &self.next]

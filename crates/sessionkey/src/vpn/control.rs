@@ -1,18 +1,26 @@
-//! The control socket of a running VPN, for `sessionkey vpn show` and `vpn down`: an
-//! owner-only Unix socket `<control dir>/vpn/NAME.sock` (the directory of
-//! [`status::control_dir`](crate::status::control_dir)). A client sends one line, `show` or
-//! `down`; the VPN answers with JSON (public keys, fingerprints, counters; never keys).
+//! The control socket of a running VPN, for `sessionkey vpn show`, `set`, `syncconf` and
+//! `down`: an owner-only Unix socket `<control dir>/vpn/NAME.sock` (the directory of
+//! [`status::control_dir`](crate::status::control_dir)). A client sends one line: `show`,
+//! `down`, `set {JSON}` or `syncconf {JSON}`; the VPN answers with JSON (public keys,
+//! fingerprints, counters; never keys). No secret crosses the socket: `syncconf` names a
+//! file the VPN reads itself.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
-use serde_json::Value;
+use serde_json::{json, Value};
+use sessionkey_proto::keys::PublicKey;
+use sessionkey_proto::vpn::Cidr;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 
-use super::device::Device;
+use super::device::{Device, PeerChange};
+use super::VpnConfig;
+
+/// The longest command line a client may send.
+const MAX_COMMAND: u64 = 64 << 10;
 
 /// Where the VPNs' control sockets live.
 pub fn vpn_control_dir() -> PathBuf {
@@ -79,20 +87,137 @@ pub(crate) async fn serve(dev: &Arc<Device>, stop: Arc<Notify>) -> io::Result<Co
 async fn answer(conn: UnixStream, dev: &Weak<Device>, stop: &Notify) -> io::Result<()> {
     let (read, mut write) = conn.into_split();
     let mut line = String::new();
-    BufReader::new(read.take(64)).read_line(&mut line).await?;
+    BufReader::new(read.take(MAX_COMMAND))
+        .read_line(&mut line)
+        .await?;
     let Some(dev) = dev.upgrade() else {
         return Ok(());
     };
-    let body = match line.trim() {
+    let (command, arg) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
+    let body = match command {
         "show" => dev.snapshot().to_string(),
         "down" => {
             stop.notify_one();
-            serde_json::json!({ "interface": dev.name, "stopping": true }).to_string()
+            json!({ "interface": dev.name, "stopping": true }).to_string()
         }
-        other => serde_json::json!({ "error": format!("unknown command {other:?}") }).to_string(),
+        "set" => reply(parse_change(arg).and_then(|c| dev.set_peer(c))),
+        "syncconf" => {
+            let path = serde_json::from_str::<Value>(arg)
+                .ok()
+                .and_then(|v| v["path"].as_str().map(PathBuf::from));
+            reply(match path {
+                None => Err("syncconf needs {\"path\": FILE}".into()),
+                Some(path) => VpnConfig::load(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| dev.sync_peers(c)),
+            })
+        }
+        other => json!({ "error": format!("unknown command {other:?}") }).to_string(),
     };
+    // New or changed peers may want a handshake or keepalive now.
+    dev.timers.arm(std::time::Instant::now());
     write.write_all(body.as_bytes()).await?;
     write.shutdown().await
+}
+
+fn reply(result: Result<String, String>) -> String {
+    match result {
+        Ok(done) => json!({ "ok": done }).to_string(),
+        Err(e) => json!({ "error": e }).to_string(),
+    }
+}
+
+/// A `set` command's JSON, as [`change_json`] writes it.
+fn parse_change(arg: &str) -> Result<PeerChange, String> {
+    let v: Value = serde_json::from_str(arg).map_err(|e| format!("bad set command: {e}"))?;
+    let public_key: PublicKey = v["public_key"]
+        .as_str()
+        .ok_or("set needs a public_key")?
+        .parse()
+        .map_err(|e| format!("public key: {e}"))?;
+    let allowed_ips = match &v["allowed_ips"] {
+        Value::Null => None,
+        Value::Array(a) => Some(
+            a.iter()
+                .map(|c| {
+                    c.as_str()
+                        .unwrap_or_default()
+                        .parse::<Cidr>()
+                        .map_err(|e| format!("allowed-ips {c}: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        _ => return Err("allowed_ips must be a list".into()),
+    };
+    let endpoint = match &v["endpoint"] {
+        Value::Null => None,
+        e => Some(
+            e.as_str()
+                .unwrap_or_default()
+                .parse()
+                .map_err(|e| format!("endpoint: {e}"))?,
+        ),
+    };
+    let persistent_keepalive = v["persistent_keepalive"]
+        .as_u64()
+        .map(|s| (s > 0).then(|| std::time::Duration::from_secs(s)));
+    Ok(PeerChange {
+        public_key: Some(public_key),
+        remove: v["remove"].as_bool().unwrap_or(false),
+        allowed_ips,
+        endpoint,
+        persistent_keepalive,
+    })
+}
+
+fn change_json(change: &PeerChange) -> Value {
+    json!({
+        "public_key": change.public_key.map(|k| k.to_base64()),
+        "remove": change.remove,
+        "allowed_ips": change.allowed_ips.as_ref().map(|a| a.iter().map(|c| c.to_string()).collect::<Vec<_>>()),
+        "endpoint": change.endpoint.map(|e| e.to_string()),
+        "persistent_keepalive": change.persistent_keepalive.map(|k| k.map_or(0, |d| d.as_secs())),
+    })
+}
+
+/// What a change command answered: its summary, or the VPN's refusal as an error of kind
+/// `InvalidInput`.
+fn answered(v: Value) -> io::Result<String> {
+    match (v["ok"].as_str(), v["error"].as_str()) {
+        (Some(ok), _) => Ok(ok.to_string()),
+        (_, Some(e)) => Err(io::Error::new(io::ErrorKind::InvalidInput, e.to_string())),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected answer {v}"),
+        )),
+    }
+}
+
+/// Add, change or remove one peer of the running VPN `name` (`vpn set`); the other peers'
+/// sessions are untouched. Returns what was done.
+pub async fn set(name: &str, change: &PeerChange) -> io::Result<String> {
+    let path = socket_path(name);
+    let v = ask(&path, &format!("set {}", change_json(change)))
+        .await
+        .map_err(|e| not_running(name, e))?;
+    answered(v)
+}
+
+/// Make the running VPN `name`'s peers those of the configuration file `config` (`vpn
+/// syncconf`): new peers added, missing ones removed, the others changed in place with
+/// their sessions kept. The VPN reads the file itself (give an absolute path).
+pub async fn syncconf(name: &str, config: &Path) -> io::Result<String> {
+    let path = socket_path(name);
+    let v = ask(
+        &path,
+        &format!(
+            "syncconf {}",
+            json!({ "path": config.display().to_string() })
+        ),
+    )
+    .await
+    .map_err(|e| not_running(name, e))?;
+    answered(v)
 }
 
 async fn ask(path: &Path, command: &str) -> io::Result<Value> {

@@ -30,7 +30,7 @@ use sessionkey_proto::vpn::message::{self, Message};
 use sessionkey_proto::vpn::{packet_destination, packet_source, prescreen, Prescreen, SealError};
 use tun_rs::GROTable;
 
-use super::device::{Device, PeerState, MAX_STAGED};
+use super::device::{Device, PeerState, Table, MAX_STAGED};
 use super::tun::{BATCH, VNET_HDR_LEN};
 use super::udp::GsoBatch;
 
@@ -95,17 +95,18 @@ pub(crate) fn outbound(dev: &Device, hs: &SyncSender<Job>) -> io::Result<()> {
         };
         let now = Instant::now();
         let mut wake = false;
+        let table = dev.table();
         for (buf, &len) in bufs.iter_mut().zip(&sizes).take(n) {
             if HEADER_LEN + len + TAG_LEN > buf.len() {
                 continue;
             }
-            let Some(peer) = packet_destination(&buf[HEADER_LEN..HEADER_LEN + len])
-                .and_then(|dst| dev.routes.get(dst).copied())
+            let Some((peer, slot)) = packet_destination(&buf[HEADER_LEN..HEADER_LEN + len])
+                .and_then(|dst| table.route(dst))
+                .and_then(|id| Some((id, table.peer(id)?)))
             else {
                 dev.count(&dev.counters.no_route);
                 continue;
             };
-            let slot = &dev.peers[peer];
             let mut st = slot.lock();
             let sealed = st
                 .peer
@@ -168,6 +169,7 @@ pub(crate) fn inbound(dev: &Device, hs: &SyncSender<Job>) -> io::Result<()> {
         let now = Instant::now();
         let mut out = 0;
         let mut wake = false;
+        let table = dev.table();
         for (buf, m) in storage.iter_mut().zip(&meta).take(n) {
             let stride = if m.stride == 0 { m.len } else { m.stride };
             for seg in buf[..m.len].chunks_mut(stride.max(1)) {
@@ -178,7 +180,7 @@ pub(crate) fn inbound(dev: &Device, hs: &SyncSender<Job>) -> io::Result<()> {
                         continue;
                     }
                     Prescreen::CookieReply { receiver_index } => {
-                        cookie_reply(dev, now, seg, receiver_index);
+                        cookie_reply(dev, &table, now, seg, receiver_index);
                         continue;
                     }
                     Prescreen::BadMac => {
@@ -190,12 +192,15 @@ pub(crate) fn inbound(dev: &Device, hs: &SyncSender<Job>) -> io::Result<()> {
                         continue;
                     }
                 }
-                let Some(peer) = peek_receiver_index(seg).and_then(|i| dev.peer_of_index(i)) else {
+                let Some((peer, slot)) = peek_receiver_index(seg)
+                    .and_then(|i| dev.peer_of_index(i))
+                    .and_then(|id| Some((id, table.peer(id)?)))
+                else {
                     dev.count(&dev.counters.unknown_index);
                     continue;
                 };
                 let payload = {
-                    let mut st = dev.peers[peer].lock();
+                    let mut st = slot.lock();
                     let opened = st.peer.open(now, m.addr, seg);
                     if let Some(t) = st.peer.poll_timeout() {
                         wake |= dev.timers.arm(t);
@@ -220,7 +225,7 @@ pub(crate) fn inbound(dev: &Device, hs: &SyncSender<Job>) -> io::Result<()> {
                     continue; // a keepalive
                 }
                 // Cryptokey routing, inbound: the inner source must be this peer's.
-                if packet_source(payload).and_then(|s| dev.routes.get(s).copied()) != Some(peer) {
+                if packet_source(payload).and_then(|s| table.route(s)) != Some(peer) {
                     dev.count(&dev.counters.spoofed_source);
                     continue;
                 }
@@ -273,8 +278,11 @@ pub(crate) fn flush_staged(dev: &Device, st: &mut PeerState, now: Instant, buf: 
 /// A cookie reply, handled where it was received: the peer whose handshake it answers
 /// opens it (one AEAD open); one for no index of ours, or that does not open, is dropped
 /// and counted.
-fn cookie_reply(dev: &Device, now: Instant, seg: &[u8], receiver_index: u32) {
-    let Some(peer) = dev.peer_of_index(receiver_index) else {
+fn cookie_reply(dev: &Device, table: &Table, now: Instant, seg: &[u8], receiver_index: u32) {
+    let Some((peer, slot)) = dev
+        .peer_of_index(receiver_index)
+        .and_then(|id| Some((id, table.peer(id)?)))
+    else {
         dev.count(&dev.counters.cookie_refused);
         return;
     };
@@ -282,7 +290,7 @@ fn cookie_reply(dev: &Device, now: Instant, seg: &[u8], receiver_index: u32) {
         dev.count(&dev.counters.malformed);
         return;
     };
-    let result = dev.peers[peer].lock().peer.handle_cookie_reply(now, &c);
+    let result = slot.lock().peer.handle_cookie_reply(now, &c);
     match result {
         Ok(()) => tracing::debug!("cookie reply for peer {}: it is under load", peer + 1),
         Err(_) => dev.count(&dev.counters.cookie_refused),

@@ -20,7 +20,7 @@ use sessionkey_proto::vpn::ratelimit::DEFAULT_LOAD_THRESHOLD;
 use sessionkey_proto::vpn::{HandshakeGate, Screen, SealError};
 
 use super::datapath::{flush_staged, slot_len, Job};
-use super::device::{unix_nanos, Device};
+use super::device::{unix_nanos, Device, PeerSlot, Table};
 
 /// Logs a repeated event at debug level at most once a second, with its count.
 struct Throttle(Option<Instant>);
@@ -77,8 +77,9 @@ pub(crate) fn run(dev: &Device, jobs: Receiver<Job>) -> Result<(), sessionkey_pr
         match job {
             Ok(Job::Message { bytes, from }) => {
                 dev.queued.fetch_sub(1, Ordering::Relaxed);
-                if let Some(peer) = h.handle_message(now, &bytes, from) {
-                    if let Some(t) = h.service(peer, now) {
+                let table = dev.table();
+                if let Some((peer, slot)) = h.handle_message(&table, now, &bytes, from) {
+                    if let Some(t) = h.service(peer, slot, now) {
                         dev.timers.arm(t);
                     }
                 }
@@ -112,8 +113,11 @@ impl Handshaker<'_> {
     /// Service every peer and publish their earliest deadline.
     fn scan(&mut self, now: Instant) {
         let mut next = None;
-        for i in 0..self.dev.peers.len() {
-            next = min_opt(next, self.service(i, now));
+        let table = self.dev.table();
+        for (i, e) in table.entries.iter().enumerate() {
+            if let Some(e) = e {
+                next = min_opt(next, self.service(i, &e.slot, now));
+            }
         }
         self.dev.timers.set(next);
     }
@@ -121,20 +125,19 @@ impl Handshaker<'_> {
     /// Run peer `i`'s timers and send what it wants; returns its next deadline. Runs again
     /// when sending (a kept packet, a keepalive) made the peer want a handshake, so that
     /// one leaves now rather than at the next deadline.
-    fn service(&mut self, i: usize, now: Instant) -> Option<Instant> {
+    fn service(&mut self, i: usize, slot: &PeerSlot, now: Instant) -> Option<Instant> {
         for _ in 0..3 {
-            if !self.service_once(i, now) {
+            if !self.service_once(i, slot, now) {
                 break;
             }
         }
-        self.dev.peers[i].lock().peer.poll_timeout()
+        slot.lock().peer.poll_timeout()
     }
 
     /// One pass of [`service`](Self::service); returns whether the peer wants an
     /// initiation again.
-    fn service_once(&mut self, i: usize, now: Instant) -> bool {
+    fn service_once(&mut self, i: usize, slot: &PeerSlot, now: Instant) -> bool {
         let dev = self.dev;
-        let slot = &dev.peers[i];
         let wants_initiation = {
             let mut st = slot.lock();
             st.peer.handle_timeout(now);
@@ -192,7 +195,13 @@ impl Handshaker<'_> {
     }
 
     /// Handle one handshake message; returns the peer it concerned, if any.
-    fn handle_message(&mut self, now: Instant, bytes: &[u8], from: SocketAddr) -> Option<usize> {
+    fn handle_message<'t>(
+        &mut self,
+        table: &'t Table,
+        now: Instant,
+        bytes: &[u8],
+        from: SocketAddr,
+    ) -> Option<(usize, &'t PeerSlot)> {
         let dev = self.dev;
         let Ok(msg) = message::parse(bytes) else {
             dev.count(&dev.counters.malformed);
@@ -249,7 +258,11 @@ impl Handshaker<'_> {
                         return None;
                     }
                 };
-                let Some(&peer) = dev.by_key.get(&read.initiator) else {
+                let Some((peer, slot)) = table
+                    .by_key
+                    .get(&read.initiator)
+                    .and_then(|&id| Some((id, &**table.peer(id)?)))
+                else {
                     dev.count(&dev.counters.unknown_peer);
                     let who = read.initiator;
                     self.unknown_peer_log
@@ -264,7 +277,6 @@ impl Handshaker<'_> {
                     return None;
                 };
                 let index = dev.fresh_index(peer);
-                let slot = &dev.peers[peer];
                 let mut st = slot.lock();
                 match st
                     .peer
@@ -287,14 +299,16 @@ impl Handshaker<'_> {
                             });
                     }
                 }
-                Some(peer)
+                Some((peer, slot))
             }
             Message::Response(resp) => {
-                let Some(peer) = dev.peer_of_index(resp.receiver_index) else {
+                let Some((peer, slot)) = dev
+                    .peer_of_index(resp.receiver_index)
+                    .and_then(|id| Some((id, &**table.peer(id)?)))
+                else {
                     dev.count(&dev.counters.unknown_index);
                     return None;
                 };
-                let slot = &dev.peers[peer];
                 let result = slot.lock().peer.handle_response(now, &resp, from);
                 match result {
                     Ok(()) => tracing::debug!(
@@ -312,7 +326,7 @@ impl Handshaker<'_> {
                             });
                     }
                 }
-                Some(peer)
+                Some((peer, slot))
             }
             Message::CookieReply(_) | Message::Data => None,
         }

@@ -8,7 +8,7 @@
 //!   recvmmsg, GSO, GRO; buffers sized by the VPN itself);
 //! - `datapath`: one thread per direction, batched, no allocation per packet;
 //! - `handshaker`: one thread for handshakes and timers (the only one doing public-key work);
-//! - [`control`]: the socket behind `vpn show` and `vpn down`.
+//! - [`control`]: the socket behind `vpn show`, `set`, `syncconf` and `down`.
 //!
 //! [`run`] brings the interface up and keeps it until SIGTERM, SIGINT or `vpn down`, then
 //! stops the threads and removes the interface.
@@ -27,7 +27,8 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 pub use config::{ConfigError, PeerEntry, VpnConfig};
-pub use control::{down, show, vpn_control_dir, NotRunning};
+pub use control::{down, set, show, syncconf, vpn_control_dir, NotRunning};
+pub use device::PeerChange;
 pub use tun::TunError;
 
 use datapath::{Job, HANDSHAKE_QUEUE};
