@@ -32,6 +32,10 @@ const VETH_B: &str = "10.231.0.2";
 const TUN_A: &str = "10.231.1.1";
 const TUN_B: &str = "10.231.1.2";
 const PORT: u16 = 51820;
+/// A network behind A, outside the tunnel's prefix: reachable from B only by the route
+/// `routes = "auto"` adds.
+const A_LAN: &str = "10.231.9.0/24";
+const A_LAN_HOST: &str = "10.231.9.1";
 
 fn preconditions() {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -386,9 +390,11 @@ fn vpn_between_two_namespaces() {
         &config_b,
         format!(
             "[interface]\nname = \"{}\"\nprivate_key_file = \"b.key\"\naddress = [\"{TUN_B}/24\"]\n\
-             listen_port = {PORT}\nrekey_interval = 1.5\n\n\
-             [[peer]]\npublic_key = \"{key_a}\"\nallowed_ips = [\"{TUN_A}/32\"]\n",
-            lab.tun_b
+             listen_port = {PORT}\nrekey_interval = 1.5\nroutes = \"auto\"\n\
+             post_up = \"echo up %i >> {hooks}\"\npost_down = [\"echo down %i >> {hooks}\"]\n\n\
+             [[peer]]\npublic_key = \"{key_a}\"\nallowed_ips = [\"{TUN_A}/32\", \"{A_LAN}\"]\n",
+            lab.tun_b,
+            hooks = lab.dir.join("hooks.out").display(),
         ),
     )
     .unwrap();
@@ -404,6 +410,31 @@ fn vpn_between_two_namespaces() {
         "no ping through the tunnel; logs:\n{}\n{}",
         lab.log("a.log"),
         lab.log("b.log")
+    );
+    // 1b. routes = "auto": B routes A's other network through the tunnel, and the
+    // post_up hook ran with the interface name.
+    let route = run(Command::new("ip").args(["-n", &ns_b, "route", "show", A_LAN]));
+    let route = String::from_utf8_lossy(&route.stdout).to_string();
+    assert!(
+        route.contains(&lab.tun_b),
+        "no route for {A_LAN}: {route:?}"
+    );
+    ip(&[
+        "-n",
+        &ns_a,
+        "addr",
+        "add",
+        &format!("{A_LAN_HOST}/32"),
+        "dev",
+        "lo",
+    ]);
+    assert!(
+        lab.ping(&ns_b, &["-c", "2", "-i", "0.2", "-W", "3", A_LAN_HOST]),
+        "{A_LAN} behind A is not reachable from B"
+    );
+    assert_eq!(
+        std::fs::read_to_string(lab.dir.join("hooks.out")).unwrap_or_default(),
+        format!("up {}\n", lab.tun_b)
     );
     let b0 = lab.show(&lab.tun_b);
     assert!(peer0(&b0, "rx_packets") >= 3, "{b0:#}");
@@ -550,7 +581,7 @@ fn vpn_between_two_namespaces() {
     assert_eq!(peer[0], key_a);
     assert_eq!(peer[1], "(none)");
     assert!(peer[2].starts_with(VETH_A), "endpoint {}", peer[2]);
-    assert_eq!(peer[3], format!("{TUN_A}/32"));
+    assert_eq!(peer[3], format!("{TUN_A}/32,{A_LAN}"));
     let unix_now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -716,6 +747,11 @@ fn vpn_between_two_namespaces() {
         lab.log("a.log")
     );
     assert!(lab.log("b.log").contains("interface removed"));
+    assert_eq!(
+        std::fs::read_to_string(lab.dir.join("hooks.out")).unwrap_or_default(),
+        format!("up {0}\ndown {0}\n", lab.tun_b),
+        "post_down did not run"
+    );
     drop(relay);
     assert!(
         started.elapsed() < Duration::from_secs(60),

@@ -135,6 +135,10 @@ fn parse_set(words: &[String]) -> Result<vpn::PeerChange, String> {
             }
             "endpoint" => {
                 let e = it.next().ok_or(usage)?;
+                change.endpoint_host = e
+                    .parse::<std::net::SocketAddr>()
+                    .is_err()
+                    .then(|| e.to_string());
                 change.endpoint = Some(
                     std::net::ToSocketAddrs::to_socket_addrs(e)
                         .map_err(|err| format!("endpoint {e:?}: {err} (write HOST:PORT)"))?

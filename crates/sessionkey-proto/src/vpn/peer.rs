@@ -470,6 +470,13 @@ impl Peer {
         }
     }
 
+    /// Initiations sent for the handshake in progress without a response (0 when none is
+    /// in progress): 4 means about 15 s of silence with the default backoff, when a
+    /// driver may resolve a DNS endpoint again.
+    pub fn handshake_attempts(&self) -> u32 {
+        self.attempt
+    }
+
     /// Whether a new initiation should be sent now.
     pub fn wants_initiation(&self) -> bool {
         self.want_initiation

@@ -167,6 +167,7 @@ fn parse_change(arg: &str) -> Result<PeerChange, String> {
         allowed_ips,
         endpoint,
         persistent_keepalive,
+        endpoint_host: v["endpoint_host"].as_str().map(str::to_string),
     })
 }
 
@@ -176,6 +177,7 @@ fn change_json(change: &PeerChange) -> Value {
         "remove": change.remove,
         "allowed_ips": change.allowed_ips.as_ref().map(|a| a.iter().map(|c| c.to_string()).collect::<Vec<_>>()),
         "endpoint": change.endpoint.map(|e| e.to_string()),
+        "endpoint_host": change.endpoint_host,
         "persistent_keepalive": change.persistent_keepalive.map(|k| k.map_or(0, |d| d.as_secs())),
     })
 }

@@ -11,7 +11,7 @@
 //! Peer ids are positions in the table; a removed peer leaves an empty place, so ids in
 //! the index table never point to another peer.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -25,6 +25,7 @@ use sessionkey_proto::vpn::{AllowedIps, Cidr, Local, Mac1Verifier, Peer, PeerCon
 use tun_rs::{InterruptEvent, SyncDevice};
 
 use super::config::VpnConfig;
+use super::routes::RoutePolicy;
 use super::udp::Udp;
 use super::VpnError;
 
@@ -36,6 +37,11 @@ pub(crate) struct PeerState {
     pub(crate) peer: Peer,
     /// Packets waiting for a session.
     pub(crate) staged: VecDeque<Vec<u8>>,
+    /// The endpoint as configured when it is a DNS name, resolved again while handshakes
+    /// fail.
+    pub(crate) endpoint_host: Option<String>,
+    /// When the name was last resolved again.
+    pub(crate) resolved_at: Option<Instant>,
 }
 
 /// A peer: its lock-protected state and its public key.
@@ -117,6 +123,8 @@ pub struct PeerChange {
     pub endpoint: Option<SocketAddr>,
     /// Set its persistent keepalive (`Some(None)`: off).
     pub persistent_keepalive: Option<Option<Duration>>,
+    /// The endpoint as written when it is a DNS name (`syncconf`).
+    pub endpoint_host: Option<String>,
 }
 
 impl PeerSlot {
@@ -189,6 +197,11 @@ pub(crate) struct Device {
     /// Serialises changes to the table (readers never wait for it).
     changes: Mutex<()>,
     local: Local,
+    /// Where automatic routes go (`routes = "auto"`), and those added.
+    route_policy: Option<RoutePolicy>,
+    routed: Mutex<BTreeSet<Cidr>>,
+    /// The firewall mark of the UDP socket, for `vpn show`.
+    pub(crate) fwmark: Option<u32>,
     pub(crate) indexes: RwLock<HashMap<u32, usize>>,
     pub(crate) counters: Counters,
     /// Handshake messages waiting in the handshake thread's queue.
@@ -205,7 +218,7 @@ impl Device {
     /// Create the interface and the socket, and the peers from `config`.
     pub(crate) fn new(config: VpnConfig) -> Result<Self, VpnError> {
         let now = Instant::now();
-        let udp = Udp::bind(config.listen_port).map_err(|e| VpnError::Udp {
+        let udp = Udp::bind(config.listen_port, config.fwmark).map_err(|e| VpnError::Udp {
             port: config.listen_port,
             source: e,
         })?;
@@ -219,19 +232,25 @@ impl Device {
         };
         let mut entries = Vec::new();
         for p in config.peers {
-            entries.push(Some(
-                new_entry(
-                    &local,
-                    p.public_key,
-                    p.psk,
-                    p.endpoint,
-                    p.persistent_keepalive,
-                    p.allowed_ips,
-                    now,
-                )
-                .map_err(VpnError::Protocol)?,
-            ));
+            let host = p.endpoint_host.clone();
+            let e = new_entry(
+                &local,
+                p.public_key,
+                p.psk,
+                p.endpoint,
+                p.persistent_keepalive,
+                p.allowed_ips,
+                now,
+            )
+            .map_err(VpnError::Protocol)?;
+            e.slot.lock().endpoint_host = host;
+            entries.push(Some(e));
         }
+        let route_policy = config.routes.then(|| RoutePolicy {
+            name: config.name.clone(),
+            table: config.table.clone(),
+            own: config.addresses.clone(),
+        });
         Ok(Self {
             name: config.name,
             identity: config.identity.clone(),
@@ -245,6 +264,9 @@ impl Device {
             table: RwLock::new(Arc::new(Table::build(entries))),
             changes: Mutex::new(()),
             local,
+            route_policy,
+            routed: Mutex::new(BTreeSet::new()),
+            fwmark: config.fwmark,
             indexes: RwLock::new(HashMap::new()),
             counters: Counters::default(),
             queued: AtomicUsize::new(0),
@@ -321,8 +343,42 @@ impl Device {
         let mut entries = self.table().entries.clone();
         edit(&mut entries)?;
         let table = Arc::new(Table::build(entries));
-        *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = table.clone();
+        if let Err(e) = self.sync_routes(&table) {
+            tracing::warn!("vpn {}: {e}", self.name);
+        }
         Ok(())
+    }
+
+    /// `routes = "auto"`: add the routes for every peer's allowed IPs (at start).
+    pub(crate) fn install_routes(&self) -> Result<(), VpnError> {
+        self.sync_routes(&self.table())
+    }
+
+    /// Make the routes added those `table`'s allowed IPs want: add the new, delete the
+    /// ones no peer holds any more.
+    fn sync_routes(&self, table: &Table) -> Result<(), VpnError> {
+        let Some(policy) = &self.route_policy else {
+            return Ok(());
+        };
+        let wanted = policy.wanted(table.entries.iter().flatten().flat_map(|e| &e.allowed_ips));
+        let mut routed = self.routed.lock().unwrap_or_else(|p| p.into_inner());
+        let stale: BTreeSet<Cidr> = routed.difference(&wanted).copied().collect();
+        policy.delete(&stale);
+        routed.retain(|n| !stale.contains(n));
+        let new: BTreeSet<Cidr> = wanted.difference(&routed).copied().collect();
+        let added = policy.add(&new)?;
+        routed.extend(added);
+        Ok(())
+    }
+
+    /// Delete the routes added (at down; the kernel would delete them with the device).
+    pub(crate) fn remove_routes(&self) {
+        if let Some(policy) = &self.route_policy {
+            let mut routed = self.routed.lock().unwrap_or_else(|p| p.into_inner());
+            policy.delete(&routed);
+            routed.clear();
+        }
     }
 
     /// `vpn set`: add, change or remove one peer; the others are untouched.
@@ -401,6 +457,7 @@ impl Device {
                             allowed_ips: Some(p.allowed_ips),
                             endpoint: p.endpoint,
                             persistent_keepalive: Some(p.persistent_keepalive),
+                            endpoint_host: p.endpoint_host,
                         };
                         apply_change(e, &change, now);
                         e.has_psk = p.psk.is_some();
@@ -410,6 +467,7 @@ impl Device {
                 }
             }
             for p in wanted.into_values() {
+                let host = p.endpoint_host.clone();
                 let e = new_entry(
                     &self.local,
                     p.public_key,
@@ -420,6 +478,7 @@ impl Device {
                     now,
                 )
                 .map_err(|e| e.to_string())?;
+                e.slot.lock().endpoint_host = host;
                 entries.push(Some(e));
                 added += 1;
             }
@@ -490,6 +549,9 @@ impl Device {
             "offload": { "tun": self.tun.tcp_gso(), "udp_gso_segments": self.udp.max_gso_segments(),
                          "udp_gro_segments": self.udp.gro_segments() },
             "udp_recv_buffer": self.udp.recv_buffer(),
+            "fwmark": self.fwmark,
+            "routes": self.routed.lock().unwrap_or_else(|p| p.into_inner())
+                .iter().map(ToString::to_string).collect::<Vec<_>>(),
             "uptime_secs": uptime,
             "peers": peers,
             "counters": self.counters.to_json(),
@@ -523,6 +585,8 @@ fn new_entry(
             state: Mutex::new(PeerState {
                 peer,
                 staged: VecDeque::new(),
+                endpoint_host: None,
+                resolved_at: None,
             }),
             public_key,
         }),
@@ -540,6 +604,7 @@ fn apply_change(e: &mut Entry, change: &PeerChange, now: Instant) {
     let mut st = e.slot.lock();
     if let Some(endpoint) = change.endpoint {
         st.peer.set_endpoint(endpoint);
+        st.endpoint_host.clone_from(&change.endpoint_host);
     }
     if let Some(keepalive) = change.persistent_keepalive {
         e.persistent_keepalive = keepalive;

@@ -10,6 +10,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sessionkey_proto::crypto::SystemRandom;
@@ -20,7 +21,7 @@ use sessionkey_proto::vpn::ratelimit::DEFAULT_LOAD_THRESHOLD;
 use sessionkey_proto::vpn::{HandshakeGate, Screen, SealError};
 
 use super::datapath::{flush_staged, slot_len, Job};
-use super::device::{unix_nanos, Device, PeerSlot, Table};
+use super::device::{unix_nanos, Device, PeerSlot, PeerState, Table};
 
 /// Logs a repeated event at debug level at most once a second, with its count.
 struct Throttle(Option<Instant>);
@@ -101,6 +102,53 @@ pub(crate) fn run(dev: &Device, jobs: Receiver<Job>) -> Result<(), sessionkey_pr
     Ok(())
 }
 
+/// Handshakes without a response after which a DNS endpoint is resolved again (about 15 s
+/// with the default backoff: 1 + 2 + 4 + 8 s).
+const RESOLVE_AFTER_ATTEMPTS: u32 = 4;
+/// At most this often per peer.
+const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A peer configured with a DNS name whose handshakes keep failing (or gave up): resolve
+/// the name again, on its own thread (a resolver can block for seconds), and point the
+/// peer at the new address if it changed (the endpoint's host may have moved, as
+/// wg-quick's reresolve-dns does).
+fn maybe_resolve_again(slot: &Arc<PeerSlot>, st: &mut PeerState, gave_up: bool, now: Instant) {
+    let Some(host) = st.endpoint_host.clone() else {
+        return;
+    };
+    let failing = gave_up || st.peer.handshake_attempts() >= RESOLVE_AFTER_ATTEMPTS;
+    let due = st
+        .resolved_at
+        .is_none_or(|t| now.saturating_duration_since(t) >= RESOLVE_INTERVAL);
+    if !failing || !due {
+        return;
+    }
+    st.resolved_at = Some(now);
+    let slot = slot.clone();
+    let spawned = std::thread::Builder::new()
+        .name("sk-vpn-dns".into())
+        .spawn(move || {
+            use std::net::ToSocketAddrs;
+            match host.to_socket_addrs().map(|mut a| a.next()) {
+                Ok(Some(addr)) => {
+                    let mut st = slot.lock();
+                    if st.peer.endpoint() != Some(addr) {
+                        tracing::info!(
+                            "peer {}: {host} now resolves to {addr}; using it",
+                            slot.public_key.fingerprint()
+                        );
+                        st.peer.set_endpoint(addr);
+                    }
+                }
+                Ok(None) => tracing::debug!("{host} resolves to no address"),
+                Err(e) => tracing::debug!("cannot resolve {host} again: {e}"),
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::debug!("cannot start a resolver thread: {e}");
+    }
+}
+
 pub(crate) fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -125,7 +173,7 @@ impl Handshaker<'_> {
     /// Run peer `i`'s timers and send what it wants; returns its next deadline. Runs again
     /// when sending (a kept packet, a keepalive) made the peer want a handshake, so that
     /// one leaves now rather than at the next deadline.
-    fn service(&mut self, i: usize, slot: &PeerSlot, now: Instant) -> Option<Instant> {
+    fn service(&mut self, i: usize, slot: &Arc<PeerSlot>, now: Instant) -> Option<Instant> {
         for _ in 0..3 {
             if !self.service_once(i, slot, now) {
                 break;
@@ -136,12 +184,14 @@ impl Handshaker<'_> {
 
     /// One pass of [`service`](Self::service); returns whether the peer wants an
     /// initiation again.
-    fn service_once(&mut self, i: usize, slot: &PeerSlot, now: Instant) -> bool {
+    fn service_once(&mut self, i: usize, slot: &Arc<PeerSlot>, now: Instant) -> bool {
         let dev = self.dev;
         let wants_initiation = {
             let mut st = slot.lock();
             st.peer.handle_timeout(now);
-            if st.peer.take_gave_up() {
+            let gave_up = st.peer.take_gave_up();
+            maybe_resolve_again(slot, &mut st, gave_up, now);
+            if gave_up {
                 let dropped = st.staged.len() as u64;
                 st.staged.clear();
                 dev.counters
@@ -201,7 +251,7 @@ impl Handshaker<'_> {
         now: Instant,
         bytes: &[u8],
         from: SocketAddr,
-    ) -> Option<(usize, &'t PeerSlot)> {
+    ) -> Option<(usize, &'t Arc<PeerSlot>)> {
         let dev = self.dev;
         let Ok(msg) = message::parse(bytes) else {
             dev.count(&dev.counters.malformed);
@@ -261,7 +311,7 @@ impl Handshaker<'_> {
                 let Some((peer, slot)) = table
                     .by_key
                     .get(&read.initiator)
-                    .and_then(|&id| Some((id, &**table.peer(id)?)))
+                    .and_then(|&id| Some((id, table.peer(id)?)))
                 else {
                     dev.count(&dev.counters.unknown_peer);
                     let who = read.initiator;
@@ -304,7 +354,7 @@ impl Handshaker<'_> {
             Message::Response(resp) => {
                 let Some((peer, slot)) = dev
                     .peer_of_index(resp.receiver_index)
-                    .and_then(|id| Some((id, &**table.peer(id)?)))
+                    .and_then(|id| Some((id, table.peer(id)?)))
                 else {
                     dev.count(&dev.counters.unknown_index);
                     return None;

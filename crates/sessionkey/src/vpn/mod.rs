@@ -18,6 +18,7 @@ pub mod control;
 mod datapath;
 mod device;
 mod handshaker;
+mod routes;
 mod tun;
 mod udp;
 
@@ -26,7 +27,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-pub use config::{ConfigError, PeerEntry, VpnConfig};
+pub use config::{ConfigError, Hooks, PeerEntry, VpnConfig};
 pub use control::{down, set, show, syncconf, vpn_control_dir, NotRunning};
 pub use device::PeerChange;
 pub use tun::TunError;
@@ -59,6 +60,19 @@ pub enum VpnError {
     /// An I/O failure while running (the control socket, a dead device).
     #[error(transparent)]
     Io(std::io::Error),
+    /// A `pre_up`/`post_up`/`pre_down`/`post_down` command failed.
+    #[error("{stage} command `{command}` {detail}")]
+    Hook {
+        /// The hook.
+        stage: &'static str,
+        /// The command, with `%i` replaced.
+        command: String,
+        /// How it failed.
+        detail: String,
+    },
+    /// A route could not be added (`routes = "auto"`).
+    #[error("{0}; set routes = \"off\" in [interface] to add routes yourself")]
+    Route(String),
 }
 
 /// What stops a running VPN, besides SIGTERM and SIGINT.
@@ -82,7 +96,14 @@ impl StopHandle {
 pub async fn run(config: VpnConfig, stop: StopHandle) -> Result<(), VpnError> {
     let name = config.name.clone();
     let peers = config.peers.len();
+    let hooks = config.hooks.clone();
+    routes::run_hooks("pre_up", &hooks.pre_up, &name)?;
     let dev = Arc::new(Device::new(config)?);
+    dev.install_routes()?;
+    if let Err(e) = routes::run_hooks("post_up", &hooks.post_up, &name) {
+        dev.remove_routes();
+        return Err(e);
+    }
     let control = control::serve(&dev, stop.0.clone())
         .await
         .map_err(VpnError::Io)?;
@@ -155,10 +176,17 @@ pub async fn run(config: VpnConfig, stop: StopHandle) -> Result<(), VpnError> {
     if joined.is_err() {
         tracing::warn!("vpn {name}: a thread did not stop cleanly");
     }
+    if let Err(e) = routes::run_hooks("pre_down", &hooks.pre_down, &name) {
+        tracing::warn!("vpn {name}: {e}");
+    }
+    dev.remove_routes();
     // The last reference: closing the TUN device removes the interface.
     drop(dev);
     drop(control);
     tracing::info!("vpn {name} down: interface removed");
+    if let Err(e) = routes::run_hooks("post_down", &hooks.post_down, &name) {
+        tracing::warn!("vpn {name}: {e}");
+    }
     result
 }
 

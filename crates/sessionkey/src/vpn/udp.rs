@@ -26,8 +26,9 @@ pub(crate) struct Udp {
 }
 
 impl Udp {
-    /// Bind `[::]:port` (dual-stack), else `0.0.0.0:port` where IPv6 is off.
-    pub(crate) fn bind(port: u16) -> io::Result<Self> {
+    /// Bind `[::]:port` (dual-stack), else `0.0.0.0:port` where IPv6 is off; mark the
+    /// socket's packets with `fwmark` if given (SO_MARK, for policy routing).
+    pub(crate) fn bind(port: u16, fwmark: Option<u32>) -> io::Result<Self> {
         let socket = match UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port)) {
             Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
@@ -45,6 +46,16 @@ impl Udp {
             Err(_) => UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, port))?,
         };
         let v6 = socket.local_addr()?.is_ipv6();
+        if let Some(mark) = fwmark {
+            setsockopt(&socket.as_fd(), sockopt::Mark, &mark).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "cannot set fwmark {mark} on the UDP socket: {e} (needs CAP_NET_ADMIN)"
+                    ),
+                )
+            })?;
+        }
         // Root (CAP_NET_ADMIN) may exceed net.core.rmem_max; others get what the limit allows.
         let fd = socket.as_fd();
         if setsockopt(&fd, sockopt::RcvBufForce, &BUFFER_BYTES).is_err() {
