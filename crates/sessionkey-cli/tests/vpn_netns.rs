@@ -390,7 +390,7 @@ fn vpn_between_two_namespaces() {
         &config_b,
         format!(
             "[interface]\nname = \"{}\"\nprivate_key_file = \"b.key\"\naddress = [\"{TUN_B}/24\"]\n\
-             listen_port = {PORT}\nrekey_interval = 1.5\nroutes = \"auto\"\n\
+             listen_port = {PORT}\nrekey_interval = 1.5\nroutes = \"auto\"\nuser = \"root\"\n\
              post_up = \"echo up %i >> {hooks}\"\npost_down = [\"echo down %i >> {hooks}\"]\n\n\
              [[peer]]\npublic_key = \"{key_a}\"\nallowed_ips = [\"{TUN_A}/32\", \"{A_LAN}\"]\n",
             lab.tun_b,
@@ -411,6 +411,22 @@ fn vpn_between_two_namespaces() {
         lab.log("a.log"),
         lab.log("b.log")
     );
+    // 1a. A (default user = "nobody") dropped root once up: no uid 0, no capabilities.
+    // (B keeps root: its hooks write to the test's root-owned directory, and syncconf has
+    // it read its root-only key files.)
+    let status = std::fs::read_to_string(format!("/proc/{}/status", lab.vpns[0].id())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    assert_eq!(field("Uid:"), "65534 65534 65534 65534", "{status}");
+    assert_eq!(field("CapEff:"), "0000000000000000", "{status}");
+    assert_eq!(field("CapPrm:"), "0000000000000000", "{status}");
+    assert!(lab.log("a.log").contains("running as user nobody"));
+
     // 1b. routes = "auto": B routes A's other network through the tunnel, and the
     // post_up hook ran with the interface name.
     let route = run(Command::new("ip").args(["-n", &ns_b, "route", "show", A_LAN]));

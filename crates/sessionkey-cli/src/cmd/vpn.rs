@@ -163,13 +163,16 @@ fn parse_set(words: &[String]) -> Result<vpn::PeerChange, String> {
 
 /// The exit code of a VPN failure in an error chain's link, if it is one the generic
 /// mapping does not know: 69 (unavailable) when no VPN of the name runs (`vpn down nosuch`)
-/// or the UDP port is in use.
+/// or the UDP port is in use; 77 (no permission) when root could not be dropped.
 pub(crate) fn exit_code(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
     const UNAVAILABLE: u8 = 69;
-    if let Some(VpnError::Udp { source, .. }) = cause.downcast_ref::<VpnError>() {
-        if source.kind() == std::io::ErrorKind::AddrInUse {
-            return Some(UNAVAILABLE);
+    const NOPERM: u8 = 77;
+    match cause.downcast_ref::<VpnError>() {
+        Some(VpnError::Udp { source, .. }) if source.kind() == std::io::ErrorKind::AddrInUse => {
+            return Some(UNAVAILABLE)
         }
+        Some(VpnError::Privileges(_)) => return Some(NOPERM),
+        _ => {}
     }
     let io = cause.downcast_ref::<std::io::Error>()?;
     if io

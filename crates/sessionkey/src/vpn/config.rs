@@ -6,6 +6,7 @@
 //! private_key_file = "/etc/sessionkey/site-a.key"   # written by `sessionkey keygen`
 //! address = ["10.8.0.1/24"]
 //! listen_port = 51820
+//! # user = "nobody"    # who the VPN becomes once set up; "root" keeps root
 //!
 //! [[peer]]
 //! public_key = "sessionkey-x25519 m3Lq...="
@@ -80,6 +81,9 @@ pub struct VpnConfig {
     /// Commands run by `sh -c` around bringing the interface up and down, `%i` replaced by
     /// the interface name (wg-quick's PreUp, PostUp, PreDown, PostDown).
     pub hooks: Hooks,
+    /// The user `vpn up` becomes once the interface, its routes and the sockets exist
+    /// (`user`, default `nobody`); `root` keeps root.
+    pub user: String,
     /// The peers.
     pub peers: Vec<PeerEntry>,
 }
@@ -150,6 +154,7 @@ struct RawInterface {
     routes: Option<Spanned<String>>,
     table: Option<Spanned<toml::Value>>,
     fwmark: Option<Spanned<i64>>,
+    user: Option<Spanned<String>>,
     pre_up: Option<OneOrMany>,
     post_up: Option<OneOrMany>,
     pre_down: Option<OneOrMany>,
@@ -254,7 +259,7 @@ impl VpnConfig {
                 field: field_of_toml_error(&message),
                 message: format!(
                     "{message} (fields: interface.private_key_file, address, listen_port, mtu, \
-                     hybrid, suite, rekey_interval, offload, name, routes, table, fwmark, \
+                     hybrid, suite, rekey_interval, offload, name, routes, table, fwmark, user, \
                      pre_up, post_up, pre_down, post_down; peer.public_key, endpoint, \
                      allowed_ips, preshared_key_file, persistent_keepalive)"
                 ),
@@ -481,6 +486,25 @@ impl VpnConfig {
                 )
             })?),
         };
+        let user = match &iface.user {
+            None => "nobody".to_string(),
+            Some(u) => {
+                let name = u.get_ref();
+                if name.is_empty()
+                    || name.len() > 32
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                {
+                    return Err(src.err(
+                        u.span(),
+                        "interface.user",
+                        format!("{name:?} is not a user name (\"root\" keeps root)"),
+                    ));
+                }
+                name.clone()
+            }
+        };
         let hooks = Hooks {
             pre_up: OneOrMany::into_vec(iface.pre_up),
             post_up: OneOrMany::into_vec(iface.post_up),
@@ -502,6 +526,7 @@ impl VpnConfig {
             table,
             fwmark,
             hooks,
+            user,
             peers,
         })
     }

@@ -282,13 +282,18 @@ fn not_running(name: &str, e: io::Error) -> io::Error {
     )
 }
 
-/// Ask the running VPN `name` to stop, and wait until its control socket is gone (it has
-/// removed its interface by then).
+/// Ask the running VPN `name` to stop, and wait until its control socket is gone or
+/// refuses connections (it has removed its interface by then). A VPN that dropped root
+/// cannot remove its socket file from the root-owned directory; this removes it then.
 pub async fn down(name: &str) -> io::Result<()> {
     let path = socket_path(name);
     ask(&path, "down").await.map_err(|e| not_running(name, e))?;
     for _ in 0..100 {
         if !path.exists() {
+            return Ok(());
+        }
+        if UnixStream::connect(&path).await.is_err() {
+            let _ = std::fs::remove_file(&path);
             return Ok(());
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

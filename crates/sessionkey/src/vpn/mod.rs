@@ -18,6 +18,7 @@ pub mod control;
 mod datapath;
 mod device;
 mod handshaker;
+mod privileges;
 mod routes;
 mod tun;
 mod udp;
@@ -70,6 +71,9 @@ pub enum VpnError {
         /// How it failed.
         detail: String,
     },
+    /// Root could not be dropped after setup (`user`).
+    #[error("{0}")]
+    Privileges(String),
     /// A route could not be added (`routes = "auto"`).
     #[error("{0}; set routes = \"off\" in [interface] to add routes yourself")]
     Route(String),
@@ -97,6 +101,7 @@ pub async fn run(config: VpnConfig, stop: StopHandle) -> Result<(), VpnError> {
     let name = config.name.clone();
     let peers = config.peers.len();
     let hooks = config.hooks.clone();
+    let user = config.user.clone();
     routes::run_hooks("pre_up", &hooks.pre_up, &name)?;
     let dev = Arc::new(Device::new(config)?);
     dev.install_routes()?;
@@ -107,6 +112,21 @@ pub async fn run(config: VpnConfig, stop: StopHandle) -> Result<(), VpnError> {
     let control = control::serve(&dev, stop.0.clone())
         .await
         .map_err(VpnError::Io)?;
+    // Everything privileged is done: the interface, its routes, the sockets.
+    match privileges::drop_to(&user) {
+        Ok(privileges::Dropped::To { user, uid }) => {
+            tracing::info!("vpn {name}: running as user {user} (uid {uid}), without privileges")
+        }
+        Ok(privileges::Dropped::KeptRoot) => tracing::warn!(
+            "vpn {name}: keeps running as root (user = \"root\"); the default, user = \"nobody\", \
+             drops root once the interface is up"
+        ),
+        Ok(privileges::Dropped::NotRoot) => {}
+        Err(e) => {
+            dev.remove_routes();
+            return Err(e);
+        }
+    }
     tracing::info!(
         "vpn {name} up: public key {}, UDP port {}, {peers} peer(s), suite {}, {}; offloads: TUN {}, \
          UDP GSO x{}, GRO x{}; receive buffer {} KiB",
