@@ -100,22 +100,27 @@ async fn answer(conn: UnixStream, dev: &Weak<Device>, stop: &Notify) -> io::Resu
             stop.notify_one();
             json!({ "interface": dev.name, "stopping": true }).to_string()
         }
-        "set" => reply(parse_change(arg).and_then(|c| dev.set_peer(c))),
+        "set" => {
+            let r = reply(parse_change(arg).and_then(|c| dev.set_peer(c)));
+            // A new or changed peer may want a handshake or keepalive now.
+            dev.timers.arm(std::time::Instant::now());
+            r
+        }
         "syncconf" => {
             let path = serde_json::from_str::<Value>(arg)
                 .ok()
                 .and_then(|v| v["path"].as_str().map(PathBuf::from));
-            reply(match path {
+            let r = reply(match path {
                 None => Err("syncconf needs {\"path\": FILE}".into()),
                 Some(path) => VpnConfig::load(&path)
                     .map_err(|e| e.to_string())
                     .and_then(|c| dev.sync_peers(c)),
-            })
+            });
+            dev.timers.arm(std::time::Instant::now());
+            r
         }
         other => json!({ "error": format!("unknown command {other:?}") }).to_string(),
     };
-    // New or changed peers may want a handshake or keepalive now.
-    dev.timers.arm(std::time::Instant::now());
     write.write_all(body.as_bytes()).await?;
     write.shutdown().await
 }
