@@ -769,11 +769,9 @@ fn vpn_between_two_namespaces() {
         "post_down did not run"
     );
     drop(relay);
-    assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "took {:?}",
-        started.elapsed()
-    );
+    // Every wait above has its own deadline; the total is reported, not asserted (no
+    // timed assertions: a loaded machine must not fail the test).
+    eprintln!("vpn_between_two_namespaces took {:?}", started.elapsed());
 }
 
 #[test]

@@ -1032,3 +1032,32 @@ fn responder_seals_at_the_instant_of_key_confirmation() {
     let kept = p.b.seal(p.now, b"kept").unwrap();
     assert_eq!(p.a.open(p.now, &kept, addr(B_ADDR)).unwrap(), b"kept");
 }
+
+/// Default timing: the initiator rekeys when it sends at 120 s, not before; a session is
+/// refused at 180 s (reject-after) by both sides.
+#[test]
+fn initiator_rekeys_at_120_s_and_sessions_end_at_180_s_default_timing() {
+    let mut p = pair();
+    p.handshake();
+    let start = p.now;
+    let mut last = None;
+    while p.now - start < Duration::from_secs(115) {
+        p.advance(Duration::from_secs(5));
+        let to_b = p.a.seal(p.now, b"ping").unwrap();
+        p.b.open(p.now, &to_b, addr(A_ADDR)).unwrap();
+        let to_a = p.b.seal(p.now, b"pong").unwrap();
+        p.a.open(p.now, &to_a, addr(B_ADDR)).unwrap();
+        assert!(!p.a.peer.wants_initiation(), "at {:?}", p.now - start);
+        last = Some(to_b);
+    }
+    p.advance(Duration::from_secs(5));
+    p.a.seal(p.now, b"at 120 s").unwrap();
+    assert!(p.a.peer.wants_initiation(), "no initiator rekey at 120 s");
+    // Nobody acts on it: at 180 s the session is gone on both sides.
+    p.advance(Duration::from_secs(59));
+    let late = p.a.seal(p.now, b"at 179 s").unwrap();
+    p.advance(Duration::from_secs(1));
+    assert!(matches!(p.a.seal(p.now, b"x"), Err(SealError::NoSession)));
+    assert!(p.b.open(p.now, &late, addr(A_ADDR)).is_err());
+    assert!(p.b.open(p.now, &last.unwrap(), addr(A_ADDR)).is_err());
+}
