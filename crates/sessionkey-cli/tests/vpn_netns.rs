@@ -373,6 +373,19 @@ fn vpn_between_two_namespaces() {
     let key_b = lab.keygen("b.key");
     let (relay, front_port) = Relay::start(&lab.ns_a);
 
+    // A pre-shared key for A and B (root-only file): syncconf must carry it intact, or the
+    // handshakes after it (every 1.5 s) fail.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let psk: String = {
+            use base64::Engine;
+            let bytes: Vec<u8> = (0u8..32).map(|i| i.wrapping_mul(37) ^ 0x5c).collect();
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        };
+        let path = lab.dir.join("a-b.psk");
+        std::fs::write(&path, format!("{psk}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let config_a = lab.dir.join("a.toml");
     std::fs::write(
         &config_a,
@@ -380,7 +393,7 @@ fn vpn_between_two_namespaces() {
             "[interface]\nname = \"{}\"\nprivate_key_file = \"a.key\"\naddress = [\"{TUN_A}/24\"]\n\
              listen_port = {PORT}\nrekey_interval = 1.5\n\n\
              [[peer]]\npublic_key = \"{key_b}\"\nendpoint = \"127.0.0.1:{front_port}\"\n\
-             allowed_ips = [\"{TUN_B}/32\"]\n",
+             allowed_ips = [\"{TUN_B}/32\"]\npreshared_key_file = \"a-b.psk\"\n",
             lab.tun_a
         ),
     )
@@ -392,7 +405,8 @@ fn vpn_between_two_namespaces() {
             "[interface]\nname = \"{}\"\nprivate_key_file = \"b.key\"\naddress = [\"{TUN_B}/24\"]\n\
              listen_port = {PORT}\nrekey_interval = 1.5\nroutes = \"auto\"\nuser = \"root\"\n\
              post_up = \"echo up %i >> {hooks}\"\npost_down = [\"echo down %i >> {hooks}\"]\n\n\
-             [[peer]]\npublic_key = \"{key_a}\"\nallowed_ips = [\"{TUN_A}/32\", \"{A_LAN}\"]\n",
+             [[peer]]\npublic_key = \"{key_a}\"\nallowed_ips = [\"{TUN_A}/32\", \"{A_LAN}\"]\n\
+             preshared_key_file = \"a-b.psk\"\n",
             lab.tun_b,
             hooks = lab.dir.join("hooks.out").display(),
         ),
@@ -412,8 +426,7 @@ fn vpn_between_two_namespaces() {
         lab.log("b.log")
     );
     // 1a. A (default user = "nobody") dropped root once up: no uid 0, no capabilities.
-    // (B keeps root: its hooks write to the test's root-owned directory, and syncconf has
-    // it read its root-only key files.)
+    // (B keeps root: its hooks write to the test's root-owned directory.)
     let status = std::fs::read_to_string(format!("/proc/{}/status", lab.vpns[0].id())).unwrap();
     let field = |name: &str| {
         status
@@ -595,7 +608,10 @@ fn vpn_between_two_namespaces() {
     let peer = &lines[1];
     assert_eq!(peer.len(), 8, "peer line: {dump}");
     assert_eq!(peer[0], key_a);
-    assert_eq!(peer[1], "(none)");
+    assert_eq!(
+        peer[1], "(hidden)",
+        "a pre-shared key is set, never printed"
+    );
     assert!(peer[2].starts_with(VETH_A), "endpoint {}", peer[2]);
     assert_eq!(peer[3], format!("{TUN_A}/32,{A_LAN}"));
     let unix_now = std::time::SystemTime::now()
@@ -700,6 +716,35 @@ fn vpn_between_two_namespaces() {
         .unwrap_or_default()
         .to_string();
     assert_eq!(endpoint, format!("{VETH_A}:{new_port}"));
+
+    // 6a. A dropped root; syncconf still works on it (the CLI reads the root-only files
+    // and passes the pre-shared key), and the handshakes after it (every 1.5 s while
+    // traffic flows) succeed with the key it passed.
+    let out = run(Command::new(BIN)
+        .args(["vpn", "syncconf", &lab.tun_a])
+        .arg(&config_a));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("0 peer(s) added, 0 removed, 1 kept"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A wrong key would show as refused responses on one side (the psk is mixed into the
+    // response): wait for handshakes on both sides, then check none was refused.
+    let (hs_a, hs_b) = (
+        peer0(&lab.show(&lab.tun_a), "handshakes"),
+        peer0(&lab.show(&lab.tun_b), "handshakes"),
+    );
+    eventually(
+        "handshakes on both sides after syncconf",
+        Duration::from_secs(10),
+        || {
+            let _ = lab.ping(&ns_a, &["-c", "1", "-W", "1", TUN_B]);
+            peer0(&lab.show(&lab.tun_a), "handshakes") > hs_a
+                && peer0(&lab.show(&lab.tun_b), "handshakes") > hs_b
+        },
+    );
+    assert_eq!(peer0(&lab.show(&lab.tun_a), "responses_refused"), 0);
+    assert_eq!(peer0(&lab.show(&lab.tun_b), "responses_refused"), 0);
 
     // 6b. Exit codes: `vpn down` of an unknown name is 69 (unavailable); so is a UDP port
     // in use, and the message names the port.

@@ -96,11 +96,10 @@ pub(crate) async fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Syncconf(args) => {
-            // Validated here first, so mistakes come back with file, line and field.
-            VpnConfig::load(&args.config).map_err(|e| config_error(e.to_string()))?;
-            let path = std::fs::canonicalize(&args.config)
-                .with_context(|| format!("{}", args.config.display()))?;
-            let done = vpn::syncconf(&args.name, &path).await?;
+            // Read here (as the caller, who may read root-only key files; the VPN may have
+            // dropped root), so mistakes come back with file, line and field.
+            let config = VpnConfig::load(&args.config).map_err(|e| config_error(e.to_string()))?;
+            let done = vpn::syncconf(&args.name, &config).await?;
             eprintln!("vpn {}: {done}", args.name);
             Ok(())
         }

@@ -114,6 +114,8 @@ pub struct PeerEntry {
     pub allowed_ips: Vec<Cidr>,
     /// The pre-shared key, if any.
     pub psk: Option<Psk>,
+    /// The file it was read from (for `vpn syncconf`, which passes it on).
+    pub psk_file: Option<PathBuf>,
     /// The persistent keepalive interval, if any.
     pub persistent_keepalive: Option<Duration>,
 }
@@ -412,6 +414,10 @@ impl VpnConfig {
                     "missing: list the networks this peer may use, e.g. allowed_ips = [\"10.8.0.2/32\"]",
                 ));
             }
+            let psk_file = p
+                .preshared_key_file
+                .as_ref()
+                .map(|f| src.resolve(f.get_ref()));
             let psk = match &p.preshared_key_file {
                 Some(f) => Some(
                     read_psk(&src.resolve(f.get_ref()))
@@ -437,6 +443,7 @@ impl VpnConfig {
                 endpoint_host,
                 allowed_ips,
                 psk,
+                psk_file,
                 persistent_keepalive,
             });
         }

@@ -2,22 +2,27 @@
 //! `down`: an owner-only Unix socket `<control dir>/vpn/NAME.sock` (the directory of
 //! [`status::control_dir`](crate::status::control_dir)). A client sends one line: `show`,
 //! `down`, `set {JSON}` or `syncconf {JSON}`; the VPN answers with JSON (public keys,
-//! fingerprints, counters; never keys). No secret crosses the socket: `syncconf` names a
-//! file the VPN reads itself.
+//! fingerprints, counters; never keys). `syncconf` carries the peers of a configuration
+//! file the client read (it may be root-only, and the VPN may have dropped root), with
+//! their pre-shared keys: only root can connect (the socket is 0600 in a 0700 directory),
+//! as with WireGuard's control socket, and both sides hold that line in zeroized buffers.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use serde_json::{json, Value};
 use sessionkey_proto::keys::PublicKey;
 use sessionkey_proto::vpn::Cidr;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
+use zeroize::Zeroizing;
 
 use super::device::{Device, PeerChange};
-use super::VpnConfig;
+use super::{PeerEntry, VpnConfig};
 
 /// The longest command line a client may send.
 const MAX_COMMAND: u64 = 64 << 10;
@@ -86,7 +91,8 @@ pub(crate) async fn serve(dev: &Arc<Device>, stop: Arc<Notify>) -> io::Result<Co
 
 async fn answer(conn: UnixStream, dev: &Weak<Device>, stop: &Notify) -> io::Result<()> {
     let (read, mut write) = conn.into_split();
-    let mut line = String::new();
+    // May hold pre-shared keys (syncconf): zeroized, and sized so it never reallocates.
+    let mut line = Zeroizing::new(String::with_capacity(MAX_COMMAND as usize + 1));
     BufReader::new(read.take(MAX_COMMAND))
         .read_line(&mut line)
         .await?;
@@ -107,15 +113,7 @@ async fn answer(conn: UnixStream, dev: &Weak<Device>, stop: &Notify) -> io::Resu
             r
         }
         "syncconf" => {
-            let path = serde_json::from_str::<Value>(arg)
-                .ok()
-                .and_then(|v| v["path"].as_str().map(PathBuf::from));
-            let r = reply(match path {
-                None => Err("syncconf needs {\"path\": FILE}".into()),
-                Some(path) => VpnConfig::load(&path)
-                    .map_err(|e| e.to_string())
-                    .and_then(|c| dev.sync_peers(c)),
-            });
+            let r = reply(parse_peers(arg).and_then(|peers| dev.sync_peers(peers)));
             dev.timers.arm(std::time::Instant::now());
             r
         }
@@ -176,6 +174,75 @@ fn parse_change(arg: &str) -> Result<PeerChange, String> {
     })
 }
 
+/// One peer of a `syncconf` line, borrowed from the (zeroized) line: the pre-shared key is
+/// never copied before it is decoded.
+#[derive(serde::Deserialize)]
+struct SyncPeer<'a> {
+    public_key: &'a str,
+    #[serde(borrow)]
+    psk: Option<&'a str>,
+    endpoint: Option<String>,
+    endpoint_host: Option<String>,
+    #[serde(borrow)]
+    allowed_ips: Vec<&'a str>,
+    persistent_keepalive: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct SyncPeers<'a> {
+    #[serde(borrow)]
+    peers: Vec<SyncPeer<'a>>,
+}
+
+/// A `syncconf` line's peers, as [`syncconf`] writes them.
+fn parse_peers(arg: &str) -> Result<Vec<PeerEntry>, String> {
+    let sync: SyncPeers<'_> =
+        serde_json::from_str(arg).map_err(|e| format!("bad syncconf command: {e}"))?;
+    let mut peers = Vec::new();
+    for p in sync.peers {
+        let psk = match p.psk {
+            None => None,
+            Some(b64) => {
+                let bytes = Zeroizing::new(
+                    STANDARD
+                        .decode(b64)
+                        .map_err(|_| "a pre-shared key is not base64".to_string())?,
+                );
+                let key: [u8; 32] = bytes[..]
+                    .try_into()
+                    .map_err(|_| "a pre-shared key is not 32 bytes".to_string())?;
+                let psk = sessionkey_proto::keys::Psk::from_bytes(key);
+                let mut key = key;
+                zeroize::Zeroize::zeroize(&mut key);
+                Some(psk)
+            }
+        };
+        peers.push(PeerEntry {
+            public_key: p
+                .public_key
+                .parse()
+                .map_err(|e| format!("public key {}: {e}", p.public_key))?,
+            endpoint: p
+                .endpoint
+                .map(|e| e.parse().map_err(|err| format!("endpoint {e}: {err}")))
+                .transpose()?,
+            endpoint_host: p.endpoint_host,
+            allowed_ips: p
+                .allowed_ips
+                .iter()
+                .map(|c| {
+                    c.parse::<Cidr>()
+                        .map_err(|e| format!("allowed ip {c}: {e}"))
+                })
+                .collect::<Result<_, _>>()?,
+            psk,
+            psk_file: None,
+            persistent_keepalive: p.persistent_keepalive.map(std::time::Duration::from_secs),
+        });
+    }
+    Ok(peers)
+}
+
 fn change_json(change: &PeerChange) -> Value {
     json!({
         "public_key": change.public_key.map(|k| k.to_base64()),
@@ -210,26 +277,67 @@ pub async fn set(name: &str, change: &PeerChange) -> io::Result<String> {
     answered(v)
 }
 
-/// Make the running VPN `name`'s peers those of the configuration file `config` (`vpn
-/// syncconf`): new peers added, missing ones removed, the others changed in place with
-/// their sessions kept. The VPN reads the file itself (give an absolute path).
-pub async fn syncconf(name: &str, config: &Path) -> io::Result<String> {
+/// Make the running VPN `name`'s peers those of `config` (`vpn syncconf`): new peers
+/// added, missing ones removed, the others changed in place with their sessions kept.
+/// Interface settings are not sent. The line carries the pre-shared keys; it is built in
+/// a zeroized buffer sized so it never reallocates.
+pub async fn syncconf(name: &str, config: &VpnConfig) -> io::Result<String> {
+    let text = |s: Option<String>| serde_json::to_string(&s).unwrap_or_else(|_| "null".into());
+    let mut heads = Vec::new();
+    for p in &config.peers {
+        let ips: Vec<String> = p.allowed_ips.iter().map(ToString::to_string).collect();
+        heads.push(format!(
+            "{{\"public_key\":\"{}\",\"endpoint\":{},\"endpoint_host\":{},\"allowed_ips\":{},\
+             \"persistent_keepalive\":{},\"psk\":",
+            p.public_key.to_base64(),
+            text(p.endpoint.map(|e| e.to_string())),
+            text(p.endpoint_host.clone()),
+            serde_json::to_string(&ips).unwrap_or_else(|_| "[]".into()),
+            p.persistent_keepalive
+                .map_or("null".to_string(), |d| d.as_secs().to_string()),
+        ));
+    }
+    let capacity = 64 + heads.iter().map(|h| h.len() + 64).sum::<usize>();
+    let mut line = Zeroizing::new(String::with_capacity(capacity));
+    line.push_str("syncconf {\"peers\":[");
+    for (i, (head, p)) in heads.iter().zip(&config.peers).enumerate() {
+        if i > 0 {
+            line.push(',');
+        }
+        line.push_str(head);
+        match &p.psk_file {
+            // The file's base64 text, as VpnConfig::load validated it (no JSON escapes).
+            Some(file) if p.psk.is_some() => {
+                let b64 = Zeroizing::new(std::fs::read_to_string(file)?);
+                let b64 = b64.trim();
+                if b64.len() != 44
+                    || !b64
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+                {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{} changed while being read", file.display()),
+                    ));
+                }
+                line.push('"');
+                line.push_str(b64);
+                line.push('"');
+            }
+            _ => line.push_str("null"),
+        }
+        line.push('}');
+    }
+    line.push_str("]}");
     let path = socket_path(name);
-    let v = ask(
-        &path,
-        &format!(
-            "syncconf {}",
-            json!({ "path": config.display().to_string() })
-        ),
-    )
-    .await
-    .map_err(|e| not_running(name, e))?;
+    let v = ask(&path, &line).await.map_err(|e| not_running(name, e))?;
     answered(v)
 }
 
 async fn ask(path: &Path, command: &str) -> io::Result<Value> {
     let mut conn = UnixStream::connect(path).await?;
-    conn.write_all(format!("{command}\n").as_bytes()).await?;
+    conn.write_all(command.as_bytes()).await?;
+    conn.write_all(b"\n").await?;
     let mut body = String::new();
     conn.read_to_string(&mut body).await?;
     serde_json::from_str(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))

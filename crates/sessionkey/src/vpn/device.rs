@@ -430,19 +430,19 @@ impl Device {
         Ok(what)
     }
 
-    /// `vpn syncconf`: make the peers those of `config` (interface settings are not
-    /// changed): add the new, remove the missing, change the rest in place (allowed IPs,
+    /// `vpn syncconf`: make the peers those of a configuration file (interface settings
+    /// are not changed): add the new, remove the missing, change the rest in place (allowed IPs,
     /// endpoint when the file gives one, keepalive, pre-shared key for the next
     /// handshake) without touching their sessions.
-    pub(crate) fn sync_peers(&self, config: VpnConfig) -> Result<String, String> {
+    pub(crate) fn sync_peers(
+        &self,
+        peers: Vec<super::config::PeerEntry>,
+    ) -> Result<String, String> {
         let now = Instant::now();
         let (mut added, mut removed, mut kept) = (0, 0, 0);
         self.change(|entries| {
-            let mut wanted: HashMap<PublicKey, super::config::PeerEntry> = config
-                .peers
-                .into_iter()
-                .map(|p| (p.public_key, p))
-                .collect();
+            let mut wanted: HashMap<PublicKey, super::config::PeerEntry> =
+                peers.into_iter().map(|p| (p.public_key, p)).collect();
             for slot in entries.iter_mut() {
                 let Some(e) = slot else { continue };
                 match wanted.remove(&e.slot.public_key) {
