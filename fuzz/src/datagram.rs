@@ -184,7 +184,7 @@ pub fn run(data: &[u8]) {
     let config = DatagramConfig {
         grace,
         max_failed_decryptions: if mode & 0x20 != 0 { 3 } else { 1 << 20 },
-        usage_limits: None,
+        ..DatagramConfig::default()
     };
     let new = |local, remote, send, recv| {
         DatagramSession::new(suite, local, remote, 0, send, recv, config).expect("session")

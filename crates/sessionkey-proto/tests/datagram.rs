@@ -349,6 +349,42 @@ fn integrity_limit_closes_the_session() {
     assert_eq!(b.packets_received(), 0);
 }
 
+/// The default bounds no session below the suite's per-key integrity limit (a lower
+/// session-wide bound is an off switch for anyone who can copy a header); the per-key
+/// threshold asks for a rekey and refuses nothing.
+#[test]
+fn forgery_threshold_asks_for_a_rekey_and_refuses_nothing() {
+    assert_eq!(DatagramConfig::default().max_failed_decryptions, u64::MAX);
+    assert_eq!(
+        DatagramConfig::default().rekey_after_failed_decryptions,
+        1 << 20
+    );
+    let now = Instant::now();
+    let config = DatagramConfig {
+        rekey_after_failed_decryptions: 3,
+        ..DatagramConfig::default()
+    };
+    let (mut a, mut b) = pair(Suite::ChaCha20Poly1305, config, 141);
+    let genuine = seal(&mut a, b"genuine");
+    let mut forged = genuine.clone();
+    forged[HEADER_LEN] ^= 1;
+    for _ in 0..10 {
+        assert!(matches!(
+            open(&mut b, now, &forged),
+            Err(Error::PeerMisbehaved(PeerMisbehaved::BadTag))
+        ));
+    }
+    assert_eq!((b.failures(), b.failures_this_key()), (10, 10));
+    assert!(b.needs_rekey() && !b.is_closed());
+    assert_eq!(open(&mut b, now, &genuine).unwrap(), b"genuine");
+    let back = seal(&mut b, b"back");
+    assert_eq!(open(&mut a, now, &back).unwrap(), b"back");
+    // New keys start with no failures.
+    rekey_both(&mut a, &mut b, now, 1, 151);
+    assert_eq!(b.failures_this_key(), 0);
+    assert!(!b.needs_rekey());
+}
+
 #[test]
 fn failures_count_across_epochs() {
     let t0 = Instant::now();

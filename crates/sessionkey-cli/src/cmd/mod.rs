@@ -28,6 +28,9 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(code) = msg::exit_code(cause) {
             return code;
         }
+        if let Some(code) = vpn::exit_code(cause) {
+            return code;
+        }
         if let Some(VpnError::Tun(t)) = cause.downcast_ref::<VpnError>() {
             return match t {
                 TunError::Permission { .. } => NOPERM,

@@ -357,6 +357,42 @@ impl HandshakeState {
         self.finish_step(result)
     }
 
+    /// [`read_message`](Self::read_message) for transports where anyone can inject a
+    /// message (UDP): a message that fails, or whose payload `check` refuses, leaves this
+    /// state exactly as it was, not failed, so a forgery does not end the handshake and
+    /// the genuine message can still be read. Costs a copy of the symmetric state (a hash,
+    /// a chaining key and an AEAD key schedule) per call. Retrying is sound: each attempt
+    /// runs the same deterministic steps from the same state on attacker-chosen input, as
+    /// WireGuard's response handling does, and ML-KEM decapsulation is safe against
+    /// chosen ciphertexts.
+    pub fn try_read_message(
+        &mut self,
+        message: &[u8],
+        payload_out: &mut [u8],
+        check: impl FnOnce(&[u8]) -> Result<(), Error>,
+    ) -> Result<usize, Error> {
+        self.check_turn(false)?;
+        let symmetric = self.symmetric.try_clone()?;
+        let (re, rs, had_re1, next_psk) = (self.re, self.rs, self.re1.is_some(), self.next_psk);
+        let (index, failed) = (self.message_index, self.failed);
+        let result = self
+            .read_message(message, payload_out)
+            .and_then(|n| check(&payload_out[..n]).map(|()| n));
+        if result.is_err() {
+            self.message_index = index;
+            self.symmetric = symmetric;
+            self.re = re;
+            self.rs = rs;
+            if !had_re1 {
+                // A message sets the remote KEM key at most once, where it was unset.
+                self.re1 = None;
+            }
+            self.next_psk = next_psk;
+            self.failed = failed;
+        }
+        result
+    }
+
     fn finish_step(&mut self, result: Result<usize, Error>) -> Result<usize, Error> {
         match result {
             Ok(n) => {

@@ -170,6 +170,10 @@ pub(crate) struct SymmetricState {
     ck: Zeroizing<[u8; HASH_LEN]>,
     h: [u8; HASH_LEN],
     cipher: CipherState,
+    /// The cipher's key bytes and nonce, kept only so the state can be copied for a read
+    /// that must leave no trace when it fails ([`try_clone`](Self::try_clone)). Handshake
+    /// only: transport CipherStates keep no copy.
+    k: Option<Zeroizing<[u8; 32]>>,
 }
 
 impl SymmetricState {
@@ -187,13 +191,32 @@ impl SymmetricState {
             ck: Zeroizing::new(h),
             h,
             cipher: CipherState::empty(cipher),
+            k: None,
         }
+    }
+
+    /// A copy, to restore if a message read into this state fails.
+    pub(crate) fn try_clone(&self) -> Result<Self, Error> {
+        let mut cipher = match &self.k {
+            Some(k) => CipherState::with_key(self.cipher.cipher, k)?,
+            None => CipherState::empty(self.cipher.cipher),
+        };
+        cipher.n = self.cipher.n;
+        Ok(Self {
+            hash: self.hash,
+            ck: self.ck.clone(),
+            h: self.h,
+            cipher,
+            k: self.k.clone(),
+        })
     }
 
     pub(crate) fn mix_key(&mut self, ikm: &[u8]) -> Result<(), Error> {
         let [ck, temp_k] = self.hash.hkdf::<2>(&self.ck, ikm);
         self.ck = ck;
-        self.cipher.initialize_key(&temp_k)
+        self.cipher.initialize_key(&temp_k)?;
+        self.k = Some(Zeroizing::new(*temp_k));
+        Ok(())
     }
 
     pub(crate) fn mix_hash(&mut self, data: &[u8]) {
@@ -204,7 +227,9 @@ impl SymmetricState {
         let [ck, temp_h, temp_k] = self.hash.hkdf::<3>(&self.ck, ikm);
         self.ck = ck;
         self.mix_hash(&temp_h[..]);
-        self.cipher.initialize_key(&temp_k)
+        self.cipher.initialize_key(&temp_k)?;
+        self.k = Some(Zeroizing::new(*temp_k));
+        Ok(())
     }
 
     pub(crate) fn has_key(&self) -> bool {

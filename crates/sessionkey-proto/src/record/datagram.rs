@@ -63,9 +63,18 @@ pub struct DatagramConfig {
     pub grace: Duration,
     /// Failed decryptions tolerated across all keys of the session, past and present; once
     /// reached, the session is closed and every call fails with
-    /// [`Limit::SessionIntegrity`]. Default 2^20: far below every suite's per-key integrity
-    /// limit, and far above what corruption on a working path produces.
+    /// [`Limit::SessionIntegrity`]. Default `u64::MAX`: no bound but each key's suite
+    /// integrity limit (2^36 forgeries for ChaCha20-Poly1305, 2^52 for AES-GCM), which
+    /// only the key refuses. A lower bound here hands an attacker an off switch: forging
+    /// needs only a receiver index and epoch copied from any header, so 2^20 forgeries
+    /// (32 MiB of UDP) would shut the session down. Use
+    /// [`rekey_after_failed_decryptions`](Self::rekey_after_failed_decryptions) instead.
     pub max_failed_decryptions: u64,
+    /// Failed decryptions under the current receiving key after which
+    /// [`needs_rekey`](DatagramSession::needs_rekey) turns true, so a new handshake
+    /// replaces the key long before its suite's integrity limit. Default 2^20: far above
+    /// what corruption on a working path produces. Reaching it refuses nothing.
+    pub rekey_after_failed_decryptions: u64,
     /// Per-key usage limits, lowered from the suite's (`None`: the suite's own).
     pub usage_limits: Option<UsageLimits>,
 }
@@ -74,7 +83,8 @@ impl Default for DatagramConfig {
     fn default() -> Self {
         Self {
             grace: Duration::from_secs(10),
-            max_failed_decryptions: 1 << 20,
+            max_failed_decryptions: u64::MAX,
+            rekey_after_failed_decryptions: 1 << 20,
             usage_limits: None,
         }
     }
@@ -122,7 +132,10 @@ struct Previous {
 /// 3. Receive: find the session by the packet's [receiver index](peek_receiver_index), call
 ///    [`open_in_place`](Self::open_in_place) with the current time, and deliver the
 ///    plaintext it returns. Errors concern that packet only (drop it), except
-///    [`Error::LimitReached`], which means the session must end.
+///    [`Error::LimitReached`], which means the key (or, with a lowered
+///    [`max_failed_decryptions`](DatagramConfig::max_failed_decryptions), the session)
+///    must be replaced. Forgeries also turn [`needs_rekey`](Self::needs_rekey) true past
+///    [`rekey_after_failed_decryptions`](DatagramConfig::rekey_after_failed_decryptions).
 /// 4. After each handshake, install the new keys with [`rekey`](Self::rekey).
 /// 5. Wake up at [`poll_timeout`](Self::poll_timeout) and call
 ///    [`handle_timeout`](Self::handle_timeout), which destroys the previous epoch's key.
@@ -215,12 +228,21 @@ impl DatagramSession {
         Ok(len)
     }
 
-    /// Whether the sending key has reached half of its confidentiality limits (records or
-    /// blocks), so a handshake for new keys should start now, well before
-    /// [`seal_in_place`](Self::seal_in_place) has to refuse.
+    /// Whether a handshake for new keys should start now: the sending key reached half of
+    /// its confidentiality limits (records or blocks), well before
+    /// [`seal_in_place`](Self::seal_in_place) has to refuse, or the current receiving key
+    /// saw [`rekey_after_failed_decryptions`](DatagramConfig::rekey_after_failed_decryptions)
+    /// forgeries, well before its suite's integrity limit.
     pub fn needs_rekey(&self) -> bool {
         let limits = self.send.limits();
-        self.send.records() >= limits.records / 2 || self.send.blocks() >= limits.blocks / 2
+        self.send.records() >= limits.records / 2
+            || self.send.blocks() >= limits.blocks / 2
+            || self.recv.key.failures() >= self.config.rekey_after_failed_decryptions
+    }
+
+    /// Failed decryptions under the current receiving key.
+    pub fn failures_this_key(&self) -> u64 {
+        self.recv.key.failures()
     }
 
     /// Authenticate and decrypt `packet` in place; returns the payload, a part of `packet`.

@@ -87,6 +87,41 @@ fn mac(key: &[u8], msg: &[u8]) -> [u8; MAC_LEN] {
     out
 }
 
+/// The `mac1` check alone, for the threads that receive datagrams: it holds only the
+/// `mac1` key (derived from a public key, so not secret) and can be cloned into each of
+/// them, so a message is checked where it lies in the receive buffer, before it is copied
+/// or queued anywhere.
+#[derive(Clone)]
+pub struct Mac1Verifier {
+    key: [u8; 32],
+}
+
+impl Mac1Verifier {
+    /// A verifier for messages sent to `local` (this side's static public key).
+    pub fn new(local: &PublicKey) -> Self {
+        Self {
+            key: sha256(&[LABEL_MAC1, local.as_bytes()]),
+        }
+    }
+
+    /// Whether the `mac1` of a whole handshake message (ending with `mac1 || mac2`) is
+    /// right: one HMAC, no allocation, constant-time comparison.
+    pub fn verify(&self, message: &[u8]) -> bool {
+        let len = message.len();
+        len >= 2 * MAC_LEN
+            && ct_eq(
+                &mac(&self.key, &message[..len - 2 * MAC_LEN]),
+                &message[len - 2 * MAC_LEN..len - MAC_LEN],
+            )
+    }
+}
+
+impl fmt::Debug for Mac1Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mac1Verifier").finish_non_exhaustive()
+    }
+}
+
 /// What the responder should do with a handshake message after the MAC checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MacVerdict {
@@ -146,6 +181,16 @@ impl CookieChecker {
         Ok(mac(&self.secret[..], &addr[..n + 2]))
     }
 
+    /// Whether the `mac1` of a whole handshake message is right (one HMAC).
+    pub fn mac1_valid(&self, message: &[u8]) -> bool {
+        let len = message.len();
+        len >= 2 * MAC_LEN
+            && ct_eq(
+                &mac(&self.keys.mac1, &message[..len - 2 * MAC_LEN]),
+                &message[len - 2 * MAC_LEN..len - MAC_LEN],
+            )
+    }
+
     /// Check a whole handshake message (`message` ends with `mac1 || mac2`) received from
     /// `source`. When the verdict is [`MacVerdict::SendCookie`], the cookie reply to send
     /// back to `source` is in `reply` (addressed to `sender_index`, the message's sender).
@@ -161,14 +206,11 @@ impl CookieChecker {
         under_load: bool,
         reply: &mut [u8; COOKIE_REPLY_LEN],
     ) -> Result<MacVerdict, Error> {
+        if !self.mac1_valid(message) {
+            return Ok(MacVerdict::BadMac1);
+        }
         let len = message.len();
-        if len < 2 * MAC_LEN {
-            return Ok(MacVerdict::BadMac1);
-        }
         let mac1 = &message[len - 2 * MAC_LEN..len - MAC_LEN];
-        if !ct_eq(&mac(&self.keys.mac1, &message[..len - 2 * MAC_LEN]), mac1) {
-            return Ok(MacVerdict::BadMac1);
-        }
         if !under_load {
             return Ok(MacVerdict::Proceed);
         }

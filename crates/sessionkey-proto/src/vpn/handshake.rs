@@ -225,22 +225,29 @@ pub(crate) fn write_response(
     Ok((n, traffic_secrets(&split), split.handshake_hash))
 }
 
-/// Read the response to `state`'s initiation and split.
-pub(crate) fn read_response(
-    mut state: HandshakeState,
-    msg: &Response<'_>,
-) -> Result<(TrafficSecrets, [u8; 32]), Error> {
+/// Read the response to `state`'s initiation and split. A response that does not
+/// authenticate, or whose encrypted indexes differ from its clear ones, is refused and
+/// leaves `state` exactly as it was, so the genuine response can still be read: a forged
+/// or altered response cannot end the handshake in flight (docs/PROTOCOL.md 12.2).
+pub(crate) fn read_response(state: &mut HandshakeState, msg: &Response<'_>) -> Result<(), Error> {
     let mut payload = [0u8; RESPONSE_PAYLOAD_LEN + 16];
-    let n = state.read_message(msg.noise, &mut payload)?;
-    if n != RESPONSE_PAYLOAD_LEN
-        || payload[..4] != msg.sender_index.to_be_bytes()
-        || payload[4..8] != msg.receiver_index.to_be_bytes()
-    {
-        return Err(PeerMisbehaved::UnexpectedRecord(
-            "response indexes differ from the clear ones",
-        )
-        .into());
-    }
+    state.try_read_message(msg.noise, &mut payload, |p| {
+        if p.len() != RESPONSE_PAYLOAD_LEN
+            || p[..4] != msg.sender_index.to_be_bytes()
+            || p[4..8] != msg.receiver_index.to_be_bytes()
+        {
+            return Err(PeerMisbehaved::UnexpectedRecord(
+                "response indexes differ from the clear ones",
+            )
+            .into());
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// The secrets of a handshake whose response [`read_response`] accepted.
+pub(crate) fn finish_initiator(state: HandshakeState) -> Result<(TrafficSecrets, [u8; 32]), Error> {
     let split = state.split()?;
     Ok((traffic_secrets(&split), split.handshake_hash))
 }

@@ -5,7 +5,9 @@
 //!
 //! How a datagram is handled, in order:
 //!
-//! 1. [`message::parse`] classifies it by its type byte and checks its exact length.
+//! 1. [`prescreen`], in the receiving thread and in place: [`message::parse`] classifies
+//!    it by its type byte and checks its exact length, and a handshake message's `mac1` is
+//!    checked; only one that passes is copied and queued for the handshake thread.
 //! 2. Data (type 4): find the peer by the receiver index, [`Peer::open`], then check the
 //!    inner source against that peer's networks ([`AllowedIps`], [`packet_source`]).
 //! 3. Initiation (type 1): [`HandshakeGate::screen`] (mac1; under load mac2 or a cookie
@@ -28,7 +30,8 @@ pub mod peer;
 pub mod ratelimit;
 
 pub use allowed_ips::{packet_destination, packet_source, AllowedIps, Cidr};
-pub use gate::{HandshakeGate, Screen};
+pub use cookie::Mac1Verifier;
+pub use gate::{prescreen, HandshakeGate, Prescreen, Screen};
 pub use message::{parse, Message, MAX_HANDSHAKE_LEN};
 pub use peer::{Local, Peer, PeerConfig, PeerStats, PeerStatus, SealError, Timing};
 

@@ -26,8 +26,9 @@
 //!
 //! Rekeying: the side that initiated the current session starts a new handshake when it
 //! sends and the session is older than [`Timing::rekey_interval`] (default 120 s), or the
-//! key reached half its usage limits; the responder does the same at 1.5 times the interval
-//! in case the initiator went quiet. A session older than [`Timing::reject_after`] is
+//! key reached half its usage limits or its receiving key its forgery threshold; the
+//! responder does the same at [`Timing::responder_rekey_after`] (165 s by default, 15 s
+//! before reject-after) in case the initiator went quiet. A session older than [`Timing::reject_after`] is
 //! neither used nor accepted.
 //!
 //! # Call order
@@ -58,7 +59,9 @@ use crate::suite::Suite;
 use crate::Error;
 
 use super::cookie::CookieJar;
-use super::handshake::{read_response, write_initiation, write_response, ReadInitiation};
+use super::handshake::{
+    finish_initiator, read_response, write_initiation, write_response, ReadInitiation,
+};
 use super::message::{
     initiation_len, response_len, write_response_header, CookieReply, Response, MACS_LEN,
     RESPONSE_HEADER_LEN,
@@ -108,6 +111,29 @@ impl Timing {
             grace: Duration::from_secs(10),
             min_initiation_interval: Duration::from_millis(20),
         }
+    }
+
+    /// The age at which the responder of a session starts a new handshake when it sends,
+    /// in case the initiator went quiet: 1.5 times the rekey interval, but at least the
+    /// new-handshake time ([`keepalive`](Self::keepalive) + 5 retransmit intervals, 15 s
+    /// by default) before [`reject_after`](Self::reject_after), so the handshake has time
+    /// to finish before the session expires. 165 s at the defaults (1.5 x 120 s would be
+    /// reject-after itself: too late to ever fire).
+    pub fn responder_rekey_after(&self) -> Duration {
+        let margin = self
+            .keepalive
+            .saturating_add(self.retransmit_initial.saturating_mul(5));
+        self.rekey_interval
+            .saturating_add(self.rekey_interval / 2)
+            .min(self.reject_after.saturating_sub(margin))
+            .max(self.rekey_interval)
+    }
+
+    /// The new-handshake time: data sent and nothing received for this long starts a
+    /// handshake (15 s by default: the keepalive interval plus 5 s).
+    pub fn new_handshake_after(&self) -> Duration {
+        self.keepalive
+            .saturating_add(self.retransmit_initial.saturating_mul(5))
     }
 
     /// The wait before retransmission number `attempt` (0 for the first), without jitter.
@@ -217,6 +243,19 @@ impl Keypair {
             expires: now.checked_add(timing.reject_after).unwrap_or(now),
         }
     }
+
+    /// Whether sealing under this session at `now` should start a new handshake: its age
+    /// reached the rekey time of its role ([`Timing::responder_rekey_after`] for the
+    /// responder), or its keys their thresholds ([`DatagramSession::needs_rekey`]).
+    fn rekey_due(&self, now: Instant, timing: &Timing) -> bool {
+        let age = now.saturating_duration_since(self.created);
+        let rekey_at = if self.initiator {
+            timing.rekey_interval
+        } else {
+            timing.responder_rekey_after()
+        };
+        age >= rekey_at || self.session.needs_rekey()
+    }
 }
 
 struct Pending {
@@ -242,6 +281,11 @@ pub struct PeerStats {
     pub initiations_sent: u64,
     /// Packets that failed to open (replays, forgeries, expired keys).
     pub rejected: u64,
+    /// Handshake responses refused (forged, altered, or for no initiation in flight); the
+    /// handshake in flight, if any, is untouched by them.
+    pub responses_refused: u64,
+    /// Cookie replies refused (forged, or for nothing sent).
+    pub cookie_replies_refused: u64,
 }
 
 /// What `vpn show` prints of a peer: no key material, only fingerprints.
@@ -347,6 +391,31 @@ impl Peer {
         self.endpoint
     }
 
+    /// Change where packets to the peer go (`vpn set ... endpoint`, a re-resolved DNS
+    /// name); the peer's authenticated packets move it again as usual. Keeps the sessions.
+    pub fn set_endpoint(&mut self, endpoint: SocketAddr) {
+        self.endpoint = Some(endpoint);
+    }
+
+    /// Change the persistent keepalive interval as of `now` (`None`: off). Keeps the
+    /// sessions; with an interval, an empty packet is wanted at once if the peer's
+    /// endpoint is known (as at start).
+    pub fn set_persistent_keepalive(&mut self, now: Instant, interval: Option<Duration>) {
+        self.persistent_keepalive = interval;
+        let at = match (interval, self.endpoint) {
+            (Some(_), Some(_)) => Some(now),
+            _ => None,
+        };
+        self.set(Timer::Persistent, at);
+    }
+
+    /// Change the pre-shared key. The current sessions go on; the next handshake (at the
+    /// next rekey, at most [`Timing::rekey_interval`] later) uses the new key, as
+    /// WireGuard does.
+    pub fn set_psk(&mut self, psk: Option<Psk>) {
+        self.psk = psk;
+    }
+
     /// The earliest time [`handle_timeout`](Self::handle_timeout) has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let keys = [&self.current, &self.previous, &self.next]
@@ -399,6 +468,13 @@ impl Peer {
         if self.pending.is_none() && self.get(Timer::Retransmit).is_none() {
             self.want_initiation = true;
         }
+    }
+
+    /// Initiations sent for the handshake in progress without a response (0 when none is
+    /// in progress): 4 means about 15 s of silence with the default backoff, when a
+    /// driver may resolve a DNS endpoint again.
+    pub fn handshake_attempts(&self) -> u32 {
+        self.attempt
     }
 
     /// Whether a new initiation should be sent now.
@@ -553,27 +629,31 @@ impl Peer {
     /// `source`. On success the new session is current at once, the old one is kept as
     /// previous for the grace period, and an empty packet is wanted (so the responder
     /// learns the keys work) unless data goes first.
+    ///
+    /// State changes only on success (as wireguard-go's): a response that fails (forged,
+    /// altered, a wrong psk, or for no initiation in flight) is counted in
+    /// [`PeerStats::responses_refused`] and leaves the handshake in flight as it was, so
+    /// an attacker who saw the initiation cannot block the genuine response by racing it.
     pub fn handle_response(
         &mut self,
         now: Instant,
         msg: &Response<'_>,
         source: SocketAddr,
     ) -> Result<(), Error> {
-        if self
-            .pending
-            .as_ref()
-            .is_none_or(|p| p.local_index != msg.receiver_index)
-        {
-            return Err(
-                PeerMisbehaved::UnexpectedRecord("response to no initiation of ours").into(),
-            );
+        let read = match self.pending.as_mut() {
+            Some(p) if p.local_index == msg.receiver_index => read_response(&mut p.state, msg),
+            _ => Err(PeerMisbehaved::UnexpectedRecord("response to no initiation of ours").into()),
+        };
+        if let Err(e) = read {
+            self.stats.responses_refused += 1;
+            return Err(e);
         }
         let Some(pending) = self.pending.take() else {
             return Err(
                 PeerMisbehaved::UnexpectedRecord("response to no initiation of ours").into(),
             );
         };
-        let (secrets, _hash) = read_response(pending.state, msg)?;
+        let (secrets, _hash) = finish_initiator(pending.state)?;
         let session = DatagramSession::new(
             self.local.suite,
             pending.local_index,
@@ -595,13 +675,16 @@ impl Peer {
     }
 
     /// Take a cookie reply addressed to the initiation in progress. The next initiation
-    /// (at the retransmission timer) carries `mac2`.
+    /// (at the retransmission timer) carries `mac2`. A reply that does not open changes
+    /// nothing and is counted in [`PeerStats::cookie_replies_refused`].
     pub fn handle_cookie_reply(
         &mut self,
         now: Instant,
         reply: &CookieReply<'_>,
     ) -> Result<(), Error> {
-        self.jar.handle_reply(now, reply)
+        self.jar
+            .handle_reply(now, reply)
+            .inspect_err(|_| self.stats.cookie_replies_refused += 1)
     }
 
     fn datagram_config(&self) -> DatagramConfig {
@@ -641,19 +724,17 @@ impl Peer {
         let Some(current) = self.current.as_mut() else {
             return Err(SealError::NoSession);
         };
-        let len = current
-            .session
-            .seal_in_place(buf, payload_len)
-            .map_err(SealError::Failed)?;
-        let age = now.saturating_duration_since(current.created);
-        let rekey_at = if current.initiator {
-            timing.rekey_interval
-        } else {
-            timing
-                .rekey_interval
-                .saturating_add(timing.rekey_interval / 2)
+        // Decided before sealing, so a key that can no longer seal still asks for a new
+        // handshake instead of failing quietly until a timer.
+        let rekey = current.rekey_due(now, &timing);
+        let sealed = current.session.seal_in_place(buf, payload_len);
+        let len = match sealed {
+            Ok(len) => len,
+            Err(e) => {
+                self.want_initiation_now();
+                return Err(SealError::Failed(e));
+            }
         };
-        let rekey = age >= rekey_at || current.session.needs_rekey();
         self.stats.tx_packets += 1;
         self.stats.tx_bytes += payload_len as u64;
         self.want_keepalive = false;
@@ -661,7 +742,7 @@ impl Peer {
         if payload_len > 0 {
             self.arm_if_idle(
                 Timer::NewHandshake,
-                now.checked_add(timing.keepalive + timing.retransmit_initial * 5),
+                now.checked_add(timing.new_handshake_after()),
             );
         }
         if let Some(interval) = self.persistent_keepalive {
@@ -710,7 +791,13 @@ impl Peer {
         let payload = match keypair.session.open_in_place(now, packet) {
             Ok(p) => p,
             Err(e) => {
+                // Forgeries count against the key; past its threshold the key is replaced
+                // by a new handshake (never an outage: sealing goes on meanwhile).
+                let rekey = !is_next && keypair.session.needs_rekey();
                 self.stats.rejected += 1;
+                if rekey {
+                    self.want_initiation_now();
+                }
                 return Err(e);
             }
         };

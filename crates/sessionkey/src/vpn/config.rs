@@ -6,6 +6,7 @@
 //! private_key_file = "/etc/sessionkey/site-a.key"   # written by `sessionkey keygen`
 //! address = ["10.8.0.1/24"]
 //! listen_port = 51820
+//! # user = "nobody"    # who the VPN becomes once set up; "root" keeps root
 //!
 //! [[peer]]
 //! public_key = "sessionkey-x25519 m3Lq...="
@@ -69,8 +70,35 @@ pub struct VpnConfig {
     pub rekey_interval: Duration,
     /// Whether to use TUN offloads and UDP GSO/GRO (default true).
     pub offload: bool,
+    /// Whether to add a route through the interface for each peer's allowed IPs (`routes =
+    /// "auto"`, the default, as wg-quick) or none (`"off"`).
+    pub routes: bool,
+    /// The routing table for those routes (`table`: a number or a name from
+    /// /etc/iproute2/rt_tables; default the main table).
+    pub table: Option<String>,
+    /// The firewall mark of the VPN's own UDP packets (`fwmark`), for policy routing.
+    pub fwmark: Option<u32>,
+    /// Commands run by `sh -c` around bringing the interface up and down, `%i` replaced by
+    /// the interface name (wg-quick's PreUp, PostUp, PreDown, PostDown).
+    pub hooks: Hooks,
+    /// The user `vpn up` becomes once the interface, its routes and the sockets exist
+    /// (`user`, default `nobody`); `root` keeps root.
+    pub user: String,
     /// The peers.
     pub peers: Vec<PeerEntry>,
+}
+
+/// The `pre_up`, `post_up`, `pre_down` and `post_down` commands, in order.
+#[derive(Debug, Default, Clone)]
+pub struct Hooks {
+    /// Before the interface is created; a failure stops `vpn up`.
+    pub pre_up: Vec<String>,
+    /// After the interface, its addresses and routes exist; a failure stops `vpn up`.
+    pub post_up: Vec<String>,
+    /// Before the interface is removed.
+    pub pre_down: Vec<String>,
+    /// After the interface is removed.
+    pub post_down: Vec<String>,
 }
 
 /// A validated peer.
@@ -79,10 +107,15 @@ pub struct PeerEntry {
     pub public_key: PublicKey,
     /// Where to reach it, if known.
     pub endpoint: Option<SocketAddr>,
+    /// The endpoint as written when it is a DNS name (`vpn.example.com:51820`): resolved
+    /// again when handshakes with the peer keep failing.
+    pub endpoint_host: Option<String>,
     /// The networks it may send from and that are routed to it.
     pub allowed_ips: Vec<Cidr>,
     /// The pre-shared key, if any.
     pub psk: Option<Psk>,
+    /// The file it was read from (for `vpn syncconf`, which passes it on).
+    pub psk_file: Option<PathBuf>,
     /// The persistent keepalive interval, if any.
     pub persistent_keepalive: Option<Duration>,
 }
@@ -120,6 +153,32 @@ struct RawInterface {
     suite: Option<Spanned<String>>,
     rekey_interval: Option<Spanned<f64>>,
     offload: Option<bool>,
+    routes: Option<Spanned<String>>,
+    table: Option<Spanned<toml::Value>>,
+    fwmark: Option<Spanned<i64>>,
+    user: Option<Spanned<String>>,
+    pre_up: Option<OneOrMany>,
+    post_up: Option<OneOrMany>,
+    pre_down: Option<OneOrMany>,
+    post_down: Option<OneOrMany>,
+}
+
+/// A command or a list of commands.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(v: Option<Self>) -> Vec<String> {
+        match v {
+            None => Vec::new(),
+            Some(Self::One(s)) => vec![s],
+            Some(Self::Many(v)) => v,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -202,7 +261,8 @@ impl VpnConfig {
                 field: field_of_toml_error(&message),
                 message: format!(
                     "{message} (fields: interface.private_key_file, address, listen_port, mtu, \
-                     hybrid, suite, rekey_interval, offload, name; peer.public_key, endpoint, \
+                     hybrid, suite, rekey_interval, offload, name, routes, table, fwmark, user, \
+                     pre_up, post_up, pre_down, post_down; peer.public_key, endpoint, \
                      allowed_ips, preshared_key_file, persistent_keepalive)"
                 ),
             }
@@ -325,6 +385,11 @@ impl VpnConfig {
                     "the same peer is listed twice; merge the two [[peer]] sections",
                 ));
             }
+            let endpoint_host = p
+                .endpoint
+                .as_ref()
+                .map(|e| e.get_ref().clone())
+                .filter(|e| e.parse::<SocketAddr>().is_err());
             let endpoint = match &p.endpoint {
                 Some(e) => Some(
                     resolve_endpoint(e.get_ref())
@@ -349,6 +414,10 @@ impl VpnConfig {
                     "missing: list the networks this peer may use, e.g. allowed_ips = [\"10.8.0.2/32\"]",
                 ));
             }
+            let psk_file = p
+                .preshared_key_file
+                .as_ref()
+                .map(|f| src.resolve(f.get_ref()));
             let psk = match &p.preshared_key_file {
                 Some(f) => Some(
                     read_psk(&src.resolve(f.get_ref()))
@@ -371,11 +440,84 @@ impl VpnConfig {
             peers.push(PeerEntry {
                 public_key,
                 endpoint,
+                endpoint_host,
                 allowed_ips,
                 psk,
+                psk_file,
                 persistent_keepalive,
             });
         }
+
+        let routes = match &iface.routes {
+            None => true,
+            Some(r) => match r.get_ref().as_str() {
+                "auto" => true,
+                "off" => false,
+                other => {
+                    return Err(src.err(
+                        r.span(),
+                        "interface.routes",
+                        format!("{other:?}: write \"auto\" (a route for each peer's allowed_ips) or \"off\""),
+                    ))
+                }
+            },
+        };
+        let table = match &iface.table {
+            None => None,
+            Some(t) => Some(match t.get_ref() {
+                toml::Value::Integer(n) if (1..=i64::from(u32::MAX)).contains(n) => n.to_string(),
+                toml::Value::String(s)
+                    if !s.is_empty()
+                        && s.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)) =>
+                {
+                    s.clone()
+                }
+                _ => {
+                    return Err(src.err(
+                        t.span(),
+                        "interface.table",
+                        "a table number (1 to 4294967295) or a name from /etc/iproute2/rt_tables",
+                    ))
+                }
+            }),
+        };
+        let fwmark = match &iface.fwmark {
+            None => None,
+            Some(m) if *m.get_ref() == 0 => None,
+            Some(m) => Some(u32::try_from(*m.get_ref()).map_err(|_| {
+                src.err(
+                    m.span(),
+                    "interface.fwmark",
+                    "a mark from 1 to 4294967295 (0: none)",
+                )
+            })?),
+        };
+        let user = match &iface.user {
+            None => "nobody".to_string(),
+            Some(u) => {
+                let name = u.get_ref();
+                if name.is_empty()
+                    || name.len() > 32
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                {
+                    return Err(src.err(
+                        u.span(),
+                        "interface.user",
+                        format!("{name:?} is not a user name (\"root\" keeps root)"),
+                    ));
+                }
+                name.clone()
+            }
+        };
+        let hooks = Hooks {
+            pre_up: OneOrMany::into_vec(iface.pre_up),
+            post_up: OneOrMany::into_vec(iface.post_up),
+            pre_down: OneOrMany::into_vec(iface.pre_down),
+            post_down: OneOrMany::into_vec(iface.post_down),
+        };
 
         Ok(Self {
             name,
@@ -387,6 +529,11 @@ impl VpnConfig {
             suite,
             rekey_interval,
             offload: iface.offload.unwrap_or(true),
+            routes,
+            table,
+            fwmark,
+            hooks,
+            user,
             peers,
         })
     }
@@ -499,6 +646,32 @@ mod tests {
             Some(Duration::from_secs(25))
         );
         assert!(!format!("{c:?}").contains("psk: Some"));
+        assert!(c.routes && c.table.is_none() && c.fwmark.is_none());
+        assert!(c.hooks.post_up.is_empty());
+        assert_eq!(c.peers[0].endpoint_host, None);
+    }
+
+    #[test]
+    fn routing_fields_and_hooks_parse() {
+        let (dir, peer) = setup("routing");
+        let c = parse(
+            &dir,
+            &format!(
+                "[interface]\nprivate_key_file = \"me.key\"\naddress = [\"10.8.0.1/24\"]\n\
+                 routes = \"off\"\ntable = 1234\nfwmark = 51820\npre_up = \"true\"\n\
+                 post_down = [\"echo %i\", \"true\"]\n\n\
+                 [[peer]]\npublic_key = \"{peer}\"\nendpoint = \"localhost:51820\"\n\
+                 allowed_ips = [\"10.8.0.2/32\"]\n"
+            ),
+        )
+        .unwrap();
+        assert!(!c.routes);
+        assert_eq!(c.table.as_deref(), Some("1234"));
+        assert_eq!(c.fwmark, Some(51820));
+        assert_eq!(c.hooks.pre_up, ["true"]);
+        assert_eq!(c.hooks.post_down, ["echo %i", "true"]);
+        assert_eq!(c.peers[0].endpoint_host.as_deref(), Some("localhost:51820"));
+        assert!(c.peers[0].endpoint.is_some());
     }
 
     #[test]
@@ -530,6 +703,9 @@ mod tests {
                 "interface.address",
             ),
             (format!("{head}lisen_port = 5\n"), 4, "lisen_port"),
+            (format!("{head}routes = \"yes\"\n"), 4, "interface.routes"),
+            (format!("{head}table = \"a b\"\n"), 4, "interface.table"),
+            (format!("{head}fwmark = -1\n"), 4, "interface.fwmark"),
             (
                 "[interface]\nprivate_key_file = \"other.key\"\naddress = [\"10.8.0.1/24\"]\n".into(),
                 2,

@@ -6,7 +6,14 @@
 //! - **inbound**: UDP receive (recvmmsg, each message possibly GRO-coalesced) -> find the
 //!   session by receiver index -> open in place -> check the inner source against the peer's
 //!   allowed IPs -> TUN write (coalesced again by tun-rs where offloads are on). Handshake
-//!   messages go to the handshake thread through a bounded queue.
+//!   messages are parsed and their mac1 checked where they lie in the receive buffer
+//!   ([`prescreen`]); only those that pass are copied into the handshake thread's bounded
+//!   queue. Cookie replies are opened here (one AEAD open, no public-key work).
+//!
+//! Both threads arm peers' timers as they seal and open; when a deadline comes nearer than
+//! the handshake thread's, they wake it ([`TimerWake`](super::device::TimerWake)). When the
+//! first packet under a responder's new session confirms it, the inbound thread sends the
+//! packets kept for that peer at once.
 //!
 //! Buffers are allocated once per thread; nothing is allocated per packet, except a copy
 //! of a packet kept while its peer's handshake runs.
@@ -19,13 +26,11 @@ use std::time::{Duration, Instant};
 
 use quinn_udp::RecvMeta;
 use sessionkey_proto::record::datagram::{peek_receiver_index, HEADER_LEN};
-use sessionkey_proto::vpn::message::{
-    TYPE_COOKIE_REPLY, TYPE_DATA, TYPE_INITIATION, TYPE_RESPONSE,
-};
-use sessionkey_proto::vpn::{packet_destination, packet_source, SealError};
+use sessionkey_proto::vpn::message::{self, Message};
+use sessionkey_proto::vpn::{packet_destination, packet_source, prescreen, Prescreen, SealError};
 use tun_rs::GROTable;
 
-use super::device::{Device, MAX_STAGED};
+use super::device::{Device, PeerState, Table, MAX_STAGED};
 use super::tun::{BATCH, VNET_HDR_LEN};
 use super::udp::GsoBatch;
 
@@ -36,7 +41,7 @@ pub(crate) const HANDSHAKE_QUEUE: usize = 1024;
 
 /// Work for the handshake thread.
 pub(crate) enum Job {
-    /// A handshake message or cookie reply from `from`.
+    /// A handshake message (initiation or response, mac1 checked) from `from`.
     Message {
         /// The datagram.
         bytes: Vec<u8>,
@@ -90,22 +95,26 @@ pub(crate) fn outbound(dev: &Device, hs: &SyncSender<Job>) -> io::Result<()> {
         };
         let now = Instant::now();
         let mut wake = false;
+        let table = dev.table();
         for (buf, &len) in bufs.iter_mut().zip(&sizes).take(n) {
             if HEADER_LEN + len + TAG_LEN > buf.len() {
                 continue;
             }
-            let Some(peer) = packet_destination(&buf[HEADER_LEN..HEADER_LEN + len])
-                .and_then(|dst| dev.routes.get(dst).copied())
+            let Some((peer, slot)) = packet_destination(&buf[HEADER_LEN..HEADER_LEN + len])
+                .and_then(|dst| table.route(dst))
+                .and_then(|id| Some((id, table.peer(id)?)))
             else {
                 dev.count(&dev.counters.no_route);
                 continue;
             };
-            let slot = &dev.peers[peer];
             let mut st = slot.lock();
             let sealed = st
                 .peer
                 .seal(now, &mut buf[..HEADER_LEN + len + TAG_LEN], len);
             wake |= st.peer.wants_initiation() || st.peer.wants_keepalive();
+            if let Some(t) = st.peer.poll_timeout() {
+                wake |= dev.timers.arm(t);
+            }
             match sealed {
                 Ok((packet_len, to)) => {
                     drop(st);
@@ -145,6 +154,8 @@ pub(crate) fn inbound(dev: &Device, hs: &SyncSender<Job>) -> io::Result<()> {
         .map(|_| Vec::with_capacity(VNET_HDR_LEN + 65_536))
         .collect();
     let mut gro_table = GROTable::default();
+    let mut flush_buf = vec![0u8; slot_len(dev.mtu)];
+    let mac1 = dev.mac1.clone();
     while !dev.stopping() {
         let n = {
             let mut iovs: Vec<IoSliceMut<'_>> =
@@ -157,28 +168,53 @@ pub(crate) fn inbound(dev: &Device, hs: &SyncSender<Job>) -> io::Result<()> {
         }
         let now = Instant::now();
         let mut out = 0;
+        let mut wake = false;
+        let table = dev.table();
         for (buf, m) in storage.iter_mut().zip(&meta).take(n) {
             let stride = if m.stride == 0 { m.len } else { m.stride };
             for seg in buf[..m.len].chunks_mut(stride.max(1)) {
-                match seg.first().copied() {
-                    Some(TYPE_DATA) => {}
-                    Some(TYPE_INITIATION | TYPE_RESPONSE | TYPE_COOKIE_REPLY) => {
+                match prescreen(&mac1, seg) {
+                    Prescreen::Data => {}
+                    Prescreen::Handshake => {
                         to_handshaker(dev, hs, seg, m.addr);
                         continue;
                     }
-                    _ => {
+                    Prescreen::CookieReply { receiver_index } => {
+                        cookie_reply(dev, &table, now, seg, receiver_index);
+                        continue;
+                    }
+                    Prescreen::BadMac => {
+                        dev.count(&dev.counters.bad_mac);
+                        continue;
+                    }
+                    Prescreen::Malformed => {
                         dev.count(&dev.counters.malformed);
                         continue;
                     }
                 }
-                let Some(peer) = peek_receiver_index(seg).and_then(|i| dev.peer_of_index(i)) else {
+                let Some((peer, slot)) = peek_receiver_index(seg)
+                    .and_then(|i| dev.peer_of_index(i))
+                    .and_then(|id| Some((id, table.peer(id)?)))
+                else {
                     dev.count(&dev.counters.unknown_index);
                     continue;
                 };
                 let payload = {
-                    let mut st = dev.peers[peer].lock();
-                    match st.peer.open(now, m.addr, seg) {
-                        Ok(p) => p,
+                    let mut st = slot.lock();
+                    let opened = st.peer.open(now, m.addr, seg);
+                    if let Some(t) = st.peer.poll_timeout() {
+                        wake |= dev.timers.arm(t);
+                    }
+                    wake |= st.peer.wants_initiation();
+                    match opened {
+                        Ok(p) => {
+                            // A responder's session confirmed by this packet: what waited
+                            // for it leaves now, not at the handshake thread's next pass.
+                            if !st.staged.is_empty() {
+                                flush_staged(dev, &mut st, now, &mut flush_buf);
+                            }
+                            p
+                        }
                         Err(_) => {
                             dev.count(&dev.counters.rejected);
                             continue;
@@ -189,7 +225,7 @@ pub(crate) fn inbound(dev: &Device, hs: &SyncSender<Job>) -> io::Result<()> {
                     continue; // a keepalive
                 }
                 // Cryptokey routing, inbound: the inner source must be this peer's.
-                if packet_source(payload).and_then(|s| dev.routes.get(s).copied()) != Some(peer) {
+                if packet_source(payload).and_then(|s| table.route(s)) != Some(peer) {
                     dev.count(&dev.counters.spoofed_source);
                     continue;
                 }
@@ -207,8 +243,58 @@ pub(crate) fn inbound(dev: &Device, hs: &SyncSender<Job>) -> io::Result<()> {
         if out > 0 {
             write_tun(dev, &mut gro_table, &mut tun_bufs[..out]);
         }
+        if wake {
+            let _ = hs.try_send(Job::Wake);
+        }
     }
     Ok(())
+}
+
+/// Seal and send the packets kept for a peer while it had no session, as far as it has one
+/// now; `buf` holds one sealed packet. Returns whether any is still waiting.
+pub(crate) fn flush_staged(dev: &Device, st: &mut PeerState, now: Instant, buf: &mut [u8]) -> bool {
+    while let Some(packet) = st.staged.pop_front() {
+        let len = packet.len();
+        if HEADER_LEN + len + TAG_LEN > buf.len() {
+            dev.count(&dev.counters.staged_dropped);
+            continue;
+        }
+        buf[HEADER_LEN..HEADER_LEN + len].copy_from_slice(&packet);
+        match st
+            .peer
+            .seal(now, &mut buf[..HEADER_LEN + len + TAG_LEN], len)
+        {
+            Ok((n, to)) => dev.udp.send(to, &buf[..n], None),
+            Err(SealError::NoSession) => {
+                st.staged.push_front(packet);
+                return true;
+            }
+            Err(_) => dev.count(&dev.counters.staged_dropped),
+        }
+    }
+    false
+}
+
+/// A cookie reply, handled where it was received: the peer whose handshake it answers
+/// opens it (one AEAD open); one for no index of ours, or that does not open, is dropped
+/// and counted.
+fn cookie_reply(dev: &Device, table: &Table, now: Instant, seg: &[u8], receiver_index: u32) {
+    let Some((peer, slot)) = dev
+        .peer_of_index(receiver_index)
+        .and_then(|id| Some((id, table.peer(id)?)))
+    else {
+        dev.count(&dev.counters.cookie_refused);
+        return;
+    };
+    let Ok(Message::CookieReply(c)) = message::parse(seg) else {
+        dev.count(&dev.counters.malformed);
+        return;
+    };
+    let result = slot.lock().peer.handle_cookie_reply(now, &c);
+    match result {
+        Ok(()) => tracing::debug!("cookie reply for peer {}: it is under load", peer + 1),
+        Err(_) => dev.count(&dev.counters.cookie_refused),
+    }
 }
 
 fn write_tun(dev: &Device, gro: &mut GROTable, bufs: &mut [Vec<u8>]) {

@@ -3,10 +3,14 @@
 //! receiver indexes no longer used. It is the only thread that does Diffie-Hellman and
 //! ML-KEM work, so a handshake flood cannot stall the data threads; the cookie checks in
 //! front of that work keep the flood cheap ([`HandshakeGate`]).
+//!
+//! It sleeps until the earliest deadline of all peers ([`TimerWake`](super::device::TimerWake)),
+//! which the data threads bring nearer (and wake it) when they arm a timer.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sessionkey_proto::crypto::SystemRandom;
@@ -16,8 +20,8 @@ use sessionkey_proto::vpn::message::{self, Message, COOKIE_REPLY_LEN, MAX_HANDSH
 use sessionkey_proto::vpn::ratelimit::DEFAULT_LOAD_THRESHOLD;
 use sessionkey_proto::vpn::{HandshakeGate, Screen, SealError};
 
-use super::datapath::{slot_len, Job};
-use super::device::{unix_nanos, Device};
+use super::datapath::{flush_staged, slot_len, Job};
+use super::device::{unix_nanos, Device, PeerSlot, PeerState, Table};
 
 /// Logs a repeated event at debug level at most once a second, with its count.
 struct Throttle(Option<Instant>);
@@ -60,29 +64,35 @@ pub(crate) fn run(dev: &Device, jobs: Receiver<Job>) -> Result<(), sessionkey_pr
         failed_log: Throttle(None),
     };
     let mut next_sweep = Instant::now() + Duration::from_secs(1);
-    let mut deadline = h.service_all(Instant::now());
+    h.scan(Instant::now());
     while !dev.stopping() {
         let now = Instant::now();
-        let wake_at = deadline.map_or(next_sweep, |d| d.min(next_sweep));
+        // The shared deadline: data threads bring it nearer and wake us when they do.
+        let wake_at = dev.timers.get().map_or(next_sweep, |d| d.min(next_sweep));
         let wait = wake_at
             .saturating_duration_since(now)
-            .min(Duration::from_millis(200));
+            .min(Duration::from_millis(500));
         let job = jobs.recv_timeout(wait);
         let now = Instant::now();
+        let woken = matches!(job, Ok(Job::Wake));
         match job {
             Ok(Job::Message { bytes, from }) => {
                 dev.queued.fetch_sub(1, Ordering::Relaxed);
-                if let Some(peer) = h.handle_message(now, &bytes, from) {
-                    let t = h.service(peer, now);
-                    deadline = min_opt(deadline, t);
+                let table = dev.table();
+                if let Some((peer, slot)) = h.handle_message(&table, now, &bytes, from) {
+                    if let Some(t) = h.service(peer, slot, now) {
+                        dev.timers.arm(t);
+                    }
                 }
             }
-            Ok(Job::Wake) => deadline = h.service_all(now),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
+            Ok(Job::Wake) => {}
         }
-        if deadline.is_some_and(|d| d <= now) {
-            deadline = h.service_all(now);
+        // A wake-up (a peer wants a handshake or a keepalive, or a nearer deadline), a
+        // deadline that came nearer, or one that passed: look at every peer.
+        if woken || dev.timers.take_rescan() || dev.timers.get().is_some_and(|d| d <= now) {
+            h.scan(now);
         }
         if now >= next_sweep {
             dev.sweep_indexes();
@@ -92,7 +102,54 @@ pub(crate) fn run(dev: &Device, jobs: Receiver<Job>) -> Result<(), sessionkey_pr
     Ok(())
 }
 
-fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+/// Handshakes without a response after which a DNS endpoint is resolved again (about 15 s
+/// with the default backoff: 1 + 2 + 4 + 8 s).
+const RESOLVE_AFTER_ATTEMPTS: u32 = 4;
+/// At most this often per peer.
+const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A peer configured with a DNS name whose handshakes keep failing (or gave up): resolve
+/// the name again, on its own thread (a resolver can block for seconds), and point the
+/// peer at the new address if it changed (the endpoint's host may have moved, as
+/// wg-quick's reresolve-dns does).
+fn maybe_resolve_again(slot: &Arc<PeerSlot>, st: &mut PeerState, gave_up: bool, now: Instant) {
+    let Some(host) = st.endpoint_host.clone() else {
+        return;
+    };
+    let failing = gave_up || st.peer.handshake_attempts() >= RESOLVE_AFTER_ATTEMPTS;
+    let due = st
+        .resolved_at
+        .is_none_or(|t| now.saturating_duration_since(t) >= RESOLVE_INTERVAL);
+    if !failing || !due {
+        return;
+    }
+    st.resolved_at = Some(now);
+    let slot = slot.clone();
+    let spawned = std::thread::Builder::new()
+        .name("sk-vpn-dns".into())
+        .spawn(move || {
+            use std::net::ToSocketAddrs;
+            match host.to_socket_addrs().map(|mut a| a.next()) {
+                Ok(Some(addr)) => {
+                    let mut st = slot.lock();
+                    if st.peer.endpoint() != Some(addr) {
+                        tracing::info!(
+                            "peer {}: {host} now resolves to {addr}; using it",
+                            slot.public_key.fingerprint()
+                        );
+                        st.peer.set_endpoint(addr);
+                    }
+                }
+                Ok(None) => tracing::debug!("{host} resolves to no address"),
+                Err(e) => tracing::debug!("cannot resolve {host} again: {e}"),
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::debug!("cannot start a resolver thread: {e}");
+    }
+}
+
+pub(crate) fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, None) => a,
@@ -101,22 +158,40 @@ fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 }
 
 impl Handshaker<'_> {
-    fn service_all(&mut self, now: Instant) -> Option<Instant> {
+    /// Service every peer and publish their earliest deadline.
+    fn scan(&mut self, now: Instant) {
         let mut next = None;
-        for i in 0..self.dev.peers.len() {
-            next = min_opt(next, self.service(i, now));
+        let table = self.dev.table();
+        for (i, e) in table.entries.iter().enumerate() {
+            if let Some(e) = e {
+                next = min_opt(next, self.service(i, &e.slot, now));
+            }
         }
-        next
+        self.dev.timers.set(next);
     }
 
-    /// Run peer `i`'s timers and send what it wants; returns its next deadline.
-    fn service(&mut self, i: usize, now: Instant) -> Option<Instant> {
+    /// Run peer `i`'s timers and send what it wants; returns its next deadline. Runs again
+    /// when sending (a kept packet, a keepalive) made the peer want a handshake, so that
+    /// one leaves now rather than at the next deadline.
+    fn service(&mut self, i: usize, slot: &Arc<PeerSlot>, now: Instant) -> Option<Instant> {
+        for _ in 0..3 {
+            if !self.service_once(i, slot, now) {
+                break;
+            }
+        }
+        slot.lock().peer.poll_timeout()
+    }
+
+    /// One pass of [`service`](Self::service); returns whether the peer wants an
+    /// initiation again.
+    fn service_once(&mut self, i: usize, slot: &Arc<PeerSlot>, now: Instant) -> bool {
         let dev = self.dev;
-        let slot = &dev.peers[i];
         let wants_initiation = {
             let mut st = slot.lock();
             st.peer.handle_timeout(now);
-            if st.peer.take_gave_up() {
+            let gave_up = st.peer.take_gave_up();
+            maybe_resolve_again(slot, &mut st, gave_up, now);
+            if gave_up {
                 let dropped = st.staged.len() as u64;
                 st.staged.clear();
                 dev.counters
@@ -158,24 +233,7 @@ impl Handshaker<'_> {
         }
         let mut st = slot.lock();
         // Packets kept during the handshake, then a keepalive if still wanted.
-        while let Some(packet) = st.staged.pop_front() {
-            let len = packet.len();
-            if HEADER_LEN + len + 16 > self.seal_buf.len() {
-                continue;
-            }
-            self.seal_buf[HEADER_LEN..HEADER_LEN + len].copy_from_slice(&packet);
-            match st
-                .peer
-                .seal(now, &mut self.seal_buf[..HEADER_LEN + len + 16], len)
-            {
-                Ok((n, to)) => dev.udp.send(to, &self.seal_buf[..n], None),
-                Err(SealError::NoSession) => {
-                    st.staged.push_front(packet);
-                    break;
-                }
-                Err(_) => dev.count(&dev.counters.staged_dropped),
-            }
-        }
+        flush_staged(dev, &mut st, now, &mut self.seal_buf);
         if st.peer.wants_keepalive() {
             match st.peer.seal(now, &mut self.seal_buf[..HEADER_LEN + 16], 0) {
                 Ok((n, to)) => dev.udp.send(to, &self.seal_buf[..n], None),
@@ -183,11 +241,17 @@ impl Handshaker<'_> {
                 Err(e) => tracing::debug!("keepalive not sealed: {e}"),
             }
         }
-        st.peer.poll_timeout()
+        st.peer.wants_initiation()
     }
 
     /// Handle one handshake message; returns the peer it concerned, if any.
-    fn handle_message(&mut self, now: Instant, bytes: &[u8], from: SocketAddr) -> Option<usize> {
+    fn handle_message<'t>(
+        &mut self,
+        table: &'t Table,
+        now: Instant,
+        bytes: &[u8],
+        from: SocketAddr,
+    ) -> Option<(usize, &'t Arc<PeerSlot>)> {
         let dev = self.dev;
         let Ok(msg) = message::parse(bytes) else {
             dev.count(&dev.counters.malformed);
@@ -196,16 +260,8 @@ impl Handshaker<'_> {
         let sender = match &msg {
             Message::Initiation(m) => m.sender_index,
             Message::Response(m) => m.sender_index,
-            Message::CookieReply(c) => {
-                let peer = dev.peer_of_index(c.receiver_index)?;
-                let result = dev.peers[peer].lock().peer.handle_cookie_reply(now, c);
-                match result {
-                    Ok(()) => tracing::debug!("cookie reply from {from}: peer is under load"),
-                    Err(e) => tracing::debug!("cookie reply from {from} refused: {e}"),
-                }
-                return Some(peer);
-            }
-            Message::Data => return None,
+            // The receiving thread handles those itself.
+            Message::CookieReply(_) | Message::Data => return None,
         };
         let queued = dev.queued.load(Ordering::Relaxed);
         match self.gate.screen(
@@ -252,7 +308,11 @@ impl Handshaker<'_> {
                         return None;
                     }
                 };
-                let Some(&peer) = dev.by_key.get(&read.initiator) else {
+                let Some((peer, slot)) = table
+                    .by_key
+                    .get(&read.initiator)
+                    .and_then(|&id| Some((id, table.peer(id)?)))
+                else {
                     dev.count(&dev.counters.unknown_peer);
                     let who = read.initiator;
                     self.unknown_peer_log
@@ -267,7 +327,6 @@ impl Handshaker<'_> {
                     return None;
                 };
                 let index = dev.fresh_index(peer);
-                let slot = &dev.peers[peer];
                 let mut st = slot.lock();
                 match st
                     .peer
@@ -290,14 +349,16 @@ impl Handshaker<'_> {
                             });
                     }
                 }
-                Some(peer)
+                Some((peer, slot))
             }
             Message::Response(resp) => {
-                let Some(peer) = dev.peer_of_index(resp.receiver_index) else {
+                let Some((peer, slot)) = dev
+                    .peer_of_index(resp.receiver_index)
+                    .and_then(|id| Some((id, table.peer(id)?)))
+                else {
                     dev.count(&dev.counters.unknown_index);
                     return None;
                 };
-                let slot = &dev.peers[peer];
                 let result = slot.lock().peer.handle_response(now, &resp, from);
                 match result {
                     Ok(()) => tracing::debug!(
@@ -315,7 +376,7 @@ impl Handshaker<'_> {
                             });
                     }
                 }
-                Some(peer)
+                Some((peer, slot))
             }
             Message::CookieReply(_) | Message::Data => None,
         }

@@ -8,7 +8,7 @@
 //!   recvmmsg, GSO, GRO; buffers sized by the VPN itself);
 //! - `datapath`: one thread per direction, batched, no allocation per packet;
 //! - `handshaker`: one thread for handshakes and timers (the only one doing public-key work);
-//! - [`control`]: the socket behind `vpn show` and `vpn down`.
+//! - [`control`]: the socket behind `vpn show`, `set`, `syncconf` and `down`.
 //!
 //! [`run`] brings the interface up and keeps it until SIGTERM, SIGINT or `vpn down`, then
 //! stops the threads and removes the interface.
@@ -18,6 +18,8 @@ pub mod control;
 mod datapath;
 mod device;
 mod handshaker;
+mod privileges;
+mod routes;
 mod tun;
 mod udp;
 
@@ -26,8 +28,9 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-pub use config::{ConfigError, PeerEntry, VpnConfig};
-pub use control::{down, show, vpn_control_dir};
+pub use config::{ConfigError, Hooks, PeerEntry, VpnConfig};
+pub use control::{down, set, show, syncconf, vpn_control_dir, NotRunning};
+pub use device::PeerChange;
 pub use tun::TunError;
 
 use datapath::{Job, HANDSHAKE_QUEUE};
@@ -48,7 +51,8 @@ pub enum VpnError {
     Udp {
         /// The port.
         port: u16,
-        /// The cause.
+        /// The cause (kind `AddrInUse` when another socket holds the port; its message
+        /// then names the process if it can be found).
         source: std::io::Error,
     },
     /// The protocol core refused (a key could not be used).
@@ -57,6 +61,22 @@ pub enum VpnError {
     /// An I/O failure while running (the control socket, a dead device).
     #[error(transparent)]
     Io(std::io::Error),
+    /// A `pre_up`/`post_up`/`pre_down`/`post_down` command failed.
+    #[error("{stage} command `{command}` {detail}")]
+    Hook {
+        /// The hook.
+        stage: &'static str,
+        /// The command, with `%i` replaced.
+        command: String,
+        /// How it failed.
+        detail: String,
+    },
+    /// Root could not be dropped after setup (`user`).
+    #[error("{0}")]
+    Privileges(String),
+    /// A route could not be added (`routes = "auto"`).
+    #[error("{0}; set routes = \"off\" in [interface] to add routes yourself")]
+    Route(String),
 }
 
 /// What stops a running VPN, besides SIGTERM and SIGINT.
@@ -80,10 +100,33 @@ impl StopHandle {
 pub async fn run(config: VpnConfig, stop: StopHandle) -> Result<(), VpnError> {
     let name = config.name.clone();
     let peers = config.peers.len();
+    let hooks = config.hooks.clone();
+    let user = config.user.clone();
+    routes::run_hooks("pre_up", &hooks.pre_up, &name)?;
     let dev = Arc::new(Device::new(config)?);
+    dev.install_routes()?;
+    if let Err(e) = routes::run_hooks("post_up", &hooks.post_up, &name) {
+        dev.remove_routes();
+        return Err(e);
+    }
     let control = control::serve(&dev, stop.0.clone())
         .await
         .map_err(VpnError::Io)?;
+    // Everything privileged is done: the interface, its routes, the sockets.
+    match privileges::drop_to(&user) {
+        Ok(privileges::Dropped::To { user, uid }) => {
+            tracing::info!("vpn {name}: running as user {user} (uid {uid}), without privileges")
+        }
+        Ok(privileges::Dropped::KeptRoot) => tracing::warn!(
+            "vpn {name}: keeps running as root (user = \"root\"); the default, user = \"nobody\", \
+             drops root once the interface is up"
+        ),
+        Ok(privileges::Dropped::NotRoot) => {}
+        Err(e) => {
+            dev.remove_routes();
+            return Err(e);
+        }
+    }
     tracing::info!(
         "vpn {name} up: public key {}, UDP port {}, {peers} peer(s), suite {}, {}; offloads: TUN {}, \
          UDP GSO x{}, GRO x{}; receive buffer {} KiB",
@@ -153,10 +196,17 @@ pub async fn run(config: VpnConfig, stop: StopHandle) -> Result<(), VpnError> {
     if joined.is_err() {
         tracing::warn!("vpn {name}: a thread did not stop cleanly");
     }
+    if let Err(e) = routes::run_hooks("pre_down", &hooks.pre_down, &name) {
+        tracing::warn!("vpn {name}: {e}");
+    }
+    dev.remove_routes();
     // The last reference: closing the TUN device removes the interface.
     drop(dev);
     drop(control);
     tracing::info!("vpn {name} down: interface removed");
+    if let Err(e) = routes::run_hooks("post_down", &hooks.post_down, &name) {
+        tracing::warn!("vpn {name}: {e}");
+    }
     result
 }
 

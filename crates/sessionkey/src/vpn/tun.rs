@@ -19,8 +19,9 @@ pub(crate) const BATCH: usize = tun_rs::IDEAL_BATCH_SIZE;
 pub enum TunError {
     /// Creating a TUN device needs CAP_NET_ADMIN.
     #[error(
-        "no permission to create the TUN interface {name}: run as root, or give the binary \
-         the capability with: sudo setcap cap_net_admin+ep $(command -v sessionkey)"
+        "no permission to create the TUN interface {name}: run vpn up as root, or from a \
+         systemd unit with AmbientCapabilities=CAP_NET_ADMIN (docs/VPN.md, Privileges); do \
+         not setcap the binary: that gives every local user the capability"
     )]
     Permission {
         /// The interface name.

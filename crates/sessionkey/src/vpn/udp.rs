@@ -26,22 +26,36 @@ pub(crate) struct Udp {
 }
 
 impl Udp {
-    /// Bind `[::]:port` (dual-stack), else `0.0.0.0:port` where IPv6 is off.
-    pub(crate) fn bind(port: u16) -> io::Result<Self> {
+    /// Bind `[::]:port` (dual-stack), else `0.0.0.0:port` where IPv6 is off; mark the
+    /// socket's packets with `fwmark` if given (SO_MARK, for policy routing).
+    pub(crate) fn bind(port: u16, fwmark: Option<u32>) -> io::Result<Self> {
         let socket = match UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port)) {
             Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                let holder = port_holder(port)
+                    .map(|(pid, comm)| format!(" by {comm} (pid {pid})"))
+                    .unwrap_or_default();
                 return Err(io::Error::new(
                     e.kind(),
                     format!(
-                        "UDP port {port} is in use; stop what uses it (ss -lunp 'sport = :{port}') \
-                         or set another listen_port"
+                        "UDP port {port} is in use{holder}; stop what uses it \
+                         (ss -lunp 'sport = :{port}') or set another listen_port"
                     ),
-                ))
+                ));
             }
             Err(_) => UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, port))?,
         };
         let v6 = socket.local_addr()?.is_ipv6();
+        if let Some(mark) = fwmark {
+            setsockopt(&socket.as_fd(), sockopt::Mark, &mark).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "cannot set fwmark {mark} on the UDP socket: {e} (needs CAP_NET_ADMIN)"
+                    ),
+                )
+            })?;
+        }
         // Root (CAP_NET_ADMIN) may exceed net.core.rmem_max; others get what the limit allows.
         let fd = socket.as_fd();
         if setsockopt(&fd, sockopt::RcvBufForce, &BUFFER_BYTES).is_err() {
@@ -144,6 +158,58 @@ impl Udp {
             }
         }
     }
+}
+
+/// The process holding UDP port `port`, if /proc says (it shows other users' processes'
+/// sockets only to root): the socket inode from /proc/net/udp{,6}, then the process with a
+/// descriptor on it. Best effort, for the error message only.
+fn port_holder(port: u16) -> Option<(u32, String)> {
+    let inodes: Vec<String> = ["/proc/net/udp6", "/proc/net/udp"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let local_port = fields.get(1)?.rsplit(':').next()?;
+                    (u16::from_str_radix(local_port, 16).ok()? == port)
+                        .then(|| fields.get(9).map(|i| (*i).to_string()))
+                        .flatten()
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|i| i != "0")
+        .collect();
+    if inodes.is_empty() {
+        return None;
+    }
+    let targets: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    for proc_entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = proc_entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(link) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            if targets.iter().any(|t| link.as_os_str() == t.as_str()) {
+                let comm = std::fs::read_to_string(proc_entry.path().join("comm"))
+                    .map(|c| c.trim().to_string())
+                    .unwrap_or_else(|_| "?".into());
+                return Some((pid, comm));
+            }
+        }
+    }
+    None
 }
 
 /// The most one GSO send carries: a UDP datagram's limit, less the headers.
