@@ -78,6 +78,8 @@ fn a_flood_past_the_descriptor_limit_does_not_stop_the_server() {
             "1000",
             "--max-handshakes-per-source",
             "1000",
+            "--handshakes-per-second-per-source",
+            "100000",
         ]
         .map(String::from),
     );

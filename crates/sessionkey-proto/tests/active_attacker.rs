@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sessionkey_proto::crypto::SystemRandom;
-use sessionkey_proto::handshake::{Header, Initiator, Policy, Refusal, Responder};
+use sessionkey_proto::handshake::{Initiator, Policy, Refusal, Responder};
 use sessionkey_proto::keys::{Identity, PublicKey};
 use sessionkey_proto::noise::Pattern;
 use sessionkey_proto::record::MAX_FRAME;
@@ -441,10 +441,10 @@ fn every_close_is_acknowledged_whoever_closes_first() {
             "acknowledged before it was read"
         );
         p.pump();
-        let (first, second) = if client_first {
-            (&mut p.client, &mut p.server)
+        let second = if client_first {
+            &mut p.server
         } else {
-            (&mut p.server, &mut p.client)
+            &mut p.client
         };
         second.session.close();
         p.pump();

@@ -15,6 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sessionkey_proto::vpn::ratelimit::{RateLimiter, MAX_ENTRIES};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -31,6 +32,11 @@ const MAX_COUNTED_SOURCES: usize = 4096;
 /// the control socket and the established sessions' targets.
 const RESERVED_DESCRIPTORS: u64 = 32;
 
+/// Default of [`Limits::handshakes_per_second_per_source`]: about 5% of a core spent on
+/// hybrid handshakes (about 0.25 ms each for the responder), with room for a tunnel client
+/// that carries a few hundred application connections at once from one address.
+pub const DEFAULT_HANDSHAKE_RATE: u32 = 200;
+
 /// Bounds on a server's connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -41,6 +47,10 @@ pub struct Limits {
     pub max_handshakes_per_source: usize,
     /// Established sessions at once; `None`: bounded only by the descriptor limit.
     pub max_connections: Option<usize>,
+    /// New handshakes a second from one source (burst: twice as many). A recorded hello
+    /// replayed in a loop costs the server a DH and a KEM decapsulation each time, even
+    /// though it never opens a session: this bounds what one source can make it spend.
+    pub handshakes_per_second_per_source: u32,
 }
 
 impl Limits {
@@ -56,6 +66,7 @@ impl Limits {
             max_handshakes,
             max_handshakes_per_source: (max_handshakes / 4).max(2),
             max_connections: None,
+            handshakes_per_second_per_source: DEFAULT_HANDSHAKE_RATE,
         }
     }
 }
@@ -109,6 +120,9 @@ pub(crate) enum Refusal {
     PerSource(usize),
     /// [`Limits::max_connections`] sessions were established.
     Connections(usize),
+    /// This source started [`Limits::handshakes_per_second_per_source`] handshakes a
+    /// second.
+    Rate(u32),
 }
 
 impl Display for Refusal {
@@ -120,6 +134,11 @@ impl Display for Refusal {
                 "{n} handshakes in progress from this source (max_handshakes_per_source)"
             ),
             Self::Connections(n) => write!(f, "{n} sessions established (max_connections)"),
+            Self::Rate(n) => write!(
+                f,
+                "more than {n} handshakes a second from this source \
+                 (handshakes_per_second_per_source)"
+            ),
         }
     }
 }
@@ -130,6 +149,7 @@ pub(crate) struct Gate {
     limits: Limits,
     handshakes: Arc<Semaphore>,
     per_source: Mutex<HashMap<IpAddr, usize>>,
+    rate: Mutex<RateLimiter>,
     established: Option<Arc<Semaphore>>,
 }
 
@@ -164,6 +184,10 @@ impl Gate {
             limits,
             handshakes: Arc::new(Semaphore::new(limits.max_handshakes.max(1))),
             per_source: Mutex::new(HashMap::new()),
+            rate: Mutex::new(RateLimiter::with_rate(
+                limits.handshakes_per_second_per_source.into(),
+                2 * u64::from(limits.handshakes_per_second_per_source),
+            )),
             established: limits
                 .max_connections
                 .map(|n| Arc::new(Semaphore::new(n.max(1)))),
@@ -179,6 +203,14 @@ impl Gate {
                 ));
             }
         }
+        let rate = self.limits.handshakes_per_second_per_source;
+        let mut limiter = self.rate.lock().map_err(|_| Refusal::Rate(rate))?;
+        // With the table full (thousands of sources at once) the bounds on handshakes in
+        // progress still hold; refusing every new source would lock everyone out.
+        if limiter.len() < MAX_ENTRIES && !limiter.allow(std::time::Instant::now(), from.ip()) {
+            return Err(Refusal::Rate(rate));
+        }
+        drop(limiter);
         let source = source_of(from);
         let mut map = self
             .per_source
@@ -477,6 +509,7 @@ mod tests {
             max_handshakes: 3,
             max_handshakes_per_source: 2,
             max_connections: Some(1),
+            handshakes_per_second_per_source: 1000,
         });
         let a1 = gate.admit(&addr("192.0.2.1:1000")).unwrap();
         let a2 = gate.admit(&addr("192.0.2.1:1001")).unwrap();
@@ -508,6 +541,28 @@ mod tests {
         assert_eq!(gate.per_source.lock().unwrap().len(), 2);
         drop((a2, b1, a3));
         assert_eq!(gate.per_source.lock().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn one_source_cannot_start_handshakes_faster_than_its_rate() {
+        // A replayed hello in a loop: each attempt ends at once, so only the rate holds it.
+        let gate = Gate::new(Limits {
+            handshakes_per_second_per_source: 10,
+            ..Limits::for_open_files(1 << 20)
+        });
+        let admitted = (0..100u16)
+            .filter(|i| {
+                gate.admit(&addr(&format!("192.0.2.7:{}", 1000 + i)))
+                    .is_ok()
+            })
+            .count();
+        assert_eq!(admitted, 20, "burst is twice the rate");
+        assert_eq!(
+            gate.admit(&addr("192.0.2.7:2000")).unwrap_err(),
+            Refusal::Rate(10)
+        );
+        // Another source is not held back by the first.
+        assert!(gate.admit(&addr("192.0.2.8:1000")).is_ok());
     }
 
     #[test]

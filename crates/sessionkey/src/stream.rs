@@ -190,7 +190,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SecureStream<T> {
             {
                 Ok(Received::Incomplete { needed }) => {
                     self.make_room(needed);
-                    let n = self.io.read(&mut self.rbuf[self.rlen..]).await?;
+                    // A reset is the peer going away without acknowledging, as an end of
+                    // stream is.
+                    let n = self.io.read(&mut self.rbuf[self.rlen..]).await.unwrap_or(0);
                     if n == 0 {
                         let _ = self.session.handle_eof(Instant::now());
                         self.drain_events();

@@ -78,6 +78,11 @@ pub(crate) struct ServerArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     #[serde(default)]
     max_connections: Option<u32>,
+    /// New handshakes a second from one address, twice that at once; more are reset at
+    /// once (default: 200). Bounds what a replayed hello can make the server compute.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[serde(default)]
+    handshakes_per_second_per_source: Option<u32>,
     #[command(flatten)]
     #[serde(flatten)]
     opts: SessionOpts,
@@ -180,6 +185,9 @@ impl ServerArgs {
             limits.max_handshakes_per_source = n(v);
         }
         limits.max_connections = self.max_connections.map(n);
+        if let Some(v) = self.handshakes_per_second_per_source {
+            limits.handshakes_per_second_per_source = v;
+        }
         limits
     }
 }

@@ -14,8 +14,6 @@ pub const PACKETS_BURST: u64 = 5;
 /// out. Entries are made only for senders that proved their address with a cookie.
 pub const MAX_ENTRIES: usize = 8192;
 
-const NANOS_PER_PACKET: u64 = 1_000_000_000 / PACKETS_PER_SECOND;
-const BURST_NANOS: u64 = NANOS_PER_PACKET * PACKETS_BURST;
 const IDLE: Duration = Duration::from_secs(1);
 
 /// Token buckets keyed by source address (an IPv6 address by its /64, as one host usually
@@ -24,6 +22,8 @@ const IDLE: Duration = Duration::from_secs(1);
 pub struct RateLimiter {
     buckets: HashMap<[u8; 16], (Instant, u64)>,
     last_sweep: Option<Instant>,
+    nanos_per_token: u64,
+    burst_nanos: u64,
 }
 
 impl Default for RateLimiter {
@@ -50,22 +50,32 @@ fn key(ip: IpAddr) -> [u8; 16] {
 }
 
 impl RateLimiter {
-    /// An empty limiter.
+    /// An empty limiter with WireGuard's numbers ([`PACKETS_PER_SECOND`], [`PACKETS_BURST`]).
     pub fn new() -> Self {
+        Self::with_rate(PACKETS_PER_SECOND, PACKETS_BURST)
+    }
+
+    /// An empty limiter allowing `per_second` a second from each source, `burst` at once.
+    pub fn with_rate(per_second: u64, burst: u64) -> Self {
+        let nanos_per_token = 1_000_000_000 / per_second.clamp(1, 1_000_000_000);
         Self {
             buckets: HashMap::new(),
             last_sweep: None,
+            nanos_per_token,
+            burst_nanos: nanos_per_token.saturating_mul(burst.max(1)),
         }
     }
 
     /// Whether a handshake message from `ip` may be processed at `now`; takes a token.
     pub fn allow(&mut self, now: Instant, ip: IpAddr) -> bool {
+        // An entry idle this long has its whole burst back: forgetting it changes nothing.
+        let idle = Duration::from_nanos(self.burst_nanos).max(IDLE);
         if self
             .last_sweep
-            .is_none_or(|t| now.saturating_duration_since(t) >= IDLE)
+            .is_none_or(|t| now.saturating_duration_since(t) >= idle)
         {
             self.buckets
-                .retain(|_, (last, _)| now.saturating_duration_since(*last) < IDLE);
+                .retain(|_, (last, _)| now.saturating_duration_since(*last) < idle);
             self.last_sweep = Some(now);
         }
         let k = key(ip);
@@ -74,10 +84,10 @@ impl RateLimiter {
             Some((last, tokens)) => {
                 let elapsed = now.saturating_duration_since(*last).as_nanos();
                 let elapsed = u64::try_from(elapsed).unwrap_or(u64::MAX);
-                *tokens = tokens.saturating_add(elapsed).min(BURST_NANOS);
+                *tokens = tokens.saturating_add(elapsed).min(self.burst_nanos);
                 *last = now;
-                if *tokens >= NANOS_PER_PACKET {
-                    *tokens -= NANOS_PER_PACKET;
+                if *tokens >= self.nanos_per_token {
+                    *tokens -= self.nanos_per_token;
                     true
                 } else {
                     false
@@ -85,7 +95,7 @@ impl RateLimiter {
             }
             None if room => {
                 self.buckets
-                    .insert(k, (now, BURST_NANOS - NANOS_PER_PACKET));
+                    .insert(k, (now, self.burst_nanos - self.nanos_per_token));
                 true
             }
             None => false,
