@@ -140,7 +140,7 @@ pub struct Session {
     /// The session as it was when it closed.
     final_info: Option<SessionInfo>,
     /// After a clean close whose own close the peer has not acknowledged yet: the receiving
-    /// direction, kept to open that one acknowledgement (PROTOCOL.md 9.2).
+    /// direction, kept to open that one acknowledgement (PROTOCOL.md 9.3).
     trailing: Option<Box<Trailing>>,
     /// Data bytes the peer confirmed it received, all of them, with its acknowledgement.
     acknowledged: Option<u64>,
@@ -697,7 +697,7 @@ impl Session {
         };
         if !est.send.open {
             // After its close a side sends one record more: its acknowledgement of the
-            // peer's close, when that came later (PROTOCOL.md 9.2).
+            // peer's close, when that came later (PROTOCOL.md 9.3).
             let Some(ack) = est.pending.ack.take() else {
                 return Ok(None);
             };
