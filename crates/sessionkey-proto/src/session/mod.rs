@@ -66,6 +66,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod cipher;
 mod config;
 mod direction;
 mod event;
@@ -864,12 +865,9 @@ impl Session {
     ) -> Result<usize, Error> {
         let _ = now;
         self.check_can_send()?;
-        if len > MAX_CONTENT {
-            return Err(ApiMisuse::PayloadTooLarge {
-                len,
-                max: MAX_CONTENT,
-            }
-            .into());
+        let max = self.record_sizes().0;
+        if len > max {
+            return Err(ApiMisuse::PayloadTooLarge { len, max }.into());
         }
         if self.must_transmit_first() {
             return Err(
@@ -886,6 +884,15 @@ impl Session {
         }
     }
 
+    /// The most content a data record carries, and the most its body adds to the content
+    /// (AEAD suites: 65518 and 17).
+    fn record_sizes(&self) -> (usize, usize) {
+        match &self.state {
+            State::Established(est) => est.send.record_sizes(),
+            _ => (MAX_CONTENT, MIN_RECORD_BODY),
+        }
+    }
+
     /// Seal up to one record of `data` into `out`, sending pending control records first.
     /// Returns `(consumed, written)`: how much of `data` went out, and the frame length in
     /// `out`. Call again with the rest until all is consumed.
@@ -899,11 +906,12 @@ impl Session {
         if let Some(n) = self.poll_transmit(now, out)? {
             return Ok((0, n));
         }
-        let room = out.len().saturating_sub(LEN_PREFIX + MIN_RECORD_BODY);
-        let len = data.len().min(MAX_CONTENT).min(room);
+        let (max, overhead) = self.record_sizes();
+        let room = out.len().saturating_sub(LEN_PREFIX + overhead);
+        let len = data.len().min(max).min(room);
         if len == 0 && !data.is_empty() {
             return Err(ApiMisuse::BufferTooSmall {
-                needed: LEN_PREFIX + MIN_RECORD_BODY + 1,
+                needed: LEN_PREFIX + overhead + 1,
                 have: out.len(),
             }
             .into());
