@@ -29,6 +29,10 @@ pub(crate) struct Args {
     /// MiB to send through the tunnel (echoed back).
     #[arg(long, default_value_t = 64)]
     mib: usize,
+    /// INSECURE: records under DES or 3DES, to see their rotations (every 4 MiB).
+    #[cfg(feature = "legacy-ciphers")]
+    #[arg(long, value_name = "des|3des", value_parser = super::common::parse_legacy)]
+    insecure_legacy_cipher: Option<Suite>,
 }
 
 fn key_line(dir: &str, d: &sessionkey::proto::session::DirectionStats) -> String {
@@ -91,10 +95,22 @@ fn show(start: Instant, event: &Event) {
 }
 
 pub(crate) async fn run(args: &Args) -> Result<()> {
-    let suite = match &args.suite {
+    #[cfg_attr(not(feature = "legacy-ciphers"), allow(unused_mut))]
+    let mut suite = match &args.suite {
         Some(name) => Suite::from_name(name).with_context(|| format!("unknown suite {name}"))?,
         None => Suite::default_for_this_cpu(),
     };
+    #[cfg_attr(not(feature = "legacy-ciphers"), allow(unused_mut))]
+    let mut suites = Suite::ALL.to_vec();
+    #[cfg(feature = "legacy-ciphers")]
+    if let Some(legacy) = args.insecure_legacy_cipher {
+        println!(
+            "  WARNING: {legacy} is insecure (64-bit blocks: Sweet32; DES: key search). Its keys \
+             rotate every 4 MiB, half the 2^20-block cap.\n"
+        );
+        suite = legacy;
+        suites.push(legacy);
+    }
     let server_id = Arc::new(Identity::generate(&mut SystemRandom)?);
     let client_id = Arc::new(Identity::generate(&mut SystemRandom)?);
     println!(
@@ -125,6 +141,7 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
     let client_key = *client_id.public_key();
     let policy = Policy {
         require_hybrid: !args.classic,
+        suites,
         ..Policy::default()
     };
     let responder = Responder::new(policy, Some(server_id.clone()), None)
