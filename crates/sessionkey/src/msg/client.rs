@@ -14,6 +14,10 @@ use zeroize::Zeroizing;
 use super::api::{
     self, Ack, BundleResponse, DeviceStatus, Inbox, RegisterRequest, UploadPrekeys, B64,
 };
+use super::payload::{
+    decode_chunk, encode_chunk, encode_text, safe_file_name, FileChunk, PAYLOAD_FILE_CHUNK,
+    PAYLOAD_TEXT,
+};
 use super::relay::{RelayClient, RelayError};
 use super::store::{Store, StoreError};
 use crate::proto::crypto::{SecureRandom, SystemRandom};
@@ -31,9 +35,6 @@ pub const PREKEY_BATCH: usize = 50;
 pub const PREKEY_LOW_WATER: u64 = 20;
 /// File data per message.
 pub const FILE_CHUNK: usize = 64 * 1024;
-
-const PAYLOAD_TEXT: u8 = 0x01;
-const PAYLOAD_FILE_CHUNK: u8 = 0x02;
 
 /// A messaging client failure; each says what to do next.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +74,16 @@ pub enum ClientError {
     /// The key file.
     #[error(transparent)]
     KeyFile(#[from] crate::proto::Error),
+    /// State on disk others could read or write.
+    #[error("{path} is mode {mode:04o}: other users could read or change the messaging state; run `chmod {want:o} {path}`")]
+    Permissions {
+        /// The directory or file.
+        path: PathBuf,
+        /// Its mode.
+        mode: u32,
+        /// The mode it should have (0700 for directories, 0600 for files).
+        want: u32,
+    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -212,6 +223,53 @@ fn store_path(dir: &Path) -> PathBuf {
     dir.join("store.db")
 }
 
+/// Create `dir` (and missing parents) as 0700; an existing one is left as it is (and
+/// checked by [`check_private`]).
+fn create_private_dir(dir: &Path) -> Result<(), ClientError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err(dir))
+}
+
+/// Create `path` empty as 0600 if it does not exist, so that what is written to it later
+/// (SQLite, received files) is never readable by others, whatever the umask.
+fn create_private_file(path: &Path) -> Result<(), ClientError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// Refuse state others can read or write: directories must be 0700 (or stricter), files
+/// 0600, as the key file is (`read_private_key`).
+fn check_private(path: &Path) -> Result<(), ClientError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(ClientError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+            want: if meta.is_dir() { 0o700 } else { 0o600 },
+        });
+    }
+    Ok(())
+}
+
 /// `host:port` from `https://host:port[/]`, `host:port`.
 pub fn relay_addr(url: &str) -> Result<String, ClientError> {
     let rest = url
@@ -266,64 +324,23 @@ pub fn safety_number(a_name: &str, a: &IdentityKey, b_name: &str, b: &IdentityKe
         .join(" ")
 }
 
-fn encode_text(text: &str) -> Vec<u8> {
-    [&[PAYLOAD_TEXT][..], text.as_bytes()].concat()
-}
+/// How [`Received::Dropped`] names a sender whose name from the relay is not valid.
+pub const INVALID_SENDER: &str = "(invalid sender name)";
 
-struct FileChunk<'a> {
-    transfer: [u8; 16],
-    index: u32,
-    count: u32,
-    size: u64,
-    name: &'a str,
-    data: &'a [u8],
-}
-
-fn encode_chunk(c: &FileChunk<'_>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(40 + c.name.len() + c.data.len());
-    out.push(PAYLOAD_FILE_CHUNK);
-    out.extend_from_slice(&c.transfer);
-    out.extend_from_slice(&c.index.to_be_bytes());
-    out.extend_from_slice(&c.count.to_be_bytes());
-    out.extend_from_slice(&c.size.to_be_bytes());
-    let name = &c.name.as_bytes()[..c.name.len().min(255)];
-    out.extend_from_slice(&(name.len() as u16).to_be_bytes());
-    out.extend_from_slice(name);
-    out.extend_from_slice(c.data);
-    out
-}
-
-fn decode_chunk(p: &[u8]) -> Option<FileChunk<'_>> {
-    let transfer = p.get(..16)?.try_into().ok()?;
-    let index = u32::from_be_bytes(p.get(16..20)?.try_into().ok()?);
-    let count = u32::from_be_bytes(p.get(20..24)?.try_into().ok()?);
-    let size = u64::from_be_bytes(p.get(24..32)?.try_into().ok()?);
-    let name_len = usize::from(u16::from_be_bytes(p.get(32..34)?.try_into().ok()?));
-    let name = std::str::from_utf8(p.get(34..34 + name_len)?).ok()?;
-    let data = p.get(34 + name_len..)?;
-    (index < count).then_some(FileChunk {
-        transfer,
-        index,
-        count,
-        size,
-        name,
-        data,
-    })
-}
-
-/// A received file's name made safe: its last path component, no leading dot.
-fn safe_file_name(name: &str) -> String {
-    let base = name.rsplit(['/', '\\']).next().unwrap_or("");
-    let cleaned: String = base
-        .chars()
-        .map(|c| if c.is_control() { '_' } else { c })
-        .collect();
-    let cleaned = cleaned.trim_start_matches('.').to_string();
-    if cleaned.is_empty() {
-        "file".into()
-    } else {
-        cleaned
+/// `DIR/files/SENDER`, built only from a name that passes [`api::valid_name`] and is one
+/// normal path component: a name from the network never chooses where a file goes.
+fn sender_dir(dir: &Path, from: &str) -> Result<PathBuf, ClientError> {
+    let mut parts = Path::new(from).components();
+    let one_normal = matches!(
+        (parts.next(), parts.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    );
+    if !api::valid_name(from) || !one_normal {
+        return Err(ClientError::Invalid(format!(
+            "{from:?} is not a valid sender name"
+        )));
     }
+    Ok(dir.join("files").join(from))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -370,7 +387,8 @@ impl Messenger {
         if store_path(dir).exists() || key_path(dir).exists() {
             return Err(ClientError::AlreadyInitialized(dir.to_path_buf()));
         }
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        create_private_dir(dir)?;
+        check_private(dir)?;
         // Learn (or check) the relay's certificate before anything is written.
         let (trust, learned) = match relay_pin {
             Some(pin) => (TlsTrust::Pinned(pin), false),
@@ -404,6 +422,7 @@ impl Messenger {
         let rng = &mut SystemRandom;
         let key_file = Identity::generate(rng)?;
         write_keypair(&key_path(dir), &key_file, "sessionkey msg store key")?;
+        create_private_file(&store_path(dir))?;
         let store = Store::open(&store_path(dir), &key_file).await?;
         let t = now();
         let mut device = Device::generate(rng)?;
@@ -458,6 +477,9 @@ impl Messenger {
     pub async fn open(dir: &Path) -> Result<Self, ClientError> {
         if !key_path(dir).exists() || !store_path(dir).exists() {
             return Err(ClientError::NotInitialized(dir.to_path_buf()));
+        }
+        for path in [dir.to_path_buf(), store_path(dir), dir.join("files")] {
+            check_private(&path)?;
         }
         let key_file = read_private_key(&key_path(dir))?;
         let store = Store::open(&store_path(dir), &key_file).await?;
@@ -854,10 +876,8 @@ impl Messenger {
         chunk: &FileChunk<'_>,
     ) -> Result<Option<Received>, ClientError> {
         let id: String = chunk.transfer.iter().map(|b| format!("{b:02x}")).collect();
-        let dir = self.dir.join("files").join(from);
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(io_err(&dir))?;
+        let dir = sender_dir(&self.dir, from)?;
+        create_private_dir(&dir)?;
         let part = dir.join(format!(".{id}.part"));
         let key = format!("transfer/{from}/{id}");
         let state = match self.store.meta(&key).await? {
@@ -875,6 +895,7 @@ impl Messenger {
             }));
         }
         let mut f = tokio::fs::OpenOptions::new()
+            .mode(0o600)
             .create(true)
             .append(true)
             .truncate(false)
@@ -950,6 +971,17 @@ impl Messenger {
         let mut blocked: HashSet<String> = HashSet::new();
         let mut setups = false;
         for m in inbox.messages {
+            // A name from the network is data: one that fails the name rule is never used
+            // (as a contact, an address or a path); the message is dropped.
+            if !api::valid_name(&m.sender) {
+                on(Received::Dropped {
+                    from: INVALID_SENDER.into(),
+                    reason: "the relay gave a sender name that is not valid; message dropped"
+                        .into(),
+                });
+                acked.push(m.id);
+                continue;
+            }
             if blocked.contains(&m.sender) {
                 continue;
             }
@@ -1109,6 +1141,26 @@ mod tests {
     }
 
     #[test]
+    fn sender_dirs_stay_inside() {
+        let d = Path::new("/state/msg");
+        assert_eq!(
+            sender_dir(d, "bob").unwrap(),
+            Path::new("/state/msg/files/bob")
+        );
+        for bad in [
+            "/etc",
+            "..",
+            ".",
+            "../x",
+            "a/b",
+            "",
+            "/home/u/.config/autostart",
+        ] {
+            assert!(sender_dir(d, bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn safety_numbers_agree_and_differ() {
         let a = Device::generate(&mut SystemRandom).unwrap();
         let b = Device::generate(&mut SystemRandom).unwrap();
@@ -1124,27 +1176,5 @@ mod tests {
             ab,
             safety_number("alice", a.identity(), "bob", c.identity())
         );
-    }
-
-    #[test]
-    fn chunks_round_trip_and_names_are_tamed() {
-        let c = FileChunk {
-            transfer: [9; 16],
-            index: 2,
-            count: 3,
-            size: 10,
-            name: "a.txt",
-            data: b"xyz",
-        };
-        let enc = encode_chunk(&c);
-        let d = decode_chunk(&enc[1..]).unwrap();
-        assert_eq!(
-            (d.index, d.count, d.size, d.name, d.data),
-            (2, 3, 10, "a.txt", &b"xyz"[..])
-        );
-        assert!(decode_chunk(&enc[1..20]).is_none());
-        assert_eq!(safe_file_name("../../etc/passwd"), "passwd");
-        assert_eq!(safe_file_name(".bashrc"), "bashrc");
-        assert_eq!(safe_file_name(""), "file");
     }
 }
