@@ -476,3 +476,77 @@ fn recv_escapes_control_characters_and_state_is_private() {
     sk(&bob, &["msg", "recv"], None);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `sessionkey ARGS` with `SESSIONKEY_FAILPOINT=point`; its output, whatever its status.
+fn sk_crash(state: &Path, args: &[&str], point: &str) -> Output {
+    Command::new(BIN)
+        .arg("--state")
+        .arg(state)
+        .args(args)
+        .env("SESSIONKEY_LOG", "error")
+        .env("SESSIONKEY_FAILPOINT", point)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// A crash between decrypting and showing loses nothing and shows nothing twice: the
+/// plaintext is stored with the ratchet state that decrypted it, shown, then acknowledged.
+/// Then `recv --follow` and `send` run together on one state directory.
+#[test]
+fn a_crash_between_decrypt_and_display_shows_the_message_once() {
+    let dir = temp_dir("crash");
+    let (relay_state, alice, bob) = (dir.join("relay"), dir.join("alice"), dir.join("bob"));
+    let (_relay, addr) = relay(&relay_state, "127.0.0.1:0", None);
+    init(&alice, &addr, "alice");
+    init(&bob, &addr, "bob");
+    sk(&alice, &["msg", "send", "bob", "crash-canary-1"], None);
+    // Decrypted, not yet stored: the crash undoes the decryption.
+    let out = sk_crash(&bob, &["msg", "recv", "--json"], "before-store");
+    assert!(!out.status.success());
+    assert!(texts(&out).is_empty());
+    // Stored with the new ratchet state, not yet shown (nor acknowledged).
+    let out = sk_crash(&bob, &["msg", "recv", "--json"], "after-store");
+    assert!(!out.status.success(), "the failpoint aborts");
+    assert!(texts(&out).is_empty());
+    sk(&alice, &["msg", "send", "bob", "crash-canary-2"], None);
+    let out = sk(&bob, &["msg", "recv", "--json"], None);
+    assert_eq!(texts(&out), ["crash-canary-1", "crash-canary-2"]);
+    let events = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!events.contains("dropped"), "{events}");
+    assert!(texts(&sk(&bob, &["msg", "recv", "--json"], None)).is_empty());
+
+    // Two terminals on bob's state: `recv --follow` while `send --lines` runs.
+    let mut follow = Command::new(BIN)
+        .arg("--state")
+        .arg(&bob)
+        .args(["msg", "recv", "--follow", "--json"])
+        .env("SESSIONKEY_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(follow.stdout.take().unwrap());
+    let follow = Proc(follow);
+    let to_bob: String = (0..20).map(|i| format!("to-bob-{i}\n")).collect();
+    let to_alice: String = (0..20).map(|i| format!("to-alice-{i}\n")).collect();
+    let sender = {
+        let alice = alice.clone();
+        std::thread::spawn(move || sk(&alice, &["msg", "send", "bob", "--lines"], Some(&to_bob)))
+    };
+    sk(&bob, &["msg", "send", "alice", "--lines"], Some(&to_alice));
+    sender.join().unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < 20 && Instant::now() < deadline {
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            got.push(v["text"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    drop(follow);
+    let want: Vec<String> = (0..20).map(|i| format!("to-bob-{i}")).collect();
+    assert_eq!(got, want);
+    let want: Vec<String> = (0..20).map(|i| format!("to-alice-{i}")).collect();
+    assert_eq!(texts(&sk(&alice, &["msg", "recv", "--json"], None)), want);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -463,7 +463,11 @@ async fn fetch(
         let woken = notify.notified();
         let messages = relay
             .storage
-            .fetch(&name, api::MAX_MESSAGES_PER_FETCH)
+            .fetch(
+                &name,
+                api::MAX_MESSAGES_PER_FETCH,
+                api::MAX_MESSAGES_PER_SENDER_PER_FETCH,
+            )
             .await?;
         let now = Instant::now();
         if !messages.is_empty() || now >= deadline {

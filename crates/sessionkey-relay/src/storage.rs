@@ -345,17 +345,24 @@ impl Storage {
         Ok(id)
     }
 
-    /// The oldest `limit` messages queued for `recipient`, in order.
+    /// The oldest `limit` messages queued for `recipient`, in order, taking at most
+    /// `per_sender` of each sender: one sender's backlog cannot keep another's messages out
+    /// of a batch.
     pub async fn fetch(
         &self,
         recipient: &str,
         limit: usize,
+        per_sender: usize,
     ) -> Result<Vec<InboxMessage>, StorageError> {
         let rows = sqlx::query(
-            "SELECT seq, sender, created, body FROM messages WHERE recipient = $1
-             ORDER BY seq LIMIT $2",
+            "SELECT seq, sender, created, body FROM (
+                SELECT seq, sender, created, body,
+                       ROW_NUMBER() OVER (PARTITION BY sender ORDER BY seq) AS nth
+                FROM messages WHERE recipient = $1) AS queued
+             WHERE nth <= $2 ORDER BY seq LIMIT $3",
         )
         .bind(recipient)
+        .bind(i64::try_from(per_sender).unwrap_or(i64::MAX))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;

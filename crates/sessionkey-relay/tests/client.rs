@@ -327,3 +327,294 @@ async fn the_store_refuses_another_key_file() {
     ));
     assert!(store.meta("device").await.is_ok());
 }
+
+/// Every queued envelope's ratchet header as (ratchet key, n): two equal ones mean one
+/// message key encrypted two messages.
+async fn queued_headers(url: &str, recipient: &str) -> Vec<([u8; 32], u32)> {
+    use sessionkey::proto::msg::Envelope;
+    use sqlx::{Connection, Row};
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    let rows = sqlx::query("SELECT body FROM messages WHERE recipient = $1 ORDER BY seq")
+        .bind(recipient)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| {
+            let body: Vec<u8> = r.get(0);
+            let h = match Envelope::parse(&body).unwrap() {
+                Envelope::Initial(i) => i.header().unwrap(),
+                Envelope::Ratchet(m) => *m.header(),
+                _ => unreachable!(),
+            };
+            (h.ratchet_key, h.n)
+        })
+        .collect()
+}
+
+/// The key reuse of issue 13: a write based on a stale read of a session. Two readers of one
+/// stored session encrypt with the same chain key (equal headers: the same AEAD key and
+/// nonce); the version check refuses the second write, and since a sender stores before it
+/// sends, the second envelope never leaves.
+#[tokio::test]
+async fn a_stale_session_write_is_refused() {
+    use sessionkey::msg::store::{Store, StoreError};
+    use sessionkey::proto::crypto::SystemRandom;
+    use sessionkey::proto::keys::Identity;
+    use sessionkey::proto::msg::{
+        Address, Device, Envelope, PrekeyBundle, Session, Timestamp, Trust,
+    };
+    let rng = &mut SystemRandom;
+    let now = Timestamp::from_unix_secs(1_700_000_000);
+    let mut bob = Device::generate(rng).unwrap();
+    let signed_prekey = bob.new_signed_prekey(now, rng).unwrap();
+    let kem_prekey = bob.new_last_resort_kem_prekey(now).unwrap();
+    let alice = Device::generate(rng).unwrap();
+    let session = Session::initiate(
+        &alice,
+        &Address::new("alice").unwrap(),
+        &Address::new("bob").unwrap(),
+        &PrekeyBundle {
+            identity: *bob.identity(),
+            signed_prekey,
+            one_time_prekey: None,
+            kem_prekey,
+        },
+        Trust::OnFirstUse,
+        sessionkey::proto::suite::Suite::default_for_this_cpu(),
+        rng,
+    )
+    .unwrap();
+    let dir = temp_dir("stale");
+    let store = Store::open(&dir.join("store.db"), &Identity::generate(rng).unwrap())
+        .await
+        .unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_session("bob", session.base_key(), &session.to_bytes(), None, 1)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    // Two readers of version 0 (as two processes without a lock would be).
+    let mut tx = store.begin().await.unwrap();
+    let first = tx.sessions("bob").await.unwrap().remove(0);
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    let second = tx.sessions("bob").await.unwrap().remove(0);
+    tx.commit().await.unwrap();
+    assert_eq!(first.version, second.version);
+
+    let header = |e: &[u8]| match Envelope::parse(e).unwrap() {
+        Envelope::Initial(i) => i.header().unwrap(),
+        _ => unreachable!(),
+    };
+    let mut s1 = Session::from_bytes(&first.state).unwrap();
+    let e1 = s1.encrypt(b"one").unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.update_session(&first, &s1.to_bytes(), 2).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let mut s2 = Session::from_bytes(&second.state).unwrap();
+    let e2 = s2.encrypt(b"two").unwrap();
+    assert_eq!(
+        header(&e1),
+        header(&e2),
+        "the stale copy reuses the message key"
+    );
+    let mut tx = store.begin().await.unwrap();
+    match tx.update_session(&second, &s2.to_bytes(), 3).await {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("a stale write must be refused, got {other:?}"),
+    }
+    drop(tx);
+    // The stored state is the first writer's: the next message moves on.
+    let mut tx = store.begin().await.unwrap();
+    let row = tx.sessions("bob").await.unwrap().remove(0);
+    assert_eq!(row.version, first.version + 1);
+    let e3 = Session::from_bytes(&row.state)
+        .unwrap()
+        .encrypt(b"three")
+        .unwrap();
+    assert_eq!(header(&e3).n, header(&e1).n + 1);
+    drop(tx);
+    store.close().await;
+}
+
+/// Two clients on one state directory sending at once (as `msg recv --follow` and `msg send`
+/// in two terminals): the directory's lock serialises them, no header repeats, every message
+/// arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_on_one_state_directory_never_reuse_a_key() {
+    let dir = temp_dir("two-writers");
+    let (relay, _storage, url_of, _) = start_relay(&dir).await;
+    let db = format!("sqlite://{}", dir.join("relay.db").display());
+    Messenger::init(&dir.join("alice"), &url_of, "alice", None)
+        .await
+        .unwrap();
+    Messenger::init(&dir.join("bob"), &url_of, "bob", None)
+        .await
+        .unwrap();
+    let mut a1 = Messenger::open(&dir.join("alice")).await.unwrap();
+    let mut a2 = Messenger::open(&dir.join("alice")).await.unwrap();
+    a1.send_text("bob", "setup").await.unwrap();
+    let (r1, r2) = tokio::join!(
+        async {
+            for i in 0..25 {
+                a1.send_text("bob", &format!("one-{i}")).await?;
+            }
+            Ok::<_, ClientError>(())
+        },
+        async {
+            for i in 0..25 {
+                a2.send_text("bob", &format!("two-{i}")).await?;
+            }
+            Ok::<_, ClientError>(())
+        },
+    );
+    r1.unwrap();
+    r2.unwrap();
+    let headers = queued_headers(&db, "bob").await;
+    assert_eq!(headers.len(), 51);
+    let distinct: std::collections::HashSet<_> = headers.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        headers.len(),
+        "a message key was used twice"
+    );
+    let mut bob = Messenger::open(&dir.join("bob")).await.unwrap();
+    let events = drain(&mut bob).await;
+    let got = texts(&events);
+    assert_eq!(got.len(), 51, "{events:?}");
+    for who in ["one", "two"] {
+        let mine: Vec<String> = got.iter().filter(|t| t.starts_with(who)).cloned().collect();
+        let want: Vec<String> = (0..25).map(|i| format!("{who}-{i}")).collect();
+        assert_eq!(mine, want);
+    }
+    relay.stop();
+}
+
+/// One sender's backlog (200 messages on a changed identity) does not delay another
+/// sender's message; they are set aside, not left to block the queue, and read once the
+/// change is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_senders_backlog_does_not_block_another() {
+    let dir = temp_dir("backlog");
+    let (relay, storage, url_of, _) = start_relay(&dir).await;
+    let url = format!("sqlite://{}", dir.join("relay.db").display());
+    for name in ["alice", "bob", "carol"] {
+        Messenger::init(&dir.join(name), &url_of, name, None)
+            .await
+            .unwrap();
+    }
+    let mut alice = Messenger::open(&dir.join("alice")).await.unwrap();
+    let mut bob = Messenger::open(&dir.join("bob")).await.unwrap();
+    let mut carol = Messenger::open(&dir.join("carol")).await.unwrap();
+    bob.send_text("alice", "hi").await.unwrap();
+    assert_eq!(texts(&drain(&mut alice).await), ["hi"]);
+    bob.close().await;
+
+    // Someone takes the name "bob" (the relay lets it) and floods alice.
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+        for sql in [
+            "DELETE FROM devices WHERE name = 'bob'",
+            "DELETE FROM prekeys WHERE device = 'bob'",
+        ] {
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        }
+    }
+    Messenger::init(&dir.join("mallory"), &url_of, "bob", None)
+        .await
+        .unwrap();
+    let mut mallory = Messenger::open(&dir.join("mallory")).await.unwrap();
+    for i in 0..200 {
+        mallory
+            .send_text("alice", &format!("junk-{i}"))
+            .await
+            .unwrap();
+    }
+    carol.send_text("alice", "from carol").await.unwrap();
+
+    // The first batch already carries carol's message.
+    let mut first = Vec::new();
+    alice
+        .receive_batch(0, &mut |e| first.push(e))
+        .await
+        .unwrap();
+    assert_eq!(texts(&first), ["from carol"], "{first:?}");
+    assert!(first
+        .iter()
+        .any(|e| matches!(e, Received::IdentityChanged { from, .. } if from == "bob")));
+    // The rest is set aside; the relay's queue empties.
+    let rest = drain(&mut alice).await;
+    assert!(texts(&rest).is_empty());
+    assert_eq!(storage.status("alice").await.unwrap().queued, 0);
+    // Accepted: the 200 are read, in order, once.
+    alice.verify("bob", true).await.unwrap();
+    let got = texts(&drain(&mut alice).await);
+    let want: Vec<String> = (0..200).map(|i| format!("junk-{i}")).collect();
+    assert_eq!(got, want);
+    assert!(drain(&mut alice).await.is_empty());
+    relay.stop();
+}
+
+/// Messages whose keys the receiver had to drop (too far out of order) are reported, not
+/// silently lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_skipped_keys_are_reported() {
+    use sessionkey::msg::payload::{encode_text, pad};
+    use sessionkey::proto::crypto::SystemRandom;
+    use sessionkey::proto::msg::{
+        Address, Device, IdentityKey, KemPrekey, OneTimePrekey, PrekeyBundle, Session,
+        SignedPrekey, Trust, MAX_SKIPPED_PER_CHAIN,
+    };
+    let dir = temp_dir("evicted");
+    let (relay, storage, url_of, _) = start_relay(&dir).await;
+    Messenger::init(&dir.join("bob"), &url_of, "bob", None)
+        .await
+        .unwrap();
+    let mut bob = Messenger::open(&dir.join("bob")).await.unwrap();
+    // A sender (set up directly, as the relay test above does) who sends message 0, then
+    // message 1,500: 1,499 are skipped, more than one chain keeps.
+    let rng = &mut SystemRandom;
+    let taken = storage.take_bundle("bob").await.unwrap().unwrap();
+    let bundle = PrekeyBundle {
+        identity: IdentityKey::from_bytes(&taken.device.identity).unwrap(),
+        signed_prekey: SignedPrekey::from_bytes(&taken.device.signed_prekey).unwrap(),
+        one_time_prekey: taken
+            .one_time
+            .map(|k| OneTimePrekey::from_bytes(&k).unwrap()),
+        kem_prekey: KemPrekey::from_bytes(&taken.kem.unwrap_or(taken.device.last_resort_kem))
+            .unwrap(),
+    };
+    let dave = Device::generate(rng).unwrap();
+    let mut s = Session::initiate(
+        &dave,
+        &Address::new("dave").unwrap(),
+        &Address::new("bob").unwrap(),
+        &bundle,
+        Trust::OnFirstUse,
+        sessionkey::proto::suite::Suite::default_for_this_cpu(),
+        rng,
+    )
+    .unwrap();
+    let first = s.encrypt(&pad(&encode_text("first"))).unwrap();
+    storage.enqueue("bob", "dave", &first, 1).await.unwrap();
+    for _ in 0..1499 {
+        s.encrypt(&pad(&encode_text("lost"))).unwrap();
+    }
+    let last = s.encrypt(&pad(&encode_text("last"))).unwrap();
+    storage.enqueue("bob", "dave", &last, 2).await.unwrap();
+    let events = drain(&mut bob).await;
+    assert_eq!(texts(&events), ["first", "last"]);
+    let reported: u32 = events
+        .iter()
+        .filter_map(|e| match e {
+            Received::Undecryptable { from, count, .. } if from == "dave" => Some(*count),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(reported as usize, 1499 - MAX_SKIPPED_PER_CHAIN);
+    relay.stop();
+}

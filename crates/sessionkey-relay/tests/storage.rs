@@ -131,21 +131,35 @@ async fn queue_semantics(s: &Storage) {
         s.enqueue(&bob, &alice, b"two", 11).await.unwrap(),
         s.enqueue(&bob, &alice, b"three", 12).await.unwrap(),
     ];
-    let got = s.fetch(&bob, 2).await.unwrap();
+    let got = s.fetch(&bob, 2, 100).await.unwrap();
     assert_eq!(
         got.iter().map(|m| m.body.0.as_slice()).collect::<Vec<_>>(),
         [&b"one"[..], b"two"]
     );
     assert_eq!(got[0].sender, alice);
     assert_eq!(s.newest(&bob).await.unwrap(), ids[2]);
-    assert!(s.fetch(&alice, 10).await.unwrap().is_empty());
+    assert!(s.fetch(&alice, 10, 100).await.unwrap().is_empty());
     // Someone else's acknowledgement deletes nothing.
     assert_eq!(s.ack(&alice, &ids).await.unwrap(), 0);
     assert_eq!(s.ack(&bob, &ids[..2]).await.unwrap(), 2);
-    let got = s.fetch(&bob, 10).await.unwrap();
+    let got = s.fetch(&bob, 10, 100).await.unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].body.0, b"three");
     assert_eq!(s.status(&bob).await.unwrap().queued, 1);
+    // At most `per_sender` of each sender in a fetch: one sender's backlog does not keep
+    // another's message out of the batch.
+    let carol = unique("carol");
+    for i in 0..5 {
+        s.enqueue(&bob, &alice, format!("a{i}").as_bytes(), 20)
+            .await
+            .unwrap();
+    }
+    s.enqueue(&bob, &carol, b"c0", 21).await.unwrap();
+    let got = s.fetch(&bob, 10, 2).await.unwrap();
+    assert_eq!(
+        got.iter().map(|m| m.body.0.as_slice()).collect::<Vec<_>>(),
+        [&b"three"[..], b"a0", b"c0"]
+    );
 }
 
 async fn registration_and_nonces(s: &Storage) {
@@ -197,7 +211,7 @@ async fn expiry(s: &Storage) {
     s.use_nonce(&bob, &[2; 16], now - 1).await.unwrap();
     let (messages, nonces) = s.expire(cutoff, now).await.unwrap();
     assert!(messages >= 1 && nonces >= 1);
-    let left = s.fetch(&bob, 10).await.unwrap();
+    let left = s.fetch(&bob, 10, 100).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].body.0, b"new");
     assert!(

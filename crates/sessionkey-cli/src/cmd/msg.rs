@@ -102,6 +102,7 @@ pub(crate) fn exit_code(cause: &(dyn std::error::Error + 'static)) -> Option<u8>
         ClientError::Relay(RelayError::CertificateChanged { .. })
         | ClientError::IdentityChanged { .. } => 77,
         ClientError::Relay(r) if r.status().is_some_and(|s| s.as_u16() == 429) => 75,
+        ClientError::Busy { .. } => 75,
         ClientError::NotInitialized(_)
         | ClientError::AlreadyInitialized(_)
         | ClientError::Invalid(_)
@@ -279,12 +280,24 @@ fn render_event(e: &Received) -> Option<(bool, String)> {
                 esc(reason)
             ),
         ),
+        Received::Undecryptable {
+            from,
+            count,
+            reason,
+        } => (
+            false,
+            format!(
+                "sessionkey: {count} message(s) from {} could not be decrypted: {}",
+                esc(from),
+                esc(reason)
+            ),
+        ),
         Received::IdentityChanged { from, fingerprint } => {
             let from = esc(from);
             (
                 false,
                 format!(
-                    "sessionkey: {from}'s identity key changed (now {}); their messages wait until you compare safety numbers and run `sessionkey msg verify {from} --accept`",
+                    "sessionkey: {from}'s identity key changed (now {}); their messages are set aside until you compare safety numbers and run `sessionkey msg verify {from} --accept`",
                     esc(fingerprint)
                 ),
             )
@@ -336,10 +349,7 @@ async fn follow(m: &mut Messenger, on: &mut (dyn FnMut(Received) + Send)) -> Res
         let result: Result<(), ClientError> = async {
             match m.push_channel().await {
                 Ok(mut push) => loop {
-                    let (_, blocked) = m.receive_batch(0, on).await?;
-                    if blocked {
-                        tokio::time::sleep(Duration::from_secs(5)).await;
-                    }
+                    m.receive_batch(0, on).await?;
                     let mut more = false;
                     while !more {
                         // Drain fully before waiting: a push may have been sent during the batch.
@@ -357,12 +367,10 @@ async fn follow(m: &mut Messenger, on: &mut (dyn FnMut(Received) + Send)) -> Res
                 Err(ClientError::Relay(RelayError::Refused { .. } | RelayError::Protocol(_))) => {
                     tracing::info!("push channel unavailable; falling back to long-poll");
                     loop {
-                        let (_, blocked) = m
-                            .receive_batch(sessionkey::msg::api::MAX_WAIT_SECS - 5, on)
+                        // The lock on the state directory is taken only after the long-poll
+                        // returns, so `msg send` from another terminal is not held up.
+                        m.receive_batch(sessionkey::msg::api::MAX_WAIT_SECS - 5, on)
                             .await?;
-                        if blocked {
-                            tokio::time::sleep(Duration::from_secs(5)).await;
-                        }
                         pause = Duration::from_millis(200);
                     }
                 }

@@ -23,6 +23,9 @@ pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
 pub const MAX_PREKEYS_PER_UPLOAD: usize = 100;
 /// Messages returned by one fetch.
 pub const MAX_MESSAGES_PER_FETCH: usize = 100;
+/// Messages of one sender returned by one fetch (the rest come in later fetches), so that a
+/// sender with a long backlog cannot keep others' messages out of a batch.
+pub const MAX_MESSAGES_PER_SENDER_PER_FETCH: usize = 20;
 /// The longest long-poll wait, in seconds.
 pub const MAX_WAIT_SECS: u64 = 30;
 /// Undelivered messages are deleted after this many seconds (30 days).
@@ -240,7 +243,8 @@ pub struct InboxMessage {
     pub body: B64,
 }
 
-/// `GET /v1/messages?wait=SECS`: the oldest queued messages, in order.
+/// `GET /v1/messages?wait=SECS`: the oldest queued messages, in order, at most
+/// [`MAX_MESSAGES_PER_SENDER_PER_FETCH`] of each sender.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Inbox {
     /// At most [`MAX_MESSAGES_PER_FETCH`].

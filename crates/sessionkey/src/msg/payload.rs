@@ -1,6 +1,8 @@
 //! What a message carries inside the encryption (docs/MESSAGING.md, "Message payloads"): a
 //! text or a file chunk, and the rule that turns names from the network into file names.
 
+use zeroize::Zeroizing;
+
 /// Payload type byte of a text message.
 pub const PAYLOAD_TEXT: u8 = 0x01;
 /// Payload type byte of a file chunk.
@@ -65,6 +67,16 @@ pub fn decode_chunk(p: &[u8]) -> Option<FileChunk<'_>> {
         name,
         data,
     })
+}
+
+/// The payload as encrypted (padding comes with issue 13, item 8).
+pub fn pad(payload: &[u8]) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(payload.to_vec())
+}
+
+/// The payload inside a decrypted message; `None` if the padding is malformed.
+pub fn unpad(padded: &[u8]) -> Option<&[u8]> {
+    Some(padded)
 }
 
 /// A received file's name made safe to put in a directory: its last path component, control
