@@ -22,11 +22,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use sessionkey::msg::api::{
+use sessionkey_proto::msg::api::{
     self, Ack, AuthHeaders, BundleResponse, DeviceStatus, ErrorBody, Inbox, Push, RegisterRequest,
     SendResponse, UploadPrekeys,
 };
-use sessionkey::proto::msg::{
+use sessionkey_proto::msg::{
     IdentityKey, KemPrekey, OneTimePrekey, PrekeyBundle, SignedPrekey, MAX_ENVELOPE_LEN,
 };
 
@@ -328,7 +328,7 @@ async fn upload_prekeys(
         (status.one_time_prekeys, "X25519"),
         (status.kem_prekeys, "KEM"),
     ] {
-        if held > sessionkey::proto::msg::MAX_HELD_ONE_TIME_PREKEYS as u64 {
+        if held > sessionkey_proto::msg::MAX_HELD_ONE_TIME_PREKEYS as u64 {
             tracing::warn!(
                 held,
                 kind = what,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
-use sessionkey::msg::api::{DeviceStatus, InboxMessage, B64};
+use sessionkey_proto::msg::api::{DeviceStatus, InboxMessage, B64};
 
 /// Prekey kind stored for a one-time X25519 prekey (its key type byte).
 pub const KIND_ONE_TIME: i64 = 0x04;

@@ -253,3 +253,26 @@ fn unsupported_urls_are_refused() {
         );
     });
 }
+
+/// The relay depends on the core, not on the client library (which brings TUN, VPN and TLS
+/// client code): the client is a dev-dependency only, to test against.
+#[test]
+fn the_relay_depends_on_the_core_only() {
+    let manifest =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    let deps = manifest
+        .split("[dependencies]")
+        .nth(1)
+        .unwrap()
+        .split("\n[")
+        .next()
+        .unwrap();
+    let names: Vec<&str> = deps
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split(['.', ' ', '=']).next())
+        .filter(|n| !n.is_empty())
+        .collect();
+    assert!(names.contains(&"sessionkey-proto"), "{names:?}");
+    assert!(!names.contains(&"sessionkey"), "{names:?}");
+}
