@@ -618,3 +618,45 @@ async fn dropped_skipped_keys_are_reported() {
     assert_eq!(reported as usize, 1499 - MAX_SKIPPED_PER_CHAIN);
     relay.stop();
 }
+
+/// The relay sees only the padding bucket of a message's length, not the length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelopes_are_padded_to_buckets() {
+    use sqlx::{Connection, Row};
+    let dir = temp_dir("padding");
+    let (relay, _storage, url_of, _) = start_relay(&dir).await;
+    let db = format!("sqlite://{}", dir.join("relay.db").display());
+    for name in ["alice", "bob"] {
+        Messenger::init(&dir.join(name), &url_of, name, None)
+            .await
+            .unwrap();
+    }
+    let mut alice = Messenger::open(&dir.join("alice")).await.unwrap();
+    let mut bob = Messenger::open(&dir.join("bob")).await.unwrap();
+    let sizes = [0, 1, 17, 100, 254, 255, 510, 511, 1000, 1022];
+    for n in sizes {
+        alice.send_text("bob", &"x".repeat(n)).await.unwrap();
+    }
+    let mut conn = sqlx::AnyConnection::connect(&db).await.unwrap();
+    let lengths: Vec<usize> =
+        sqlx::query("SELECT body FROM messages WHERE recipient = 'bob' ORDER BY seq")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<Vec<u8>, _>(0).len())
+            .collect();
+    // A text's payload is 1 + n bytes, padded with at least one byte: n = 0..=254 fill the
+    // 256-byte bucket, 255..=510 the 512-byte one, 511..=1022 the 1024-byte one (all these
+    // are setup envelopes of one session: equal overhead).
+    let base = lengths[0];
+    let want: Vec<usize> = [0, 0, 0, 0, 0, 256, 256, 768, 768, 768]
+        .iter()
+        .map(|d| base + d)
+        .collect();
+    assert_eq!(lengths, want);
+    let got = texts(&drain(&mut bob).await);
+    let want: Vec<String> = sizes.iter().map(|&n| "x".repeat(n)).collect();
+    assert_eq!(got, want);
+    relay.stop();
+}

@@ -32,8 +32,9 @@ use crate::trust::{KnownPeers, PeerKey};
 pub const PREKEY_BATCH: usize = 50;
 /// Replenish when the relay holds fewer one-time prekeys of a kind than this.
 pub const PREKEY_LOW_WATER: u64 = 20;
-/// File data per message.
-pub const FILE_CHUNK: usize = 64 * 1024;
+/// File data per message: a chunk with its header and the longest name fits the 64 KiB
+/// padding bucket (docs/MESSAGING.md, "Padding").
+pub const FILE_CHUNK: usize = 64 * 1024 - 512;
 /// How long a command waits for another process using the same state directory.
 pub const LOCK_WAIT: Duration = Duration::from_secs(60);
 /// Messages of one contact set aside while its changed identity waits for `msg verify`;

@@ -3,6 +3,8 @@
 
 use zeroize::Zeroizing;
 
+use crate::proto::msg::MAX_PLAINTEXT_LEN;
+
 /// Payload type byte of a text message.
 pub const PAYLOAD_TEXT: u8 = 0x01;
 /// Payload type byte of a file chunk.
@@ -69,14 +71,38 @@ pub fn decode_chunk(p: &[u8]) -> Option<FileChunk<'_>> {
     })
 }
 
-/// The payload as encrypted (padding comes with issue 13, item 8).
-pub fn pad(payload: &[u8]) -> Zeroizing<Vec<u8>> {
-    Zeroizing::new(payload.to_vec())
+/// The smallest padded payload: every text up to 255 bytes looks alike to the relay.
+pub const MIN_PADDED: usize = 256;
+
+/// The length `len` bytes of payload are padded to: the smallest power of two from
+/// [`MIN_PADDED`] that holds them and the `0x80` marker, or, above 64 KiB, the largest
+/// plaintext a message carries ([`MAX_PLAINTEXT_LEN`]).
+pub fn padded_len(len: usize) -> usize {
+    let need = len + 1;
+    let bucket = need.max(MIN_PADDED).next_power_of_two();
+    if bucket <= MAX_PLAINTEXT_LEN {
+        bucket
+    } else {
+        MAX_PLAINTEXT_LEN.max(need)
+    }
 }
 
-/// The payload inside a decrypted message; `None` if the padding is malformed.
+/// The payload as encrypted: `payload || 0x80 || 0x00...` up to [`padded_len`] (ISO/IEC
+/// 7816-4 padding, as Signal pads), so the relay learns only the bucket of a message's
+/// length, never the length.
+pub fn pad(payload: &[u8]) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(padded_len(payload.len())));
+    out.extend_from_slice(payload);
+    out.push(0x80);
+    out.resize(padded_len(payload.len()), 0);
+    out
+}
+
+/// The payload inside a decrypted message: everything before the last `0x80` that only
+/// zeros follow; `None` if there is no such marker.
 pub fn unpad(padded: &[u8]) -> Option<&[u8]> {
-    Some(padded)
+    let end = padded.iter().rposition(|&b| b != 0)?;
+    (padded[end] == 0x80).then_some(&padded[..end])
 }
 
 /// A received file's name made safe to put in a directory: its last path component, control
@@ -101,6 +127,38 @@ pub fn safe_file_name(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn padding_hides_lengths_within_buckets() {
+        for (len, want) in [
+            (0, 256),
+            (1, 256),
+            (255, 256),
+            (256, 512),
+            (1000, 1024),
+            (65_535, 65_536),
+            (65_536, MAX_PLAINTEXT_LEN),
+        ] {
+            let payload = vec![0x80; len];
+            let padded = pad(&payload);
+            assert_eq!(padded.len(), want, "{len}");
+            assert_eq!(unpad(&padded), Some(&payload[..]), "{len}");
+        }
+        // A file chunk of FILE_CHUNK bytes with the longest name stays in the 64 KiB bucket.
+        let chunk = encode_chunk(&FileChunk {
+            transfer: [0; 16],
+            index: 0,
+            count: 1,
+            size: 1,
+            name: &"n".repeat(300),
+            data: &vec![0; crate::msg::client::FILE_CHUNK],
+        });
+        assert_eq!(pad(&chunk).len(), 65_536);
+        assert_eq!(unpad(&[1, 2, 0, 0]), None);
+        assert_eq!(unpad(&[0; 8]), None);
+        assert_eq!(unpad(&[]), None);
+        assert_eq!(unpad(&[0x80]), Some(&[][..]));
+    }
 
     #[test]
     fn chunks_round_trip_and_names_are_tamed() {
