@@ -475,7 +475,12 @@ async fn fetch(
                 .counters
                 .messages_fetched
                 .fetch_add(messages.len() as u64, Ordering::Relaxed);
-            return Ok(Json(Inbox { messages }));
+            let status = if messages.is_empty() {
+                None
+            } else {
+                Some(relay.storage.status(&name).await?)
+            };
+            return Ok(Json(Inbox { messages, status }));
         }
         let nap = relay.config.poll_interval.min(deadline - now);
         tokio::select! {

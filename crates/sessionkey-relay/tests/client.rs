@@ -41,17 +41,13 @@ async fn start_relay(
     (relay, storage, url_of, tls.pin())
 }
 
-/// What a hostile relay can do on its own: take `to`'s bundle, set up a session as a sender
-/// it names `sender` (any bytes it likes), and queue `payload` as the first message.
-async fn forge_first_message(storage: &Storage, sender: &str, to: &str, payload: &[u8]) {
-    use sessionkey::proto::crypto::SystemRandom;
+/// `to`'s bundle as the relay hands it out (its one-time prekeys now used up).
+async fn take_bundle(storage: &Storage, to: &str) -> sessionkey::proto::msg::PrekeyBundle {
     use sessionkey::proto::msg::{
-        Address, Device, IdentityKey, KemPrekey, OneTimePrekey, PrekeyBundle, Session,
-        SignedPrekey, Trust,
+        IdentityKey, KemPrekey, OneTimePrekey, PrekeyBundle, SignedPrekey,
     };
-    let rng = &mut SystemRandom;
     let taken = storage.take_bundle(to).await.unwrap().unwrap();
-    let bundle = PrekeyBundle {
+    PrekeyBundle {
         identity: IdentityKey::from_bytes(&taken.device.identity).unwrap(),
         signed_prekey: SignedPrekey::from_bytes(&taken.device.signed_prekey).unwrap(),
         one_time_prekey: taken
@@ -59,23 +55,46 @@ async fn forge_first_message(storage: &Storage, sender: &str, to: &str, payload:
             .map(|k| OneTimePrekey::from_bytes(&k).unwrap()),
         kem_prekey: KemPrekey::from_bytes(&taken.kem.unwrap_or(taken.device.last_resort_kem))
             .unwrap(),
-    };
+    }
+}
+
+/// Set up a session on `bundle` as a new device named `sender` (any bytes) and queue
+/// `payload` (padded, as clients send it) for `to` as the first message.
+async fn first_message_on(
+    storage: &Storage,
+    sender: &str,
+    to: &str,
+    bundle: &sessionkey::proto::msg::PrekeyBundle,
+    payload: &[u8],
+) {
+    use sessionkey::proto::crypto::SystemRandom;
+    use sessionkey::proto::msg::{Address, Device, Session, Trust};
+    let rng = &mut SystemRandom;
     let evil = Device::generate(rng).unwrap();
     let mut session = Session::initiate(
         &evil,
         &Address::new(sender.as_bytes()).unwrap(),
         &Address::new(to.as_bytes()).unwrap(),
-        &bundle,
+        bundle,
         Trust::OnFirstUse,
         sessionkey::proto::suite::Suite::default_for_this_cpu(),
         rng,
     )
     .unwrap();
-    let envelope = session.encrypt(payload).unwrap();
+    let envelope = session
+        .encrypt(&sessionkey::msg::payload::pad(payload))
+        .unwrap();
     storage
         .enqueue(to, sender, &envelope, 1_700_000_000)
         .await
         .unwrap();
+}
+
+/// What a hostile relay can do on its own: take `to`'s bundle, set up a session as a sender
+/// it names `sender` (any bytes it likes), and queue `payload` as the first message.
+async fn forge_first_message(storage: &Storage, sender: &str, to: &str, payload: &[u8]) {
+    let bundle = take_bundle(storage, to).await;
+    first_message_on(storage, sender, to, &bundle, payload).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -658,5 +677,72 @@ async fn envelopes_are_padded_to_buckets() {
     let got = texts(&drain(&mut bob).await);
     let want: Vec<String> = sizes.iter().map(|&n| "x".repeat(n)).collect();
     assert_eq!(got, want);
+    relay.stop();
+}
+
+/// The signed prekey and the last-resort ML-KEM prekey rotate every 7 days (a virtual clock
+/// here); a replaced one still serves setups in flight for its grace period, then is erased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prekeys_rotate_on_a_virtual_clock() {
+    use sessionkey::msg::client::{PREKEY_GRACE_SECS, PREKEY_ROTATION_SECS};
+    use sessionkey::msg::payload::encode_text;
+    use sessionkey::proto::msg::{KemPrekey, SignedPrekey, Timestamp};
+    let dir = temp_dir("rotation");
+    let (relay, storage, url_of, _) = start_relay(&dir).await;
+    Messenger::init(&dir.join("bob"), &url_of, "bob", None)
+        .await
+        .unwrap();
+    let mut bob = Messenger::open(&dir.join("bob")).await.unwrap();
+    let t0 = Timestamp::from_system_time(std::time::SystemTime::now()).unix_secs();
+    let day = 24 * 60 * 60;
+    let at = |secs: u64| Timestamp::from_unix_secs(t0 + secs);
+    let relay_keys = || async {
+        let d = storage.device("bob").await.unwrap().unwrap();
+        (
+            SignedPrekey::from_bytes(&d.signed_prekey).unwrap().id.0,
+            KemPrekey::from_bytes(&d.last_resort_kem).unwrap().id.0,
+        )
+    };
+    // Bundles fetched before any rotation, used later.
+    let early = take_bundle(&storage, "bob").await;
+    let late = take_bundle(&storage, "bob").await;
+    let (spk0, lr0) = relay_keys().await;
+    assert_eq!(early.signed_prekey.id.0, spk0);
+
+    assert!(!bob
+        .maintain_prekeys(at(PREKEY_ROTATION_SECS - day))
+        .await
+        .unwrap());
+    assert_eq!(relay_keys().await, (spk0, lr0));
+    assert!(bob
+        .maintain_prekeys(at(PREKEY_ROTATION_SECS))
+        .await
+        .unwrap());
+    let (spk1, lr1) = relay_keys().await;
+    assert!(spk1 > spk0 && lr1 != lr0, "the relay has the new keys");
+
+    // In the grace period the replaced signed prekey still serves a setup in flight.
+    first_message_on(&storage, "dave", "bob", &early, &encode_text("in grace")).await;
+    assert_eq!(texts(&drain(&mut bob).await), ["in grace"]);
+
+    // Rotations go on; once past the grace period the first keys are erased, and a setup
+    // on them can no longer be read (reported, not silent).
+    assert!(bob
+        .maintain_prekeys(at(2 * PREKEY_ROTATION_SECS))
+        .await
+        .unwrap());
+    let past = 2 * PREKEY_ROTATION_SECS + PREKEY_GRACE_SECS + day;
+    assert!(bob.maintain_prekeys(at(past)).await.unwrap());
+    first_message_on(&storage, "erin", "bob", &late, &encode_text("too late")).await;
+    let events = drain(&mut bob).await;
+    assert!(texts(&events).is_empty(), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Received::Dropped { from, .. } if from == "erin")),
+        "{events:?}"
+    );
+    // Not due again right away.
+    assert!(!bob.maintain_prekeys(at(past + day)).await.unwrap());
     relay.stop();
 }

@@ -251,6 +251,10 @@ pub struct InboxMessage {
 pub struct Inbox {
     /// At most [`MAX_MESSAGES_PER_FETCH`].
     pub messages: Vec<InboxMessage>,
+    /// With messages: the caller's prekey stock and queue, so that it refills when the
+    /// relay runs low (the count, not the kind of the messages, decides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<DeviceStatus>,
 }
 
 /// `POST /v1/messages/ack`: delete these messages from the caller's queue.

@@ -35,6 +35,11 @@ pub const PREKEY_LOW_WATER: u64 = 20;
 /// File data per message: a chunk with its header and the longest name fits the 64 KiB
 /// padding bucket (docs/MESSAGING.md, "Padding").
 pub const FILE_CHUNK: usize = 64 * 1024 - 512;
+/// The signed prekey and the last-resort ML-KEM prekey are replaced this often (7 days).
+pub const PREKEY_ROTATION_SECS: u64 = 7 * 24 * 60 * 60;
+/// A replaced signed or last-resort prekey is kept this long after its replacement was due
+/// (30 days: a setup message may wait on the relay that long), then erased.
+pub const PREKEY_GRACE_SECS: u64 = api::MESSAGE_EXPIRY_SECS;
 /// How long a command waits for another process using the same state directory.
 pub const LOCK_WAIT: Duration = Duration::from_secs(60);
 /// Messages of one contact set aside while its changed identity waits for `msg verify`;
@@ -764,6 +769,57 @@ impl Messenger {
             .await
     }
 
+    /// Rotate the signed prekey and the last-resort ML-KEM prekey if [`PREKEY_ROTATION_SECS`]
+    /// have passed at `now` (registering the new ones with the relay), and erase replaced
+    /// ones older than their grace period ([`PREKEY_GRACE_SECS`]). `now` is a parameter so
+    /// that the schedule can be tested on a virtual clock; `receive_batch` calls it with the
+    /// system's. Returns whether it rotated.
+    pub async fn maintain_prekeys(&mut self, now: Timestamp) -> Result<bool, ClientError> {
+        let _lock = self.lock().await?;
+        self.maintain_prekeys_locked(now).await
+    }
+
+    async fn maintain_prekeys_locked(&mut self, now: Timestamp) -> Result<bool, ClientError> {
+        let due = |created: Option<Timestamp>| {
+            created.is_none_or(|c| {
+                now.unix_secs() >= c.unix_secs().saturating_add(PREKEY_ROTATION_SECS)
+            })
+        };
+        let cutoff = Timestamp::from_unix_secs(
+            now.unix_secs()
+                .saturating_sub(PREKEY_ROTATION_SECS + PREKEY_GRACE_SECS),
+        );
+        // A cheap look at the copy in memory first: most calls have nothing to do.
+        if !due(self.device.signed_prekey_created())
+            && !due(self.device.last_resort_kem_prekey_created())
+            && !self.device.has_replaced_prekeys_before(cutoff)
+        {
+            return Ok(false);
+        }
+        let mut tx = self.store.begin().await?;
+        let mut device = Self::load_device(&mut tx).await?;
+        let rotate_spk = due(device.signed_prekey_created());
+        let rotate_kem = due(device.last_resort_kem_prekey_created());
+        device.remove_signed_prekeys_before(cutoff);
+        device.remove_last_resort_kem_prekeys_before(cutoff);
+        if rotate_spk {
+            device.new_signed_prekey(now, &mut SystemRandom)?;
+        }
+        if rotate_kem {
+            device.new_last_resort_kem_prekey(now)?;
+        }
+        tx.set_meta("device", &device.to_bytes()?).await?;
+        tx.commit().await?;
+        self.device = device;
+        let rotated = rotate_spk || rotate_kem;
+        if rotated {
+            // The device is stored first: the relay never hands out a key this side lacks.
+            self.register().await?;
+            tracing::info!("rotated the signed and last-resort prekeys");
+        }
+        Ok(rotated)
+    }
+
     async fn contact_record(
         tx: &mut Txn<'_>,
         name: &str,
@@ -1307,13 +1363,12 @@ impl Messenger {
             .await?;
         let _lock = self.lock().await?;
         self.release_held().await?;
+        self.maintain_prekeys_locked(now()).await?;
         let mut ids = Vec::with_capacity(inbox.messages.len());
         let mut changed: Vec<String> = Vec::new();
-        let mut setups = false;
         let mut tx = self.store.begin().await?;
         for m in inbox.messages {
             ids.push(m.id);
-            setups |= m.body.0.first() == Some(&crate::proto::msg::ENVELOPE_INITIAL);
             let m = Incoming {
                 relay_id: m.id,
                 sender: m.sender,
@@ -1352,7 +1407,10 @@ impl Messenger {
                 .await?;
             tx.commit().await?;
         }
-        if setups {
+        // Refill when the relay says its stock runs low (not guessed from envelope bytes).
+        if inbox.status.is_some_and(|st| {
+            st.one_time_prekeys < PREKEY_LOW_WATER || st.kem_prekeys < PREKEY_LOW_WATER
+        }) {
             self.replenish_locked(false).await?;
         }
         Ok((ids.len(), !changed.is_empty()))
