@@ -110,11 +110,16 @@ const POSTGRES_SCHEMA: &[&str] = &[
 /// Serialises schema creation among relays starting together on one PostgreSQL.
 const POSTGRES_SCHEMA_LOCK: i64 = 0x5e55_1075;
 
+/// The PostgreSQL channel on which a relay announces a queued message (the payload is the
+/// recipient's name), so every relay on the database wakes that recipient's waiters.
+pub const QUEUED_CHANNEL: &str = "sessionkey_queued";
+
 /// The relay's database.
 #[derive(Debug, Clone)]
 pub struct Storage {
     pool: AnyPool,
     backend: Backend,
+    url: String,
 }
 
 impl Storage {
@@ -154,7 +159,11 @@ impl Storage {
             }
             Backend::Postgres => options.max_connections(16).connect(&url).await?,
         };
-        let storage = Self { pool, backend };
+        let storage = Self {
+            pool,
+            backend,
+            url: url.clone(),
+        };
         storage.migrate().await?;
         Ok(storage)
     }
@@ -323,7 +332,29 @@ impl Storage {
         Ok(row.map(|r| r.try_get::<Vec<u8>, _>(0)).transpose()?)
     }
 
-    /// Queue `body` for `recipient`; returns its id (ids grow along each queue).
+    /// Listen for messages queued through any relay on this database (PostgreSQL `LISTEN`):
+    /// `None` on SQLite (one relay process: its own wake-ups are all there is).
+    pub async fn listen(&self) -> Result<Option<sqlx::postgres::PgListener>, StorageError> {
+        if self.backend != Backend::Postgres {
+            return Ok(None);
+        }
+        let mut listener = sqlx::postgres::PgListener::connect(&self.url).await?;
+        listener.listen(QUEUED_CHANNEL).await?;
+        Ok(Some(listener))
+    }
+
+    /// How many messages wait for `recipient`.
+    pub async fn queued(&self, recipient: &str) -> Result<u64, StorageError> {
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM messages WHERE recipient = $1")
+            .bind(recipient)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Queue `body` for `recipient`; returns its id (ids grow along each queue). On
+    /// PostgreSQL the same transaction notifies [`QUEUED_CHANNEL`].
     pub async fn enqueue(
         &self,
         recipient: &str,
@@ -331,17 +362,25 @@ impl Storage {
         body: &[u8],
         now: i64,
     ) -> Result<i64, StorageError> {
-        let id: i64 = sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO messages (recipient, sender, body, created) VALUES ($1, $2, $3, $4)
              RETURNING seq",
         )
         .bind(recipient)
         .bind(sender)
         .bind(body.to_vec())
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await?
-        .try_get(0)?;
+        .bind(now);
+        if self.backend == Backend::Sqlite {
+            return Ok(insert.fetch_one(&self.pool).await?.try_get(0)?);
+        }
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = insert.fetch_one(&mut *tx).await?.try_get(0)?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(QUEUED_CHANNEL)
+            .bind(recipient)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(id)
     }
 

@@ -276,3 +276,36 @@ fn the_relay_depends_on_the_core_only() {
     assert!(names.contains(&"sessionkey-proto"), "{names:?}");
     assert!(!names.contains(&"sessionkey"), "{names:?}");
 }
+
+/// On PostgreSQL a queued message is announced with NOTIFY to every relay's LISTEN
+/// connection (so waiting relays need not poll); SQLite has no listener.
+#[tokio::test]
+async fn postgres_notifies_queued_messages() {
+    assert!(Storage::open(&sqlite_url())
+        .await
+        .unwrap()
+        .listen()
+        .await
+        .unwrap()
+        .is_none());
+    let Some(url) = postgres_url("postgres_notifies_queued_messages") else {
+        return;
+    };
+    let a = Storage::open(&url).await.unwrap();
+    let b = Storage::open(&url).await.unwrap();
+    let mut listener = b.listen().await.unwrap().expect("PostgreSQL listens");
+    let bob = unique("bob");
+    a.register(&bob, &record(9), 0).await.unwrap();
+    a.enqueue(&bob, "alice", b"x", 1).await.unwrap();
+    let note = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let n = listener.recv().await.unwrap();
+            if n.payload() == bob {
+                return n;
+            }
+        }
+    })
+    .await
+    .expect("the NOTIFY arrived");
+    assert_eq!(note.channel(), sessionkey_relay::storage::QUEUED_CHANNEL);
+}
