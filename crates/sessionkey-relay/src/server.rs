@@ -543,17 +543,23 @@ async fn send(
             format!("no device named {recipient:?} on this relay"),
         ));
     }
-    if relay.storage.queued(&recipient).await? >= relay.config.max_queue_per_recipient {
+    let Some(id) = relay
+        .storage
+        .enqueue_capped(
+            &recipient,
+            &name,
+            &body,
+            unix_now(),
+            relay.config.max_queue_per_recipient,
+        )
+        .await?
+    else {
         relay.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             format!("{recipient:?}'s queue on the relay is full; try again later"),
         ));
-    }
-    let id = relay
-        .storage
-        .enqueue(&recipient, &name, &body, unix_now())
-        .await?;
+    };
     relay
         .counters
         .messages_queued

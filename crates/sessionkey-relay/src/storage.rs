@@ -354,7 +354,7 @@ impl Storage {
     }
 
     /// Queue `body` for `recipient`; returns its id (ids grow along each queue). On
-    /// PostgreSQL the same transaction notifies [`QUEUED_CHANNEL`].
+    /// PostgreSQL the same statement notifies [`QUEUED_CHANNEL`].
     pub async fn enqueue(
         &self,
         recipient: &str,
@@ -362,26 +362,48 @@ impl Storage {
         body: &[u8],
         now: i64,
     ) -> Result<i64, StorageError> {
-        let insert = sqlx::query(
-            "INSERT INTO messages (recipient, sender, body, created) VALUES ($1, $2, $3, $4)
-             RETURNING seq",
-        )
-        .bind(recipient)
-        .bind(sender)
-        .bind(body.to_vec())
-        .bind(now);
-        if self.backend == Backend::Sqlite {
-            return Ok(insert.fetch_one(&self.pool).await?.try_get(0)?);
-        }
-        let mut tx = self.pool.begin().await?;
-        let id: i64 = insert.fetch_one(&mut *tx).await?.try_get(0)?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(QUEUED_CHANNEL)
+        self.enqueue_capped(recipient, sender, body, now, u64::MAX)
+            .await?
+            .ok_or(StorageError::Database(sqlx::Error::RowNotFound))
+    }
+
+    /// [`Storage::enqueue`] unless `recipient` already has `cap` messages waiting (`None`):
+    /// the check, the insert and (PostgreSQL) the `NOTIFY` are one statement, one round trip.
+    pub async fn enqueue_capped(
+        &self,
+        recipient: &str,
+        sender: &str,
+        body: &[u8],
+        now: i64,
+        cap: u64,
+    ) -> Result<Option<i64>, StorageError> {
+        let sql = match self.backend {
+            Backend::Sqlite => {
+                "INSERT INTO messages (recipient, sender, body, created)
+                 SELECT $1, $2, $3, $4
+                 WHERE (SELECT COUNT(*) FROM messages WHERE recipient = $1) < $5
+                 RETURNING seq"
+            }
+            Backend::Postgres => {
+                "WITH ins AS (
+                    INSERT INTO messages (recipient, sender, body, created)
+                    SELECT $1, $2, $3, $4
+                    WHERE (SELECT COUNT(*) FROM messages WHERE recipient = $1) < $5
+                    RETURNING seq)
+                 SELECT ins.seq FROM ins CROSS JOIN LATERAL (SELECT pg_notify($6, $1)) AS n"
+            }
+        };
+        let mut q = sqlx::query(sql)
             .bind(recipient)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(id)
+            .bind(sender)
+            .bind(body.to_vec())
+            .bind(now)
+            .bind(i64::try_from(cap).unwrap_or(i64::MAX));
+        if self.backend == Backend::Postgres {
+            q = q.bind(QUEUED_CHANNEL);
+        }
+        let row = q.fetch_optional(&self.pool).await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
     /// The oldest `limit` messages queued for `recipient`, in order, taking at most
