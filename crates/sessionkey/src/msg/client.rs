@@ -277,39 +277,39 @@ struct StateLock {
     _file: nix::fcntl::Flock<std::fs::File>,
 }
 
-/// Take `dir`'s lock, waiting up to `wait` for another process to release it.
+/// Take `dir`'s lock, waiting up to `wait` for another process to release it (in a blocking
+/// `flock` on a worker thread, so the kernel hands the lock over as soon as it is free).
 async fn lock_state(dir: &Path, wait: Duration) -> Result<StateLock, ClientError> {
     use nix::fcntl::{Flock, FlockArg};
     use std::os::unix::fs::OpenOptionsExt;
-    const POLL: Duration = Duration::from_millis(20);
     let path = dir.join("lock");
-    let mut file = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(false)
         .mode(0o600)
         .open(&path)
         .map_err(io_err(&path))?;
-    let mut waited = Duration::ZERO;
-    loop {
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => return Ok(StateLock { _file: lock }),
-            Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
-                if waited >= wait {
-                    return Err(ClientError::Busy {
-                        dir: dir.to_path_buf(),
-                        waited_secs: wait.as_secs(),
-                    });
-                }
-                if waited.is_zero() {
-                    tracing::info!(dir = %dir.display(), "waiting for another sessionkey process on this state directory");
-                }
-                file = f;
-                tokio::time::sleep(POLL).await;
-                waited += POLL;
-            }
-            Err((_, e)) => return Err(io_err(&path)(io::Error::from_raw_os_error(e as i32))),
-        }
+    let os_err = |e: nix::errno::Errno| io_err(&path)(io::Error::from_raw_os_error(e as i32));
+    let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => return Ok(StateLock { _file: lock }),
+        Err((f, nix::errno::Errno::EWOULDBLOCK)) => f,
+        Err((_, e)) => return Err(os_err(e)),
+    };
+    tracing::info!(dir = %dir.display(), "waiting for another sessionkey process on this state directory");
+    // If the wait times out, the thread still takes the lock when it comes free and drops
+    // it at once (the task's output is dropped with its abandoned handle).
+    let waiter = tokio::task::spawn_blocking(move || {
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| e)
+    });
+    match tokio::time::timeout(wait, waiter).await {
+        Ok(Ok(Ok(lock))) => Ok(StateLock { _file: lock }),
+        Ok(Ok(Err(e))) => Err(os_err(e)),
+        Ok(Err(e)) => Err(io_err(&path)(io::Error::other(e))),
+        Err(_) => Err(ClientError::Busy {
+            dir: dir.to_path_buf(),
+            waited_secs: wait.as_secs(),
+        }),
     }
 }
 
@@ -872,7 +872,7 @@ impl Messenger {
         if !api::valid_name(to) {
             return Err(ClientError::Invalid(format!("{to:?} is not a valid name")));
         }
-        let _lock = self.lock().await?;
+        let lock = self.lock().await?;
         let t = now_i64();
         let mut tx = self.store.begin().await?;
         let contact = Self::contact_record(&mut tx, to).await?;
@@ -936,6 +936,8 @@ impl Messenger {
         let envelope = session.encrypt(&pad(payload))?;
         tx.update_session(&row, &session.to_bytes(), t).await?;
         tx.commit().await?;
+        // Stored: the relay request needs no lock, and another process may go on meanwhile.
+        drop(lock);
         let _: api::SendResponse = self
             .relay
             .request_json(
