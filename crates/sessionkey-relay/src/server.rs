@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 
 use sessionkey_proto::msg::api::{
     self, Ack, AuthHeaders, BundleResponse, DeviceStatus, ErrorBody, Inbox, Push, RegisterRequest,
-    SendResponse, UploadPrekeys,
+    RetirePrekeys, SendResponse, UploadPrekeys,
 };
 use sessionkey_proto::msg::{
     IdentityKey, KemPrekey, OneTimePrekey, PrekeyBundle, SignedPrekey, MAX_ENVELOPE_LEN,
@@ -446,6 +446,26 @@ async fn upload_prekeys(
     Ok(Json(status))
 }
 
+async fn retire_prekeys(
+    State(relay): State<Arc<Relay>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<DeviceStatus>> {
+    let name = authenticate(&relay, &method, &uri, &headers, &body, None).await?;
+    let req: RetirePrekeys = parse_json(&body)?;
+    relay
+        .storage
+        .retire_prekeys(&name, KIND_ONE_TIME, req.one_time_through)
+        .await?;
+    relay
+        .storage
+        .retire_prekeys(&name, KIND_KEM, req.kem_through)
+        .await?;
+    Ok(Json(relay.storage.status(&name).await?))
+}
+
 async fn device_status(
     State(relay): State<Arc<Relay>>,
     method: Method,
@@ -706,6 +726,7 @@ fn router(relay: Arc<Relay>) -> Router {
     Router::new()
         .route("/v1/devices/{name}", put(register))
         .route("/v1/prekeys", post(upload_prekeys))
+        .route("/v1/prekeys/retire", post(retire_prekeys))
         .route("/v1/self", get(device_status))
         .route("/v1/bundles/{name}", post(bundle))
         .route("/v1/messages/{name}", post(send))

@@ -284,6 +284,24 @@ impl Storage {
         Ok(added)
     }
 
+    /// Delete `name`'s one-time prekeys of `kind` with ids up to `through`; returns how many.
+    pub async fn retire_prekeys(
+        &self,
+        name: &str,
+        kind: i64,
+        through: u32,
+    ) -> Result<u64, StorageError> {
+        Ok(
+            sqlx::query("DELETE FROM prekeys WHERE device = $1 AND kind = $2 AND key_id <= $3")
+                .bind(name)
+                .bind(kind)
+                .bind(i64::from(through))
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
     /// How many one-time prekeys of `kind` are held for `name`.
     pub async fn prekey_count(&self, name: &str, kind: i64) -> Result<u64, StorageError> {
         let n: i64 = sqlx::query("SELECT COUNT(*) FROM prekeys WHERE device = $1 AND kind = $2")

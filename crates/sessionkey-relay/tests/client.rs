@@ -746,3 +746,51 @@ async fn prekeys_rotate_on_a_virtual_clock() {
     assert!(!bob.maintain_prekeys(at(past + day)).await.unwrap());
     relay.stop();
 }
+
+/// One-time prekeys unused for the retention window (a virtual clock here) are retired: the
+/// relay no longer hands them out, the device erases their secrets, and fresh ones replace
+/// them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unused_one_time_prekeys_are_retired() {
+    use sessionkey::msg::client::{ONE_TIME_PREKEY_RETENTION_SECS, PREKEY_BATCH};
+    use sessionkey::proto::msg::Timestamp;
+    let dir = temp_dir("retire");
+    let (relay, storage, url_of, _) = start_relay(&dir).await;
+    Messenger::init(&dir.join("bob"), &url_of, "bob", None)
+        .await
+        .unwrap();
+    let mut bob = Messenger::open(&dir.join("bob")).await.unwrap();
+    let t0 = Timestamp::from_system_time(std::time::SystemTime::now()).unix_secs();
+    let day = 24 * 60 * 60;
+    let at = |secs: u64| Timestamp::from_unix_secs(t0 + secs);
+    let used = take_bundle(&storage, "bob").await;
+    let first_id = used.one_time_prekey.unwrap().id.0;
+    let n = PREKEY_BATCH as u64;
+    let counts = || async {
+        let s = storage.status("bob").await.unwrap();
+        (s.one_time_prekeys, s.kem_prekeys)
+    };
+    assert_eq!(counts().await, (n - 1, n - 1));
+    assert_eq!(bob.one_time_prekeys_held(), (PREKEY_BATCH, PREKEY_BATCH));
+
+    bob.maintain_prekeys(at(ONE_TIME_PREKEY_RETENTION_SECS - day))
+        .await
+        .unwrap();
+    assert_eq!(counts().await, (n - 1, n - 1), "not yet");
+    bob.maintain_prekeys(at(ONE_TIME_PREKEY_RETENTION_SECS))
+        .await
+        .unwrap();
+    // The old batch is gone from the relay and the device (also the key handed out in a
+    // bundle but never used); a fresh batch replaced it.
+    assert_eq!(counts().await, (n, n));
+    assert_eq!(bob.one_time_prekeys_held(), (PREKEY_BATCH, PREKEY_BATCH));
+    let fresh = take_bundle(&storage, "bob").await;
+    assert!(fresh.one_time_prekey.unwrap().id.0 > first_id + PREKEY_BATCH as u32 - 1);
+    assert!(fresh.kem_prekey.id.0 > used.kem_prekey.id.0 && !fresh.kem_prekey.is_last_resort());
+    // Not due again.
+    bob.maintain_prekeys(at(ONE_TIME_PREKEY_RETENTION_SECS + day))
+        .await
+        .unwrap();
+    assert_eq!(counts().await, (n - 1, n - 1));
+    relay.stop();
+}

@@ -206,6 +206,16 @@ pub struct UploadPrekeys {
     pub kem: Vec<B64>,
 }
 
+/// `POST /v1/prekeys/retire`: delete the caller's one-time prekeys with ids up to these (the
+/// device erased their secrets after the retention window).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct RetirePrekeys {
+    /// One-time X25519 prekeys with ids up to this one.
+    pub one_time_through: u32,
+    /// One-time ML-KEM prekeys with ids up to this one.
+    pub kem_through: u32,
+}
+
 /// How many one-time prekeys of each kind the relay still holds for the caller, and how many
 /// messages wait in its queue (`GET /v1/self` and the answer to uploads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -469,6 +469,22 @@ impl Device {
                 .any(|(id, k)| k.public.last_resort && Some(*id) != current && k.created < cutoff)
     }
 
+    /// The last id handed out for `kind` (0: none yet).
+    pub fn last_prekey_id(&self, kind: PrekeyKind) -> PrekeyId {
+        PrekeyId(self.last_ids.get(&kind).copied().unwrap_or(0))
+    }
+
+    /// Erase the one-time prekeys (X25519 and ML-KEM, never the last-resort one) with ids up
+    /// to `one_time` and `kem`: retired unused after their retention window. Returns how
+    /// many were erased.
+    pub fn retire_one_time_prekeys(&mut self, one_time: PrekeyId, kem: PrekeyId) -> usize {
+        let before = self.one_time_prekeys.len() + self.kem_prekeys.len();
+        self.one_time_prekeys.retain(|id, _| *id > one_time);
+        self.kem_prekeys
+            .retain(|id, k| k.public.last_resort || *id > kem);
+        before - self.one_time_prekeys.len() - self.kem_prekeys.len()
+    }
+
     /// Number of signed prekeys held (the current one and those in their grace period).
     pub fn signed_prekey_count(&self) -> usize {
         self.signed_prekeys.len()

@@ -11,7 +11,8 @@ use tokio::io::AsyncWriteExt;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::api::{
-    self, Ack, BundleResponse, DeviceStatus, Inbox, RegisterRequest, UploadPrekeys, B64,
+    self, Ack, BundleResponse, DeviceStatus, Inbox, RegisterRequest, RetirePrekeys, UploadPrekeys,
+    B64,
 };
 use super::payload::{
     decode_chunk, encode_chunk, encode_text, pad, safe_file_name, unpad, FileChunk,
@@ -22,7 +23,8 @@ use super::store::{Store, StoreError, Txn};
 use crate::proto::crypto::{SecureRandom, SystemRandom};
 use crate::proto::keys::{read_private_key, write_keypair, Identity};
 use crate::proto::msg::{
-    Address, Device, Envelope, IdentityKey, MsgError, PrekeyBundle, Session, Timestamp, Trust,
+    Address, Device, Envelope, IdentityKey, MsgError, PrekeyBundle, PrekeyId, PrekeyKind, Session,
+    Timestamp, Trust,
 };
 use crate::proto::suite::Suite;
 use crate::tls::{TlsClient, TlsClientOptions, TlsTrust};
@@ -40,6 +42,11 @@ pub const PREKEY_ROTATION_SECS: u64 = 7 * 24 * 60 * 60;
 /// A replaced signed or last-resort prekey is kept this long after its replacement was due
 /// (30 days: a setup message may wait on the relay that long), then erased.
 pub const PREKEY_GRACE_SECS: u64 = api::MESSAGE_EXPIRY_SECS;
+/// One-time prekeys still unused this long after their upload (60 days) are retired: deleted
+/// from the relay, their secrets erased, and replaced.
+pub const ONE_TIME_PREKEY_RETENTION_SECS: u64 = 2 * api::MESSAGE_EXPIRY_SECS;
+/// The store's record of prekey uploads: (Unix seconds, last one-time id, last KEM id).
+const PREKEY_BATCHES: &str = "prekey_batches";
 /// How long a command waits for another process using the same state directory.
 pub const LOCK_WAIT: Duration = Duration::from_secs(60);
 /// Messages of one contact set aside while its changed identity waits for `msg verify`;
@@ -602,7 +609,7 @@ impl Messenger {
             relay,
         };
         me.register().await?;
-        me.replenish_locked(true).await?;
+        me.replenish_locked(true, t).await?;
         Ok(InitReport {
             name: name.to_string(),
             relay: addr,
@@ -734,10 +741,14 @@ impl Messenger {
     /// before the upload, so the relay never hands out a key this side does not hold.
     pub async fn replenish(&mut self, force: bool) -> Result<DeviceStatus, ClientError> {
         let _lock = self.lock().await?;
-        self.replenish_locked(force).await
+        self.replenish_locked(force, now()).await
     }
 
-    async fn replenish_locked(&mut self, force: bool) -> Result<DeviceStatus, ClientError> {
+    async fn replenish_locked(
+        &mut self,
+        force: bool,
+        at: Timestamp,
+    ) -> Result<DeviceStatus, ClientError> {
         let status: DeviceStatus = self.call(Method::GET, "/v1/self", Vec::new()).await?;
         let need_otk = force || status.one_time_prekeys < PREKEY_LOW_WATER;
         let need_kem = force || status.kem_prekeys < PREKEY_LOW_WATER;
@@ -757,11 +768,19 @@ impl Messenger {
         }
         if need_kem {
             upload.kem = device
-                .new_kem_prekeys(PREKEY_BATCH, now())?
+                .new_kem_prekeys(PREKEY_BATCH, at)?
                 .iter()
                 .map(|k| B64(k.to_bytes()))
                 .collect();
         }
+        // Remember when keys up to these ids went out, to retire them unused later.
+        let mut batches = Self::prekey_batches(&mut tx).await?;
+        batches.push((
+            at.unix_secs(),
+            device.last_prekey_id(PrekeyKind::OneTime).0,
+            device.last_prekey_id(PrekeyKind::Kem).0,
+        ));
+        tx.set_meta(PREKEY_BATCHES, &Self::json(&batches)).await?;
         tx.set_meta("device", &device.to_bytes()?).await?;
         tx.commit().await?;
         self.device = device;
@@ -770,8 +789,9 @@ impl Messenger {
     }
 
     /// Rotate the signed prekey and the last-resort ML-KEM prekey if [`PREKEY_ROTATION_SECS`]
-    /// have passed at `now` (registering the new ones with the relay), and erase replaced
-    /// ones older than their grace period ([`PREKEY_GRACE_SECS`]). `now` is a parameter so
+    /// have passed at `now` (registering the new ones with the relay), erase replaced ones
+    /// older than their grace period ([`PREKEY_GRACE_SECS`]), and retire one-time prekeys
+    /// unused for [`ONE_TIME_PREKEY_RETENTION_SECS`]. `now` is a parameter so
     /// that the schedule can be tested on a virtual clock; `receive_batch` calls it with the
     /// system's. Returns whether it rotated.
     pub async fn maintain_prekeys(&mut self, now: Timestamp) -> Result<bool, ClientError> {
@@ -779,7 +799,65 @@ impl Messenger {
         self.maintain_prekeys_locked(now).await
     }
 
+    async fn prekey_batches(tx: &mut Txn<'_>) -> Result<Vec<(u64, u32, u32)>, ClientError> {
+        Ok(match tx.meta(PREKEY_BATCHES).await? {
+            Some(v) => {
+                serde_json::from_slice(&v).map_err(|_| MsgError::CorruptState("prekey batches"))?
+            }
+            None => Vec::new(),
+        })
+    }
+
+    /// One-time prekeys held on this device: (X25519, ML-KEM).
+    pub fn one_time_prekeys_held(&self) -> (usize, usize) {
+        (
+            self.device.one_time_prekey_count(),
+            self.device.kem_prekey_count(),
+        )
+    }
+
+    /// Retire the one-time prekeys uploaded more than [`ONE_TIME_PREKEY_RETENTION_SECS`]
+    /// before `now` and still unused: the relay deletes them first (it must never hand out a
+    /// key whose secret is gone), then the device erases their secrets, then the stock is
+    /// refilled. Returns how many secrets were erased.
+    async fn retire_prekeys_locked(&mut self, now: Timestamp) -> Result<usize, ClientError> {
+        let mut tx = self.store.begin().await?;
+        let batches = Self::prekey_batches(&mut tx).await?;
+        drop(tx);
+        let (old, keep): (Vec<_>, Vec<_>) = batches.into_iter().partition(|(at, _, _)| {
+            now.unix_secs() >= at.saturating_add(ONE_TIME_PREKEY_RETENTION_SECS)
+        });
+        let (Some(one_time), Some(kem)) =
+            (old.iter().map(|b| b.1).max(), old.iter().map(|b| b.2).max())
+        else {
+            return Ok(0);
+        };
+        let retire = RetirePrekeys {
+            one_time_through: one_time,
+            kem_through: kem,
+        };
+        let _: DeviceStatus = self
+            .call(Method::POST, "/v1/prekeys/retire", Self::json(&retire))
+            .await?;
+        let mut tx = self.store.begin().await?;
+        let mut device = Self::load_device(&mut tx).await?;
+        let erased = device.retire_one_time_prekeys(PrekeyId(one_time), PrekeyId(kem));
+        tx.set_meta("device", &device.to_bytes()?).await?;
+        tx.set_meta(PREKEY_BATCHES, &Self::json(&keep)).await?;
+        tx.commit().await?;
+        self.device = device;
+        tracing::info!(erased, "retired unused one-time prekeys");
+        self.replenish_locked(false, now).await?;
+        Ok(erased)
+    }
+
     async fn maintain_prekeys_locked(&mut self, now: Timestamp) -> Result<bool, ClientError> {
+        let rotated = self.rotate_prekeys_locked(now).await?;
+        self.retire_prekeys_locked(now).await?;
+        Ok(rotated)
+    }
+
+    async fn rotate_prekeys_locked(&mut self, now: Timestamp) -> Result<bool, ClientError> {
         let due = |created: Option<Timestamp>| {
             created.is_none_or(|c| {
                 now.unix_secs() >= c.unix_secs().saturating_add(PREKEY_ROTATION_SECS)
@@ -1365,7 +1443,11 @@ impl Messenger {
             .await?;
         let _lock = self.lock().await?;
         self.release_held().await?;
-        self.maintain_prekeys_locked(now()).await?;
+        // Upkeep must not keep messages from being read: a failure is logged and retried at
+        // the next batch.
+        if let Err(e) = self.maintain_prekeys_locked(now()).await {
+            tracing::warn!(error = %e, "prekey upkeep failed; will retry");
+        }
         let mut ids = Vec::with_capacity(inbox.messages.len());
         let mut changed: Vec<String> = Vec::new();
         let mut tx = self.store.begin().await?;
@@ -1413,7 +1495,7 @@ impl Messenger {
         if inbox.status.is_some_and(|st| {
             st.one_time_prekeys < PREKEY_LOW_WATER || st.kem_prekeys < PREKEY_LOW_WATER
         }) {
-            self.replenish_locked(false).await?;
+            self.replenish_locked(false, now()).await?;
         }
         Ok((ids.len(), !changed.is_empty()))
     }
