@@ -176,12 +176,14 @@ fn pipe_connect_fails_when_the_receiver_reads_only_part() {
     drop(output);
     let code = connect.wait(EXIT_TIMEOUT);
     let log = connect.stderr();
-    assert_eq!(
-        code,
-        Some(76),
-        "pipe connect did not fail as unconfirmed:\n{log}"
-    );
-    assert!(log.contains("never confirmed"), "{log}");
+    // Usually the listener's close was read long before, all bytes are written, and only
+    // the missing acknowledgement tells: 76. On a loaded machine the listener's death (a
+    // reset) can overtake the reading of its close: 69. Never 0.
+    match code {
+        Some(76) => assert!(log.contains("never confirmed"), "{log}"),
+        Some(69) => assert!(log.contains("reset"), "{log}"),
+        other => panic!("pipe connect exited {other:?} although the peer read only part:\n{log}"),
+    }
 }
 
 #[test]
