@@ -24,7 +24,28 @@ pub enum Suite {
     Aes256Gcm,
     /// ChaCha20-Poly1305 (RFC 8439). The default elsewhere.
     ChaCha20Poly1305,
+    /// DES or 3DES in CBC mode with HMAC-SHA256, for talking to old systems only
+    /// ([`crate::crypto::legacy`]). Made only with [`Suite::insecure_legacy`]; never in
+    /// [`Suite::ALL`], never offered or accepted unless both sides name it.
+    #[cfg(feature = "legacy-ciphers")]
+    Legacy(LegacyChoice),
 }
+
+/// A legacy suite chosen with the explicit opt-in (see [`Suite::insecure_legacy`]).
+#[cfg(feature = "legacy-ciphers")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LegacyChoice(LegacySuite);
+
+#[cfg(feature = "legacy-ciphers")]
+impl LegacyChoice {
+    /// The legacy suite.
+    pub fn suite(self) -> LegacySuite {
+        self.0
+    }
+}
+
+#[cfg(feature = "legacy-ciphers")]
+use crate::crypto::legacy::{self, InsecureLegacyCipher, LegacySuite};
 
 /// How much one key of a suite may be used (per key, not per session).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +93,42 @@ impl Suite {
             Self::Aes128Gcm => "aes-128-gcm",
             Self::Aes256Gcm => "aes-256-gcm",
             Self::ChaCha20Poly1305 => "chacha20-poly1305",
+            #[cfg(feature = "legacy-ciphers")]
+            Self::Legacy(c) => c.0.name(),
         }
+    }
+
+    /// A legacy DES or 3DES suite, for session records only (the handshake itself stays
+    /// under AES-256-GCM). The opt-in names the risk, so every use is found by a search.
+    #[cfg(feature = "legacy-ciphers")]
+    pub fn insecure_legacy(suite: LegacySuite, _opt_in: InsecureLegacyCipher) -> Self {
+        Self::Legacy(LegacyChoice(suite))
+    }
+
+    /// The legacy suite, if this is one.
+    #[cfg(feature = "legacy-ciphers")]
+    pub fn legacy(self) -> Option<LegacySuite> {
+        match self {
+            Self::Legacy(c) => Some(c.0),
+            _ => None,
+        }
+    }
+
+    /// The suite a handshake header names: [`Suite::from_id`], and with the
+    /// `legacy-ciphers` feature the legacy ids (which a responder still refuses unless its
+    /// policy lists them).
+    pub(crate) fn from_header_id(id: u8) -> Option<Self> {
+        #[cfg(feature = "legacy-ciphers")]
+        {
+            let legacy = LegacySuite::ALL
+                .into_iter()
+                .map(|s| Self::Legacy(LegacyChoice(s)))
+                .find(|s| s.id() == id);
+            if legacy.is_some() {
+                return legacy;
+            }
+        }
+        Self::from_id(id)
     }
 
     /// Parse a name as [`Suite::name`] writes it.
@@ -86,17 +142,28 @@ impl Suite {
             Self::Aes128Gcm => 1,
             Self::Aes256Gcm => 2,
             Self::ChaCha20Poly1305 => 3,
+            #[cfg(feature = "legacy-ciphers")]
+            Self::Legacy(c) => match c.0 {
+                LegacySuite::DesCbcHmacSha256 => 129,
+                _ => 130,
+            },
         }
     }
 
-    /// The suite with header id `id`.
+    /// The AEAD suite with header id `id` (legacy suites are never found here).
     pub fn from_id(id: u8) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.id() == id)
     }
 
     /// AEAD key length in bytes.
     pub fn key_len(self) -> usize {
-        self.alg().key_len()
+        match self.alg() {
+            Ok(alg) => alg.key_len(),
+            #[cfg(feature = "legacy-ciphers")]
+            Err(_) => self.legacy().map_or(0, LegacySuite::key_len),
+            #[cfg(not(feature = "legacy-ciphers"))]
+            Err(_) => 0,
+        }
     }
 
     /// Nonce length in bytes.
@@ -106,6 +173,10 @@ impl Suite {
 
     /// Tag length in bytes.
     pub fn tag_len(self) -> usize {
+        #[cfg(feature = "legacy-ciphers")]
+        if self.legacy().is_some() {
+            return legacy::TAG_LEN;
+        }
         TAG_LEN
     }
 
@@ -122,6 +193,13 @@ impl Suite {
                 blocks: u64::MAX,
                 failed_decryptions: CHACHA_FORGERIES,
             },
+            // Blocks are 64-bit cipher blocks here (crate::crypto::legacy).
+            #[cfg(feature = "legacy-ciphers")]
+            Self::Legacy(_) => UsageLimits {
+                records: u64::MAX,
+                blocks: legacy::CONFIDENTIALITY_BLOCK_LIMIT,
+                failed_decryptions: legacy::INTEGRITY_LIMIT,
+            },
         }
     }
 
@@ -131,14 +209,23 @@ impl Suite {
         match self {
             Self::Aes128Gcm | Self::Aes256Gcm => CipherChoice::AesGcm,
             Self::ChaCha20Poly1305 => CipherChoice::ChaChaPoly,
+            // The handshake of a legacy session is as strong as any other.
+            #[cfg(feature = "legacy-ciphers")]
+            Self::Legacy(_) => CipherChoice::AesGcm,
         }
     }
 
-    pub(crate) fn alg(self) -> AeadAlg {
+    /// The AEAD of this suite; a legacy suite has none.
+    pub(crate) fn alg(self) -> Result<AeadAlg, Error> {
         match self {
-            Self::Aes128Gcm => AeadAlg::Aes128Gcm,
-            Self::Aes256Gcm => AeadAlg::Aes256Gcm,
-            Self::ChaCha20Poly1305 => AeadAlg::ChaCha20Poly1305,
+            Self::Aes128Gcm => Ok(AeadAlg::Aes128Gcm),
+            Self::Aes256Gcm => Ok(AeadAlg::Aes256Gcm),
+            Self::ChaCha20Poly1305 => Ok(AeadAlg::ChaCha20Poly1305),
+            #[cfg(feature = "legacy-ciphers")]
+            Self::Legacy(_) => Err(crate::ApiMisuse::UnexpectedKey(
+                "a legacy suite where an AEAD is needed",
+            )
+            .into()),
         }
     }
 }
@@ -194,7 +281,7 @@ impl KeyState {
                 blocks: limits.blocks.min(max.blocks),
                 failed_decryptions: limits.failed_decryptions.min(max.failed_decryptions),
             },
-            key: AeadKey::new(suite.alg(), key)?,
+            key: AeadKey::new(suite.alg()?, key)?,
             iv,
             counter: 0,
         })

@@ -168,7 +168,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SecureStream<T> {
         }
     }
 
-    /// Wait until the peer confirms it received every byte this side sent (PROTOCOL.md 9.2):
+    /// Wait until the peer confirms it received every byte this side sent (PROTOCOL.md 9.3):
     /// call after `shutdown`, once reads have reached end of stream. Returns the data bytes
     /// confirmed; fails if the connection ends first or the counts differ, which means the
     /// peer (or its application) did not take everything.
@@ -602,7 +602,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for SecureStream<T> {
         }
         this.failed()?;
         // The transport stays open for writing while the peer's direction is: this side
-        // still owes it the acknowledgement of its close (PROTOCOL.md 9.2).
+        // still owes it the acknowledgement of its close (PROTOCOL.md 9.3).
         if this.session.close_reason().is_none() {
             return Poll::Ready(Ok(()));
         }

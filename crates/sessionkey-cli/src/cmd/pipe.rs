@@ -138,7 +138,7 @@ const ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// stdin -> peer (then the close record), peer -> stdout; success only after the peer's
 /// authenticated close and, on the native transport, its acknowledgement that every byte
-/// sent arrived (PROTOCOL.md 9.2).
+/// sent arrived (PROTOCOL.md 9.3).
 async fn pipe(stream: Secure) -> Result<()> {
     let (mut r, mut w) = tokio::io::split(stream);
     let up = async {

@@ -96,7 +96,7 @@ impl Header {
         Ok(RawHeader {
             version: bytes[4],
             pattern: pattern_from_id(bytes[5]),
-            suite: Suite::from_id(bytes[6]),
+            suite: Suite::from_header_id(bytes[6]),
             flags: bytes[7],
         })
     }

@@ -47,7 +47,11 @@ fn pattern_mask(patterns: &[Pattern]) -> u16 {
 }
 
 fn suite_mask(suites: &[Suite]) -> u16 {
-    suites.iter().fold(0, |m, s| m | 1 << (s.id() - 1))
+    // Legacy suites (ids above 128) are never listed: a refusal does not advertise them.
+    suites
+        .iter()
+        .filter(|s| s.id() <= 16)
+        .fold(0, |m, s| m | 1 << (s.id() - 1))
 }
 
 impl Policy {

@@ -159,7 +159,7 @@ impl MessageKey {
         out: &mut Vec<u8>,
     ) -> Result<(), MsgError> {
         let (key, nonce) = self.aead_key_and_nonce(suite);
-        let key = AeadKey::new(suite.alg(), &key)?;
+        let key = AeadKey::new(suite.alg()?, &key)?;
         let start = out.len();
         out.extend_from_slice(plaintext);
         let tag = key.seal_in_place(nonce, aad, &mut out[start..])?;
@@ -179,7 +179,7 @@ impl MessageKey {
             return Err(MsgError::InvalidMessage("shorter than a tag"));
         }
         let (key, nonce) = self.aead_key_and_nonce(suite);
-        let key = AeadKey::new(suite.alg(), &key)?;
+        let key = AeadKey::new(suite.alg()?, &key)?;
         let mut buf = ciphertext.to_vec();
         let len = key
             .open_in_place(nonce, aad, &mut buf)

@@ -23,7 +23,7 @@ pub const MIN_RECORD_BODY: usize = 1 + TAG_LEN;
 /// The most content one record carries.
 pub const MAX_CONTENT: usize = MAX_BODY - MIN_RECORD_BODY;
 
-/// The inner type of a sealed record, its last plaintext byte (PROTOCOL.md section 9.1).
+/// The inner type of a sealed record, its last plaintext byte (PROTOCOL.md section 9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RecordType {

@@ -1,12 +1,12 @@
 //! A direction: its traffic secret, record key, epoch and counters. Sealing and opening of
 //! stream records happen here (PROTOCOL.md section 9).
 
-use crate::crypto::aead::TAG_LEN;
 use crate::keys::{Fingerprint, SecretKey};
-use crate::record::{write_prefix, RecordType, LEN_PREFIX};
-use crate::suite::{OpeningKey, SealingKey, Suite, UsageLimits};
+use crate::record::{RecordType, LEN_PREFIX};
+use crate::suite::{Suite, UsageLimits};
 use crate::Error;
 
+use super::cipher::{Opener, Sealer};
 use super::event::DirectionStats;
 
 /// Counters shared by both directions.
@@ -25,7 +25,7 @@ fn next_epoch(epoch: u32) -> Result<u32, Error> {
 
 pub(crate) struct SendDirection {
     secret: SecretKey,
-    key: SealingKey,
+    key: Sealer,
     pub(crate) epoch: u32,
     fingerprint: Fingerprint,
     pub(crate) totals: Totals,
@@ -36,7 +36,7 @@ pub(crate) struct SendDirection {
 impl SendDirection {
     pub(crate) fn new(suite: Suite, secret: SecretKey, limits: UsageLimits) -> Result<Self, Error> {
         Ok(Self {
-            key: SealingKey::with_limits(suite, &secret, limits)?,
+            key: Sealer::new(suite, &secret, limits)?,
             fingerprint: Fingerprint::of_secret(secret.expose()),
             secret,
             epoch: 0,
@@ -50,7 +50,7 @@ impl SendDirection {
     pub(crate) fn install(&mut self, secret: SecretKey) -> Result<(), Error> {
         let epoch = next_epoch(self.epoch)?;
         let suite = self.key.suite();
-        self.key = SealingKey::with_limits(suite, &secret, self.key.limits())?;
+        self.key = Sealer::new(suite, &secret, self.key.limits())?;
         self.fingerprint = Fingerprint::of_secret(secret.expose());
         self.secret = secret;
         self.epoch = epoch;
@@ -70,26 +70,30 @@ impl SendDirection {
         buf: &mut [u8],
         len: usize,
     ) -> Result<usize, Error> {
-        let body = len + 1 + TAG_LEN;
-        let total = LEN_PREFIX + body;
-        if buf.len() < total {
+        let Some(type_byte) = buf.get_mut(LEN_PREFIX + len) else {
             return Err(crate::ApiMisuse::BufferTooSmall {
-                needed: total,
+                needed: LEN_PREFIX + len + 1,
                 have: buf.len(),
             }
             .into());
-        }
-        write_prefix(buf, body);
-        let (prefix, rest) = buf.split_at_mut(LEN_PREFIX);
-        rest[len] = kind as u8;
-        let tag = self.key.seal_in_place(prefix, &mut rest[..len + 1])?;
-        rest[len + 1..len + 1 + TAG_LEN].copy_from_slice(&tag);
+        };
+        *type_byte = kind as u8;
+        let total = self.key.seal_frame(buf, len + 1)?;
         self.totals.records += 1;
         if kind == RecordType::Data {
             self.totals.bytes += len as u64;
             self.bytes_this_key += len as u64;
         }
         Ok(total)
+    }
+
+    /// The most content one record can carry, and what a record adds to its content.
+    pub(crate) fn record_sizes(&self) -> (usize, usize) {
+        let suite = self.key.suite();
+        (
+            super::cipher::max_content(suite),
+            super::cipher::max_overhead(suite),
+        )
     }
 
     /// Whether the key should be updated before sealing more (policy, or half of a limit).
@@ -114,7 +118,7 @@ impl SendDirection {
 
 pub(crate) struct RecvDirection {
     secret: SecretKey,
-    key: OpeningKey,
+    key: Opener,
     pub(crate) epoch: u32,
     fingerprint: Fingerprint,
     pub(crate) totals: Totals,
@@ -125,7 +129,7 @@ pub(crate) struct RecvDirection {
 impl RecvDirection {
     pub(crate) fn new(suite: Suite, secret: SecretKey, limits: UsageLimits) -> Result<Self, Error> {
         Ok(Self {
-            key: OpeningKey::with_limits(suite, &secret, limits)?,
+            key: Opener::new(suite, &secret, limits)?,
             fingerprint: Fingerprint::of_secret(secret.expose()),
             secret,
             epoch: 0,
@@ -138,7 +142,7 @@ impl RecvDirection {
     pub(crate) fn install(&mut self, secret: SecretKey) -> Result<(), Error> {
         let epoch = next_epoch(self.epoch)?;
         let suite = self.key_suite();
-        self.key = OpeningKey::with_limits(suite, &secret, self.limits)?;
+        self.key = Opener::new(suite, &secret, self.limits)?;
         self.fingerprint = Fingerprint::of_secret(secret.expose());
         self.secret = secret;
         self.epoch = epoch;
@@ -156,8 +160,8 @@ impl RecvDirection {
     /// Open a whole frame (`prefix || body`) in place; returns the record type and the
     /// content's length (the content starts at `LEN_PREFIX`).
     pub(crate) fn open_in_place(&mut self, frame: &mut [u8]) -> Result<(RecordType, usize), Error> {
-        let (prefix, body) = frame.split_at_mut(LEN_PREFIX);
-        let plain = self.key.open_in_place(prefix, body)?;
+        let n = self.key.open_frame(frame)?;
+        let plain = &mut frame[LEN_PREFIX..LEN_PREFIX + n];
         // The type byte is authenticated; an unknown one is the peer's error.
         let (&mut kind, content) = plain
             .split_last_mut()

@@ -66,6 +66,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod cipher;
 mod config;
 mod direction;
 mod event;
@@ -140,7 +141,7 @@ pub struct Session {
     /// The session as it was when it closed.
     final_info: Option<SessionInfo>,
     /// After a clean close whose own close the peer has not acknowledged yet: the receiving
-    /// direction, kept to open that one acknowledgement (PROTOCOL.md 9.2).
+    /// direction, kept to open that one acknowledgement (PROTOCOL.md 9.3).
     trailing: Option<Box<Trailing>>,
     /// Data bytes the peer confirmed it received, all of them, with its acknowledgement.
     acknowledged: Option<u64>,
@@ -697,7 +698,7 @@ impl Session {
         };
         if !est.send.open {
             // After its close a side sends one record more: its acknowledgement of the
-            // peer's close, when that came later (PROTOCOL.md 9.2).
+            // peer's close, when that came later (PROTOCOL.md 9.3).
             let Some(ack) = est.pending.ack.take() else {
                 return Ok(None);
             };
@@ -864,12 +865,9 @@ impl Session {
     ) -> Result<usize, Error> {
         let _ = now;
         self.check_can_send()?;
-        if len > MAX_CONTENT {
-            return Err(ApiMisuse::PayloadTooLarge {
-                len,
-                max: MAX_CONTENT,
-            }
-            .into());
+        let max = self.record_sizes().0;
+        if len > max {
+            return Err(ApiMisuse::PayloadTooLarge { len, max }.into());
         }
         if self.must_transmit_first() {
             return Err(
@@ -886,6 +884,15 @@ impl Session {
         }
     }
 
+    /// The most content a data record carries, and the most its body adds to the content
+    /// (AEAD suites: 65518 and 17).
+    fn record_sizes(&self) -> (usize, usize) {
+        match &self.state {
+            State::Established(est) => est.send.record_sizes(),
+            _ => (MAX_CONTENT, MIN_RECORD_BODY),
+        }
+    }
+
     /// Seal up to one record of `data` into `out`, sending pending control records first.
     /// Returns `(consumed, written)`: how much of `data` went out, and the frame length in
     /// `out`. Call again with the rest until all is consumed.
@@ -899,11 +906,12 @@ impl Session {
         if let Some(n) = self.poll_transmit(now, out)? {
             return Ok((0, n));
         }
-        let room = out.len().saturating_sub(LEN_PREFIX + MIN_RECORD_BODY);
-        let len = data.len().min(MAX_CONTENT).min(room);
+        let (max, overhead) = self.record_sizes();
+        let room = out.len().saturating_sub(LEN_PREFIX + overhead);
+        let len = data.len().min(max).min(room);
         if len == 0 && !data.is_empty() {
             return Err(ApiMisuse::BufferTooSmall {
-                needed: LEN_PREFIX + MIN_RECORD_BODY + 1,
+                needed: LEN_PREFIX + overhead + 1,
                 have: out.len(),
             }
             .into());
