@@ -26,6 +26,16 @@ pub(crate) fn config_error(msg: impl Into<String>) -> anyhow::Error {
     ConfigError(msg.into()).into()
 }
 
+/// A usage mistake on the command line (exit 64): what is wrong and what is valid.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct UsageError(pub(crate) String);
+
+/// An output file or directory that cannot be created (exit 73).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct CannotCreate(pub(crate) String);
+
 /// Session options common to every command that opens sessions.
 #[derive(Debug, Clone, clap::Args, serde::Deserialize, Default)]
 pub(crate) struct SessionOpts {
@@ -49,7 +59,8 @@ pub(crate) struct SessionOpts {
     pub(crate) key_update_bytes: Option<u64>,
 }
 
-fn parse_suite(s: &str) -> Result<Suite, String> {
+/// A suite by name; an unknown name is a usage error listing the valid ones.
+pub(crate) fn parse_suite(s: &str) -> Result<Suite, String> {
     Suite::from_name(s).ok_or_else(|| {
         let names: Vec<&str> = Suite::ALL.iter().map(|s| s.name()).collect();
         format!("unknown suite {s:?}; choose one of: {}", names.join(", "))
@@ -310,7 +321,7 @@ fn native_only(transport: Transport, what: &[(&str, bool)]) -> Result<()> {
 fn need_key(key: Option<&Path>) -> Result<&Path> {
     key.ok_or_else(|| {
         config_error(
-            "give this side's private key with --key FILE (make one with: sessionkey keygen FILE), \
+            "give this side's private key with --key FILE (make one with: sessionkey keygen -o FILE), \
              or use --transport tls",
         )
     })

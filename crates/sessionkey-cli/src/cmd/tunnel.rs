@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use sessionkey::admission::{self, Limits};
 use sessionkey::status::{self, Registry};
-use sessionkey::tunnel::{self, ClientConfig, ServerConfig, ServerTransport};
+use sessionkey::tunnel::{self, ClientConfig, ServerConfig, ServerTransport, TunnelError};
 use tokio::net::TcpListener;
 
 use super::common::{
@@ -304,6 +304,20 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         tokio::select! {
             done = tasks.join_next_with_id() => {
                 let Some(done) = done else { break };
+                // A refused or changed server key stops the process: exit 77.
+                let done = match done {
+                    Ok((id, Err(e))) if is_key_refusal(&e) => {
+                        let name = names.remove(&id).unwrap_or_default();
+                        tracing::error!(tunnel = %name, "the server's key was refused; stopping");
+                        let refused = e.into_inner().and_then(|b| b.downcast::<TunnelError>().ok());
+                        return Err(match refused {
+                            Some(refused) => anyhow::Error::new(*refused),
+                            None => anyhow::anyhow!("the server's key was refused"),
+                        }
+                        .context(format!("tunnel {name} stopped")));
+                    }
+                    other => other,
+                };
                 let (id, why) = match done {
                     Ok((id, Ok(()))) => (id, "ended".to_string()),
                     Ok((id, Err(e))) => (id, format!("stopped: {e}")),
@@ -330,6 +344,13 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     Err(anyhow::anyhow!(
         last_error.unwrap_or_else(|| "no tunnel is left".into())
     ))
+}
+
+/// Whether a tunnel task ended because the server's key was refused.
+fn is_key_refusal(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|i| i.downcast_ref::<TunnelError>())
+        .is_some_and(TunnelError::is_key_refusal)
 }
 
 async fn terminate() {
