@@ -48,7 +48,7 @@ pub(crate) struct SessionOpts {
     #[serde(default)]
     pub(crate) classic: bool,
     /// A pre-shared key file (32 random bytes in base64, mode 0600), mixed into every handshake;
-    /// both sides need the same one. Make one with: head -c 32 /dev/urandom | base64 > FILE
+    /// both sides need the same one. Make one with: (umask 077; head -c 32 /dev/urandom | base64 > FILE)
     #[arg(long, value_name = "FILE")]
     #[serde(default)]
     pub(crate) psk: Option<PathBuf>,
@@ -107,7 +107,7 @@ fn read_psk(path: &Path) -> Result<[u8; 32]> {
         .with_context(|| format!("pre-shared key {}", path.display()))?;
     let bytes = STANDARD.decode(text.trim()).map_err(|_| {
         config_error(format!(
-            "pre-shared key {} is not base64; make one with: head -c 32 /dev/urandom | base64 > FILE",
+            "pre-shared key {} is not base64; make one with: (umask 077; head -c 32 /dev/urandom | base64 > FILE)",
             path.display()
         ))
     })?;
@@ -517,4 +517,48 @@ impl ClientTransportOpts {
 pub(crate) fn parse_peer_key(s: &str) -> Result<PeerKey> {
     s.parse()
         .map_err(|e| config_error(format!("{e} (from {s:?})")))
+}
+
+/// Make a relative path from a configuration file relative to the file's directory.
+pub(crate) fn rebase(path: &mut Option<PathBuf>, base: &Path) {
+    if let Some(p) = path {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    }
+}
+
+impl SessionOpts {
+    /// Relative paths (the pre-shared key) against `base`, a configuration file's directory.
+    pub(crate) fn rebase(&mut self, base: &Path) {
+        rebase(&mut self.psk, base);
+    }
+}
+
+impl ServerTransportOpts {
+    /// Relative paths against `base`, a configuration file's directory.
+    pub(crate) fn rebase(&mut self, base: &Path) {
+        for p in [
+            &mut self.cert,
+            &mut self.cert_key,
+            &mut self.client_ca,
+            &mut self.keylog,
+        ] {
+            rebase(p, base);
+        }
+    }
+}
+
+impl ClientTransportOpts {
+    /// Relative paths against `base`, a configuration file's directory.
+    pub(crate) fn rebase(&mut self, base: &Path) {
+        for p in [
+            &mut self.ca,
+            &mut self.cert,
+            &mut self.cert_key,
+            &mut self.keylog,
+        ] {
+            rebase(p, base);
+        }
+    }
 }

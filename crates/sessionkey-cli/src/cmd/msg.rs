@@ -53,6 +53,7 @@ pub(crate) struct InitArgs {
 
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["text", "file", "lines"])))]
+#[command(override_usage = "sessionkey msg send [OPTIONS] <NAME> <TEXT|--file <PATH>|--lines>")]
 pub(crate) struct SendArgs {
     /// The recipient's name.
     name: String,

@@ -217,10 +217,31 @@ async fn bind(addr: &str) -> Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr}"))
 }
 
+/// Read a configuration file; its relative paths are made relative to its directory (as
+/// in a VPN configuration), not to the working directory.
 fn load_config(path: &Path) -> Result<ConfigFile> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    toml::from_str(&text).map_err(|e| config_error(format!("{}: {e}", path.display())))
+    let mut file: ConfigFile =
+        toml::from_str(&text).map_err(|e| config_error(format!("{}: {e}", path.display())))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    for table in &mut file.tunnel {
+        match table {
+            TunnelTable::Server(s) => {
+                super::common::rebase(&mut s.key, base);
+                super::common::rebase(&mut s.authorized_peers, base);
+                s.opts.rebase(base);
+                s.tls.rebase(base);
+            }
+            TunnelTable::Client(c) => {
+                super::common::rebase(&mut c.key, base);
+                super::common::rebase(&mut c.known_peers, base);
+                c.opts.rebase(base);
+                c.tls.rebase(base);
+            }
+        }
+    }
+    Ok(file)
 }
 
 pub(crate) async fn run(args: Args) -> Result<()> {
