@@ -712,7 +712,7 @@ fn pipe_connect_fails_when_the_listener_is_killed() {
 // ---------------------------------------------------------------------------------------
 
 #[test]
-fn help_exits_zero_and_unknown_flags_exit_two() {
+fn help_exits_zero_and_unknown_flags_exit_64() {
     let env = Env::new("help");
     for args in [
         &["--help"][..],
@@ -733,7 +733,7 @@ fn help_exits_zero_and_unknown_flags_exit_two() {
         &["status", "--no-such-flag"],
     ] {
         let out = env.run(args);
-        assert_eq!(out.code, Some(2), "{args:?}: {out:?}");
+        assert_eq!(out.code, Some(64), "{args:?}: {out:?}");
         assert!(out.stderr.contains("--no-such-flag"), "{args:?}: {out:?}");
     }
     // With no tunnel running, status lists nothing.

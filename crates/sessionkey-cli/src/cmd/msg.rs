@@ -103,6 +103,8 @@ pub(crate) fn exit_code(cause: &(dyn std::error::Error + 'static)) -> Option<u8>
         ClientError::Relay(RelayError::CertificateChanged { .. })
         | ClientError::IdentityChanged { .. } => 77,
         ClientError::Relay(r) if r.status().is_some_and(|s| s.as_u16() == 429) => 75,
+        // A taken name: choose another with --name.
+        ClientError::Relay(r) if r.status().is_some_and(|s| s.as_u16() == 409) => 78,
         ClientError::NotInitialized(_)
         | ClientError::AlreadyInitialized(_)
         | ClientError::Invalid(_)
