@@ -70,8 +70,8 @@ mod cipher;
 mod config;
 mod direction;
 mod event;
-mod rekey;
-mod schedule;
+pub(crate) mod rekey;
+pub(crate) mod schedule;
 mod timer;
 
 use std::collections::VecDeque;

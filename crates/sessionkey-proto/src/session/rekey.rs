@@ -41,7 +41,11 @@ impl<'a> Statics<'a> {
     /// The two static terms, in the handshake's role order: X25519 of the initiator's static
     /// key with the other side's ephemeral, then the same for the responder's static key. A
     /// side without a static key (anonymous initiator) contributes no term.
-    fn terms(&self, my_e: &PrivateKey, peer_e: &[u8]) -> Result<[Option<Shared>; 2], Error> {
+    pub(crate) fn terms(
+        &self,
+        my_e: &PrivateKey,
+        peer_e: &[u8],
+    ) -> Result<[Option<Shared>; 2], Error> {
         let mine = match self.local {
             Some(id) => Some(dh::agree(id.private(), peer_e)?),
             None => None,
