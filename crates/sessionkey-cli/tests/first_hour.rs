@@ -211,7 +211,7 @@ fn keygen_makes_a_missing_directory_and_the_hint_is_runnable() {
         .unwrap_or_else(|| panic!("no keygen hint: {out:?}"));
     let hint: Vec<&str> = out.stderr[at..]
         .trim_end_matches(|c: char| c == ')' || c.is_whitespace())
-        .split(|c: char| c == ')' || c == ',')
+        .split([')', ','])
         .next()
         .unwrap()
         .split_whitespace()

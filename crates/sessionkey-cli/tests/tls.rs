@@ -1114,3 +1114,41 @@ fn readme_tls_example_works_as_written() {
     let refused = pipe_connect(&env, port, &["--server-key", &pin], b"x");
     assert_eq!(refused.code, Some(77), "{refused:?}");
 }
+
+/// A TLS tunnel client whose pin is not the server's certificate key stops at the first
+/// connection and exits 77 (issue 21: a refused server key exits 77 in every path).
+#[test]
+fn tls_tunnel_client_with_a_wrong_pin_exits_77() {
+    let env = Env::new("tls-client-77");
+    let target = echo_target();
+    let (mut server, port) = tls_server(&env, &target, &["--any-client"]);
+    let _ = server_pin(&mut server);
+    let wrong = format!("tls-spki-sha256 {}", STANDARD.encode([7u8; 32]));
+    let local = free_port();
+    let mut client = env.spawn(
+        "tls-client",
+        &[
+            "tunnel",
+            "client",
+            "--transport",
+            "tls",
+            "--listen",
+            &format!("127.0.0.1:{local}"),
+            "--server",
+            &format!("127.0.0.1:{port}"),
+            "--server-key",
+            &wrong,
+        ],
+        Stdio::null(),
+    );
+    client.expect_log("tunnel client ready");
+    let conn = connect(local);
+    let code = client.wait(EXIT_TIMEOUT);
+    drop(conn);
+    let log = client.stderr();
+    assert_eq!(code, Some(77), "{log}");
+    assert!(
+        log.contains("--server-key"),
+        "the way to the right pin: {log}"
+    );
+}

@@ -337,14 +337,14 @@ impl TunnelError {
     /// changed key may be an attack; a tunnel client stops on it.
     pub fn is_key_refusal(&self) -> bool {
         match self {
-            TunnelError::PinRejected { .. } => true,
-            TunnelError::Trust(t) => matches!(
+            Self::PinRejected { .. } => true,
+            Self::Trust(t) => matches!(
                 t,
                 TrustError::KeyChanged(_)
                     | TrustError::UnknownHost { .. }
                     | TrustError::PinMismatch { .. }
             ),
-            TunnelError::Handshake { source, .. } => {
+            Self::Handshake { source, .. } => {
                 matches!(
                     crate::protocol_error(source),
                     Some(Error::PeerKeyRejected(_))
@@ -353,7 +353,7 @@ impl TunnelError {
                     Some(rustls::Error::InvalidCertificate(_))
                 )
             }
-            TunnelError::Unreachable { .. } => false,
+            Self::Unreachable { .. } => false,
         }
     }
 }
