@@ -550,3 +550,53 @@ fn a_failed_msg_init_leaves_nothing_that_blocks_the_retry() {
     assert_eq!(out.code, Some(69), "{out:?}");
     assert!(!down.join("msg").exists());
 }
+
+#[test]
+fn a_changed_relay_certificate_exits_77_with_a_hint_msg_can_follow() {
+    let env = Env::new("msg-relay-changed");
+    let port = free_port();
+    let start = |state: &str| {
+        let state = env.path(state);
+        let mut relay = env.spawn(
+            "relay",
+            &[
+                "--state",
+                state.to_str().unwrap(),
+                "relay",
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ],
+            Stdio::null(),
+        );
+        wait_listening(port, &mut relay).unwrap();
+        relay
+    };
+    let mut first = start("relay-1");
+    let alice = env.path("alice");
+    let url = format!("https://127.0.0.1:{port}");
+    let out = env.run(&[
+        "--state",
+        alice.to_str().unwrap(),
+        "msg",
+        "init",
+        "--relay",
+        &url,
+        "--name",
+        "alice",
+    ]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    first.kill();
+    // Another relay (another certificate) on the same address.
+    let _second = start("relay-2");
+    let out = env.run(&["--state", alice.to_str().unwrap(), "msg", "recv"]);
+    assert_eq!(out.code, Some(77), "{out:?}");
+    assert!(
+        !out.stderr.contains("--server-key"),
+        "msg has no --server-key: {out:?}"
+    );
+    assert!(out.stderr.contains("--relay-key"), "{out:?}");
+    // The flag the hint names exists.
+    let help = env.run(&["msg", "init", "--help"]);
+    assert!(help.stdout.contains("--relay-key"), "{help:?}");
+}
