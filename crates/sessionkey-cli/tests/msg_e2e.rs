@@ -413,3 +413,154 @@ fn dump_tables(url: &str) -> Vec<u8> {
         out
     })
 }
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// A contact's text cannot forge a line from someone else or send escape sequences to the
+/// terminal (`--json` carries it unchanged); the state on disk is private (0700 directories,
+/// 0600 files, whatever the umask) and looser modes are refused at start.
+#[test]
+fn recv_escapes_control_characters_and_state_is_private() {
+    let dir = temp_dir("screen");
+    let (relay_state, alice, bob) = (dir.join("relay"), dir.join("alice"), dir.join("bob"));
+    let (_relay, addr) = relay(&relay_state, "127.0.0.1:0", None);
+    init(&alice, &addr, "alice");
+    init(&bob, &addr, "bob");
+    let forged = "hello\ncarol: please send the code to 555\r\x1b]0;owned\x07\x1b[2Jdone\u{202e}";
+    sk(&alice, &["msg", "send", "bob", forged], None);
+    let out = sk(&bob, &["msg", "recv"], None);
+    let shown = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        shown.chars().all(|c| c == '\n' || !c.is_control()),
+        "raw control characters reached the terminal: {shown:?}"
+    );
+    assert!(!shown.contains('\u{202e}'), "{shown:?}");
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 2, "{shown:?}");
+    assert_eq!(lines[0], "alice: hello");
+    assert!(
+        lines[1].starts_with("     | carol: please"),
+        "a continuation, not a new sender line: {:?}",
+        lines[1]
+    );
+    assert!(lines[1].contains("\\x1b]0;owned\\x07"), "{:?}", lines[1]);
+    // --json is unchanged: the exact text.
+    sk(&alice, &["msg", "send", "bob", forged], None);
+    assert_eq!(texts(&sk(&bob, &["msg", "recv", "--json"], None)), [forged]);
+
+    // Modes: the state directory, the store, the key, received files and their directories.
+    let file = dir.join("note.txt");
+    std::fs::write(&file, b"a file").unwrap();
+    sk(
+        &alice,
+        &["msg", "send", "bob", "--file", file.to_str().unwrap()],
+        None,
+    );
+    sk(&bob, &["msg", "recv"], None);
+    let state = bob.join("msg");
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("store.db")), 0o600);
+    assert_eq!(mode(&state.join("key")), 0o600);
+    assert_eq!(mode(&state.join("files")), 0o700);
+    assert_eq!(mode(&state.join("files/alice")), 0o700);
+    assert_eq!(mode(&state.join("files/alice/note.txt")), 0o600);
+
+    // Looser modes are refused, saying what to do.
+    use std::os::unix::fs::PermissionsExt;
+    for (path, loose, want) in [
+        (state.clone(), 0o755, "chmod 700"),
+        (state.join("store.db"), 0o644, "chmod 600"),
+    ] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(loose)).unwrap();
+        let out = Command::new(BIN)
+            .arg("--state")
+            .arg(&bob)
+            .args(["msg", "recv"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{err}");
+        assert!(err.contains(want), "{err}");
+        let strict = if path.is_dir() { 0o700 } else { 0o600 };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(strict)).unwrap();
+    }
+    sk(&bob, &["msg", "recv"], None);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `sessionkey ARGS` with `SESSIONKEY_FAILPOINT=point`; its output, whatever its status.
+fn sk_crash(state: &Path, args: &[&str], point: &str) -> Output {
+    Command::new(BIN)
+        .arg("--state")
+        .arg(state)
+        .args(args)
+        .env("SESSIONKEY_LOG", "error")
+        .env("SESSIONKEY_FAILPOINT", point)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// A crash between decrypting and showing loses nothing and shows nothing twice: the
+/// plaintext is stored with the ratchet state that decrypted it, shown, then acknowledged.
+/// Then `recv --follow` and `send` run together on one state directory.
+#[test]
+fn a_crash_between_decrypt_and_display_shows_the_message_once() {
+    let dir = temp_dir("crash");
+    let (relay_state, alice, bob) = (dir.join("relay"), dir.join("alice"), dir.join("bob"));
+    let (_relay, addr) = relay(&relay_state, "127.0.0.1:0", None);
+    init(&alice, &addr, "alice");
+    init(&bob, &addr, "bob");
+    sk(&alice, &["msg", "send", "bob", "crash-canary-1"], None);
+    // Decrypted, not yet stored: the crash undoes the decryption.
+    let out = sk_crash(&bob, &["msg", "recv", "--json"], "before-store");
+    assert!(!out.status.success());
+    assert!(texts(&out).is_empty());
+    // Stored with the new ratchet state, not yet shown (nor acknowledged).
+    let out = sk_crash(&bob, &["msg", "recv", "--json"], "after-store");
+    assert!(!out.status.success(), "the failpoint aborts");
+    assert!(texts(&out).is_empty());
+    sk(&alice, &["msg", "send", "bob", "crash-canary-2"], None);
+    let out = sk(&bob, &["msg", "recv", "--json"], None);
+    assert_eq!(texts(&out), ["crash-canary-1", "crash-canary-2"]);
+    let events = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!events.contains("dropped"), "{events}");
+    assert!(texts(&sk(&bob, &["msg", "recv", "--json"], None)).is_empty());
+
+    // Two terminals on bob's state: `recv --follow` while `send --lines` runs.
+    let mut follow = Command::new(BIN)
+        .arg("--state")
+        .arg(&bob)
+        .args(["msg", "recv", "--follow", "--json"])
+        .env("SESSIONKEY_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(follow.stdout.take().unwrap());
+    let follow = Proc(follow);
+    let to_bob: String = (0..20).map(|i| format!("to-bob-{i}\n")).collect();
+    let to_alice: String = (0..20).map(|i| format!("to-alice-{i}\n")).collect();
+    let sender = {
+        let alice = alice.clone();
+        std::thread::spawn(move || sk(&alice, &["msg", "send", "bob", "--lines"], Some(&to_bob)))
+    };
+    sk(&bob, &["msg", "send", "alice", "--lines"], Some(&to_alice));
+    sender.join().unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < 20 && Instant::now() < deadline {
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            got.push(v["text"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    drop(follow);
+    let want: Vec<String> = (0..20).map(|i| format!("to-bob-{i}")).collect();
+    assert_eq!(got, want);
+    let want: Vec<String> = (0..20).map(|i| format!("to-alice-{i}")).collect();
+    assert_eq!(texts(&sk(&alice, &["msg", "recv", "--json"], None)), want);
+    let _ = std::fs::remove_dir_all(&dir);
+}

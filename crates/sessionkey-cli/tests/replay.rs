@@ -222,3 +222,41 @@ fn a_wrong_pin_is_named_with_the_way_to_the_right_one() {
     assert!(log.contains("sessionkey pubkey"), "{log}");
     assert!(!log.contains("truncated"), "{log}");
 }
+
+#[test]
+fn an_impostor_with_another_key_never_learns_who_connected() {
+    let env = Env::new("impostor");
+    let real_key = env.keygen("real");
+    let impostor_key = env.keygen("impostor");
+    let client_key = env.keygen("client");
+    let target = echo_target();
+    // The impostor admits the client's key (it knows the public key), so only the client's
+    // check of the server's key can stop the session.
+    let (impostor, port) = env.tunnel_server(
+        "impostor",
+        &impostor_key,
+        target.addr,
+        &[&client_key.public],
+    );
+    let known = env.path("known_peers");
+    std::fs::write(&known, format!("[127.0.0.1]:{port} {}\n", real_key.public))
+        .expect("write known peers");
+    let known_str = known.to_str().expect("UTF-8 path");
+    let (mut client, local) = env.tunnel_client(
+        "client",
+        &client_key,
+        port,
+        &["--known-peers", known_str, "--accept-new"],
+    );
+    let mut conn = connect(local);
+    let _ = conn.write_all(b"secret");
+    let mut rest = Vec::new();
+    let _ = conn.read_to_end(&mut rest);
+    client.expect_log("REMOTE HOST IDENTIFICATION HAS CHANGED");
+    // The client stopped after the impostor's second message: its key was never sent, the
+    // impostor made no session and reached nothing.
+    let log = impostor.stderr();
+    assert!(!log.contains("session established"), "{log}");
+    assert!(!log.contains(&client_key.fingerprint), "{log}");
+    assert_eq!(target.accepted(), 0, "the impostor dialled its target");
+}

@@ -540,3 +540,38 @@ fn the_lifetime_closes_and_then_ends_a_peer_that_does_not_answer() {
         ))))
     ));
 }
+
+#[test]
+fn closes_that_cross_are_both_acknowledged() {
+    let mut p = Pair::established(
+        header(Pattern::XX, Suite::Aes256Gcm, true),
+        SessionConfig::default(),
+    );
+    let c = Pair::send(&mut p.client, p.now, &[1u8; 700]);
+    let s = Pair::send(&mut p.server, p.now, &[2u8; 900]);
+    p.client.session.close();
+    p.server.session.close();
+    let c_close = Pair::transmit(&mut p.client, p.now);
+    let s_close = Pair::transmit(&mut p.server, p.now);
+    p.server.inbox.extend_from_slice(&c);
+    p.server.inbox.extend_from_slice(&c_close);
+    p.client.inbox.extend_from_slice(&s);
+    p.client.inbox.extend_from_slice(&s_close);
+    p.server.receive(p.now);
+    p.client.receive(p.now);
+    // Each owes the other an acknowledgement after its own close; deliver both in one go.
+    let c_ack = Pair::transmit(&mut p.client, p.now);
+    let s_ack = Pair::transmit(&mut p.server, p.now);
+    assert!(!c_ack.is_empty() && !s_ack.is_empty());
+    p.server.inbox.extend_from_slice(&c_ack);
+    p.client.inbox.extend_from_slice(&s_ack);
+    p.server.receive(p.now);
+    p.client.receive(p.now);
+    assert!(p.client.error.is_none() && p.server.error.is_none());
+    assert_eq!(p.client.session.acknowledged(), Some(700));
+    assert_eq!(p.server.session.acknowledged(), Some(900));
+    // A second acknowledgement would be a replay: the session is over.
+    p.server.inbox.extend_from_slice(&c_ack);
+    p.server.receive(p.now);
+    assert!(p.server.error.is_some());
+}

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,29 +22,49 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use sessionkey::msg::api::{
+use sessionkey_proto::msg::api::{
     self, Ack, AuthHeaders, BundleResponse, DeviceStatus, ErrorBody, Inbox, Push, RegisterRequest,
-    SendResponse, UploadPrekeys,
+    RetirePrekeys, SendResponse, UploadPrekeys,
 };
-use sessionkey::proto::msg::{
+use sessionkey_proto::msg::{
     IdentityKey, KemPrekey, OneTimePrekey, PrekeyBundle, SignedPrekey, MAX_ENVELOPE_LEN,
+    MAX_HELD_ONE_TIME_PREKEYS,
 };
 
 use crate::ratelimit::{Rate, RateLimiter};
 use crate::storage::{DeviceRecord, Registered, Storage, StorageError, KIND_KEM, KIND_ONE_TIME};
 
-/// How the relay runs.
+/// How the relay runs: its quotas (docs/MESSAGING.md, "Relay quotas", gives the defaults).
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     /// Bundle requests per requester.
     pub bundles_per_requester: Rate,
     /// Bundle requests per (requester, target).
     pub bundles_per_target: Rate,
+    /// Bundle requests per target, from all requesters together: many fresh accounts
+    /// cannot drain one device's one-time prekeys faster than this.
+    pub bundles_per_target_total: Rate,
+    /// Registrations of new names per source address.
+    pub registrations_per_address: Rate,
+    /// Messages sent per sender.
+    pub sends_per_sender: Rate,
+    /// Messages waiting per recipient; more are refused until it fetches.
+    pub max_queue_per_recipient: u64,
+    /// One-time prekeys held per device and kind; uploads beyond are refused.
+    pub max_prekeys_per_device: u64,
+    /// Push connections (WebSocket and waiting long-polls) per account.
+    pub max_push_per_account: usize,
+    /// Push connections in all.
+    pub max_push_total: usize,
     /// How often the expiry task runs.
     pub expiry_interval: Duration,
     /// How often waiting requests and push connections look at the database for messages
-    /// queued through another relay process.
+    /// queued through another relay process, when nothing tells them (SQLite; PostgreSQL
+    /// while its LISTEN connection is down).
     pub poll_interval: Duration,
+    /// The same, while PostgreSQL's `LISTEN` connection delivers notifications: a safety net
+    /// only.
+    pub notified_poll_interval: Duration,
     /// How often the relay logs its counters.
     pub stats_interval: Duration,
 }
@@ -60,8 +80,25 @@ impl Default for RelayConfig {
                 burst: 10,
                 refill: Duration::from_secs(6),
             },
+            bundles_per_target_total: Rate {
+                burst: 100,
+                refill: Duration::from_secs(10),
+            },
+            registrations_per_address: Rate {
+                burst: 20,
+                refill: Duration::from_secs(180),
+            },
+            sends_per_sender: Rate {
+                burst: 1000,
+                refill: Duration::from_millis(2),
+            },
+            max_queue_per_recipient: 10_000,
+            max_prekeys_per_device: MAX_HELD_ONE_TIME_PREKEYS as u64,
+            max_push_per_account: 4,
+            max_push_total: 10_000,
             expiry_interval: Duration::from_secs(3600),
             poll_interval: Duration::from_millis(250),
+            notified_poll_interval: Duration::from_secs(30),
             stats_interval: Duration::from_secs(60),
         }
     }
@@ -84,7 +121,7 @@ pub struct Counters {
     pub messages_acked: AtomicU64,
     /// Requests refused for authentication.
     pub auth_refused: AtomicU64,
-    /// Bundle requests refused by the rate limit.
+    /// Requests refused by a rate limit or quota.
     pub rate_limited: AtomicU64,
 }
 
@@ -93,11 +130,71 @@ struct Relay {
     config: RelayConfig,
     per_requester: RateLimiter,
     per_target: RateLimiter,
+    per_target_total: RateLimiter,
+    per_address: RateLimiter,
+    per_sender: RateLimiter,
     waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Push connections per account, and their total.
+    pushes: Mutex<(HashMap<String, usize>, usize)>,
+    /// Whether PostgreSQL notifications arrive (waiters then poll rarely).
+    listening: AtomicBool,
     counters: Arc<Counters>,
 }
 
+/// One push connection counted against the quotas until dropped.
+struct PushSlot<'a> {
+    relay: &'a Relay,
+    name: String,
+}
+
+impl Drop for PushSlot<'_> {
+    fn drop(&mut self) {
+        let mut p = self.relay.pushes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = p.0.get_mut(&self.name) {
+            *n -= 1;
+            if *n == 0 {
+                p.0.remove(&self.name);
+            }
+        }
+        p.1 = p.1.saturating_sub(1);
+    }
+}
+
 impl Relay {
+    /// Count a push connection (WebSocket or waiting fetch) of `name`, or refuse it.
+    fn push_slot(&self, name: &str) -> ApiResult<PushSlot<'_>> {
+        let mut p = self.pushes.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = p.0.get(name).copied().unwrap_or(0);
+        if mine >= self.config.max_push_per_account || p.1 >= self.config.max_push_total {
+            self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many push connections for this account (or on this relay); close one and try again",
+            ));
+        }
+        *p.0.entry(name.to_string()).or_insert(0) += 1;
+        p.1 += 1;
+        Ok(PushSlot {
+            relay: self,
+            name: name.to_string(),
+        })
+    }
+
+    fn poll_interval(&self) -> Duration {
+        if self.listening.load(Ordering::Relaxed) {
+            self.config.notified_poll_interval
+        } else {
+            self.config.poll_interval
+        }
+    }
+
+    fn wake_all(&self) {
+        let w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        for n in w.values() {
+            n.notify_waiters();
+        }
+    }
+
     fn notify_for(&self, name: &str) -> Arc<Notify> {
         let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
         w.entry(name.to_string()).or_default().clone()
@@ -229,6 +326,7 @@ fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> ApiResult<T> {
 
 async fn register(
     State(relay): State<Arc<Relay>>,
+    axum::Extension(peer): axum::Extension<SocketAddr>,
     Path(name): Path<String>,
     method: Method,
     uri: Uri,
@@ -258,6 +356,17 @@ async fn register(
     }
     kem.verify(&identity)
         .map_err(|e| bad_request(format!("last-resort KEM prekey: {e}")))?;
+    if relay.storage.device(&name).await?.is_none()
+        && !relay
+            .per_address
+            .allow(&peer.ip().to_string(), Instant::now())
+    {
+        relay.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many new registrations from this address; try again in an hour",
+        ));
+    }
     let record = DeviceRecord {
         identity: req.identity.0,
         signed_prekey: req.signed_prekey.0,
@@ -324,6 +433,16 @@ async fn upload_prekeys(
             .map_err(|e| bad_request(format!("KEM prekey: {e}")))?;
         kem.push((key.id.0, k.0));
     }
+    let held = relay.storage.status(&name).await?;
+    let max = relay.config.max_prekeys_per_device;
+    if held.one_time_prekeys + one_time.len() as u64 > max
+        || held.kem_prekeys + kem.len() as u64 > max
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("a device holds at most {max} one-time prekeys of each kind on the relay"),
+        ));
+    }
     let added = relay
         .storage
         .add_prekeys(&name, KIND_ONE_TIME, &one_time)
@@ -335,19 +454,27 @@ async fn upload_prekeys(
         .fetch_add(added, Ordering::Relaxed);
     tracing::debug!(added, "prekeys uploaded");
     let status = relay.storage.status(&name).await?;
-    for (held, what) in [
-        (status.one_time_prekeys, "X25519"),
-        (status.kem_prekeys, "KEM"),
-    ] {
-        if held > sessionkey::proto::msg::MAX_HELD_ONE_TIME_PREKEYS as u64 {
-            tracing::warn!(
-                held,
-                kind = what,
-                "a device holds more one-time prekeys than a client keeps"
-            );
-        }
-    }
     Ok(Json(status))
+}
+
+async fn retire_prekeys(
+    State(relay): State<Arc<Relay>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<DeviceStatus>> {
+    let name = authenticate(&relay, &method, &uri, &headers, &body, None).await?;
+    let req: RetirePrekeys = parse_json(&body)?;
+    relay
+        .storage
+        .retire_prekeys(&name, KIND_ONE_TIME, req.one_time_through)
+        .await?;
+    relay
+        .storage
+        .retire_prekeys(&name, KIND_KEM, req.kem_through)
+        .await?;
+    Ok(Json(relay.storage.status(&name).await?))
 }
 
 async fn device_status(
@@ -372,6 +499,7 @@ async fn bundle(
     let now = Instant::now();
     if !relay.per_requester.allow(&name, now)
         || !relay.per_target.allow(&format!("{name}\0{target}"), now)
+        || !relay.per_target_total.allow(&target, now)
     {
         relay.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
         return Err(ApiError::new(
@@ -433,16 +561,36 @@ async fn send(
             format!("a message is at most {MAX_ENVELOPE_LEN} bytes"),
         ));
     }
+    if !relay.per_sender.allow(&name, Instant::now()) {
+        relay.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "sending too fast; wait a moment and try again",
+        ));
+    }
     if relay.storage.device(&recipient).await?.is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no device named {recipient:?} on this relay"),
         ));
     }
-    let id = relay
+    let Some(id) = relay
         .storage
-        .enqueue(&recipient, &name, &body, unix_now())
-        .await?;
+        .enqueue_capped(
+            &recipient,
+            &name,
+            &body,
+            unix_now(),
+            relay.config.max_queue_per_recipient,
+        )
+        .await?
+    else {
+        relay.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{recipient:?}'s queue on the relay is full; try again later"),
+        ));
+    };
     relay
         .counters
         .messages_queued
@@ -468,13 +616,23 @@ async fn fetch(
     headers: HeaderMap,
 ) -> ApiResult<Json<Inbox>> {
     let name = authenticate(&relay, &method, &uri, &headers, &[], None).await?;
-    let deadline = Instant::now() + Duration::from_secs(wait_secs(&uri).min(api::MAX_WAIT_SECS));
+    let wait = Duration::from_secs(wait_secs(&uri).min(api::MAX_WAIT_SECS));
+    let deadline = Instant::now() + wait;
+    let _slot = if wait.is_zero() {
+        None
+    } else {
+        Some(relay.push_slot(&name)?)
+    };
     let notify = relay.notify_for(&name);
     loop {
         let woken = notify.notified();
         let messages = relay
             .storage
-            .fetch(&name, api::MAX_MESSAGES_PER_FETCH)
+            .fetch(
+                &name,
+                api::MAX_MESSAGES_PER_FETCH,
+                api::MAX_MESSAGES_PER_SENDER_PER_FETCH,
+            )
             .await?;
         let now = Instant::now();
         if !messages.is_empty() || now >= deadline {
@@ -482,9 +640,14 @@ async fn fetch(
                 .counters
                 .messages_fetched
                 .fetch_add(messages.len() as u64, Ordering::Relaxed);
-            return Ok(Json(Inbox { messages }));
+            let status = if messages.is_empty() {
+                None
+            } else {
+                Some(relay.storage.status(&name).await?)
+            };
+            return Ok(Json(Inbox { messages, status }));
         }
-        let nap = relay.config.poll_interval.min(deadline - now);
+        let nap = relay.poll_interval().min(deadline - now);
         tokio::select! {
             () = woken => {}
             () = tokio::time::sleep(nap) => {}
@@ -523,7 +686,12 @@ async fn push(
     ws: WebSocketUpgrade,
 ) -> ApiResult<Response> {
     let name = authenticate(&relay, &method, &uri, &headers, &[], None).await?;
+    // Counted now (refused with 429 before the upgrade) and held by the connection.
+    drop(relay.push_slot(&name)?);
     Ok(ws.on_upgrade(move |socket| async move {
+        let Ok(_slot) = relay.push_slot(&name) else {
+            return;
+        };
         if let Err(e) = push_loop(&relay, &name, socket).await {
             tracing::debug!(error = %e, "push connection ended");
         }
@@ -556,7 +724,7 @@ async fn push_loop(relay: &Relay, name: &str, mut socket: WebSocket) -> Result<(
         }
         tokio::select! {
             () = woken => {}
-            () = tokio::time::sleep(relay.config.poll_interval) => {}
+            () = tokio::time::sleep(relay.poll_interval()) => {}
             incoming = socket.recv() => match incoming {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),
                 Some(Ok(_)) => {}
@@ -569,6 +737,7 @@ fn router(relay: Arc<Relay>) -> Router {
     Router::new()
         .route("/v1/devices/{name}", put(register))
         .route("/v1/prekeys", post(upload_prekeys))
+        .route("/v1/prekeys/retire", post(retire_prekeys))
         .route("/v1/self", get(device_status))
         .route("/v1/bundles/{name}", post(bundle))
         .route("/v1/messages/{name}", post(send))
@@ -619,15 +788,20 @@ pub fn serve(
         storage,
         per_requester: RateLimiter::new(config.bundles_per_requester),
         per_target: RateLimiter::new(config.bundles_per_target),
+        per_target_total: RateLimiter::new(config.bundles_per_target_total),
+        per_address: RateLimiter::new(config.registrations_per_address),
+        per_sender: RateLimiter::new(config.sends_per_sender),
         config,
         waiters: Mutex::new(HashMap::new()),
+        pushes: Mutex::new((HashMap::new(), 0)),
+        listening: AtomicBool::new(false),
         counters: counters.clone(),
     });
     let app = router(relay.clone());
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let accept = tokio::spawn(async move {
         loop {
-            let (tcp, _) = match listener.accept().await {
+            let (tcp, peer) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -637,7 +811,7 @@ pub fn serve(
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
-            let app = app.clone();
+            let app = app.clone().layer(axum::Extension(peer));
             tokio::spawn(async move {
                 let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
                     .await
@@ -698,10 +872,52 @@ pub fn serve(
             }
         })
     };
+    let notifications = {
+        let relay = relay.clone();
+        tokio::spawn(async move { listen_loop(&relay).await })
+    };
     Ok(RunningRelay {
         local_addr,
         counters,
         accept,
-        background: vec![expiry, stats],
+        background: vec![expiry, stats, notifications],
     })
+}
+
+/// On PostgreSQL: wake the waiters of each recipient another relay (or this one) queued a
+/// message for, as `NOTIFY` says; waiters then look at the database only every
+/// `notified_poll_interval`. While the `LISTEN` connection is down they poll every
+/// `poll_interval` and are all woken when it is back (notifications may have been missed).
+async fn listen_loop(relay: &Relay) {
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let mut listener = match relay.storage.listen().await {
+            Ok(Some(l)) => l,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "LISTEN failed; polling until it works");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        relay.listening.store(true, Ordering::Relaxed);
+        relay.wake_all();
+        pause = Duration::from_millis(200);
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(n)) => relay.wake(n.payload()),
+                Ok(None) => {
+                    // Reconnected: anything queued meanwhile was not announced.
+                    relay.wake_all();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN connection failed; polling until it is back");
+                    break;
+                }
+            }
+        }
+        relay.listening.store(false, Ordering::Relaxed);
+        relay.wake_all();
+    }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
-use sessionkey::msg::api::{DeviceStatus, InboxMessage, B64};
+use sessionkey_proto::msg::api::{DeviceStatus, InboxMessage, B64};
 
 /// Prekey kind stored for a one-time X25519 prekey (its key type byte).
 pub const KIND_ONE_TIME: i64 = 0x04;
@@ -110,11 +110,16 @@ const POSTGRES_SCHEMA: &[&str] = &[
 /// Serialises schema creation among relays starting together on one PostgreSQL.
 const POSTGRES_SCHEMA_LOCK: i64 = 0x5e55_1075;
 
+/// The PostgreSQL channel on which a relay announces a queued message (the payload is the
+/// recipient's name), so every relay on the database wakes that recipient's waiters.
+pub const QUEUED_CHANNEL: &str = "sessionkey_queued";
+
 /// The relay's database.
 #[derive(Debug, Clone)]
 pub struct Storage {
     pool: AnyPool,
     backend: Backend,
+    url: String,
 }
 
 impl Storage {
@@ -154,7 +159,11 @@ impl Storage {
             }
             Backend::Postgres => options.max_connections(16).connect(&url).await?,
         };
-        let storage = Self { pool, backend };
+        let storage = Self {
+            pool,
+            backend,
+            url: url.clone(),
+        };
         storage.migrate().await?;
         Ok(storage)
     }
@@ -275,6 +284,24 @@ impl Storage {
         Ok(added)
     }
 
+    /// Delete `name`'s one-time prekeys of `kind` with ids up to `through`; returns how many.
+    pub async fn retire_prekeys(
+        &self,
+        name: &str,
+        kind: i64,
+        through: u32,
+    ) -> Result<u64, StorageError> {
+        Ok(
+            sqlx::query("DELETE FROM prekeys WHERE device = $1 AND kind = $2 AND key_id <= $3")
+                .bind(name)
+                .bind(kind)
+                .bind(i64::from(through))
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
     /// How many one-time prekeys of `kind` are held for `name`.
     pub async fn prekey_count(&self, name: &str, kind: i64) -> Result<u64, StorageError> {
         let n: i64 = sqlx::query("SELECT COUNT(*) FROM prekeys WHERE device = $1 AND kind = $2")
@@ -323,7 +350,29 @@ impl Storage {
         Ok(row.map(|r| r.try_get::<Vec<u8>, _>(0)).transpose()?)
     }
 
-    /// Queue `body` for `recipient`; returns its id (ids grow along each queue).
+    /// Listen for messages queued through any relay on this database (PostgreSQL `LISTEN`):
+    /// `None` on SQLite (one relay process: its own wake-ups are all there is).
+    pub async fn listen(&self) -> Result<Option<sqlx::postgres::PgListener>, StorageError> {
+        if self.backend != Backend::Postgres {
+            return Ok(None);
+        }
+        let mut listener = sqlx::postgres::PgListener::connect(&self.url).await?;
+        listener.listen(QUEUED_CHANNEL).await?;
+        Ok(Some(listener))
+    }
+
+    /// How many messages wait for `recipient`.
+    pub async fn queued(&self, recipient: &str) -> Result<u64, StorageError> {
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM messages WHERE recipient = $1")
+            .bind(recipient)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Queue `body` for `recipient`; returns its id (ids grow along each queue). On
+    /// PostgreSQL the same statement notifies [`QUEUED_CHANNEL`].
     pub async fn enqueue(
         &self,
         recipient: &str,
@@ -331,31 +380,68 @@ impl Storage {
         body: &[u8],
         now: i64,
     ) -> Result<i64, StorageError> {
-        let id: i64 = sqlx::query(
-            "INSERT INTO messages (recipient, sender, body, created) VALUES ($1, $2, $3, $4)
-             RETURNING seq",
-        )
-        .bind(recipient)
-        .bind(sender)
-        .bind(body.to_vec())
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await?
-        .try_get(0)?;
-        Ok(id)
+        self.enqueue_capped(recipient, sender, body, now, u64::MAX)
+            .await?
+            .ok_or(StorageError::Database(sqlx::Error::RowNotFound))
     }
 
-    /// The oldest `limit` messages queued for `recipient`, in order.
+    /// [`Storage::enqueue`] unless `recipient` already has `cap` messages waiting (`None`):
+    /// the check, the insert and (PostgreSQL) the `NOTIFY` are one statement, one round trip.
+    pub async fn enqueue_capped(
+        &self,
+        recipient: &str,
+        sender: &str,
+        body: &[u8],
+        now: i64,
+        cap: u64,
+    ) -> Result<Option<i64>, StorageError> {
+        let sql = match self.backend {
+            Backend::Sqlite => {
+                "INSERT INTO messages (recipient, sender, body, created)
+                 SELECT $1, $2, $3, $4
+                 WHERE (SELECT COUNT(*) FROM messages WHERE recipient = $1) < $5
+                 RETURNING seq"
+            }
+            Backend::Postgres => {
+                "WITH ins AS (
+                    INSERT INTO messages (recipient, sender, body, created)
+                    SELECT $1, $2, $3, $4
+                    WHERE (SELECT COUNT(*) FROM messages WHERE recipient = $1) < $5
+                    RETURNING seq)
+                 SELECT ins.seq FROM ins CROSS JOIN LATERAL (SELECT pg_notify($6, $1)) AS n"
+            }
+        };
+        let mut q = sqlx::query(sql)
+            .bind(recipient)
+            .bind(sender)
+            .bind(body.to_vec())
+            .bind(now)
+            .bind(i64::try_from(cap).unwrap_or(i64::MAX));
+        if self.backend == Backend::Postgres {
+            q = q.bind(QUEUED_CHANNEL);
+        }
+        let row = q.fetch_optional(&self.pool).await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// The oldest `limit` messages queued for `recipient`, in order, taking at most
+    /// `per_sender` of each sender: one sender's backlog cannot keep another's messages out
+    /// of a batch.
     pub async fn fetch(
         &self,
         recipient: &str,
         limit: usize,
+        per_sender: usize,
     ) -> Result<Vec<InboxMessage>, StorageError> {
         let rows = sqlx::query(
-            "SELECT seq, sender, created, body FROM messages WHERE recipient = $1
-             ORDER BY seq LIMIT $2",
+            "SELECT seq, sender, created, body FROM (
+                SELECT seq, sender, created, body,
+                       ROW_NUMBER() OVER (PARTITION BY sender ORDER BY seq) AS nth
+                FROM messages WHERE recipient = $1) AS queued
+             WHERE nth <= $2 ORDER BY seq LIMIT $3",
         )
         .bind(recipient)
+        .bind(i64::try_from(per_sender).unwrap_or(i64::MAX))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;

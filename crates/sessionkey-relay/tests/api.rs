@@ -25,16 +25,20 @@ struct Relay {
 }
 
 async fn start() -> Relay {
+    start_with(RelayConfig {
+        poll_interval: Duration::from_millis(50),
+        ..RelayConfig::default()
+    })
+    .await
+}
+
+async fn start_with(config: RelayConfig) -> Relay {
     let tls = TlsServer::new(TlsServerOptions::new(CertSource::SelfSigned {
         dir: temp_dir("tls"),
     }))
     .unwrap();
     let storage = Storage::open(&sqlite_url()).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let config = RelayConfig {
-        poll_interval: Duration::from_millis(50),
-        ..RelayConfig::default()
-    };
     let running = sessionkey_relay::serve(listener, tls.rustls_config(), storage, config).unwrap();
     Relay {
         running,
@@ -114,6 +118,33 @@ impl User {
             );
         }
         user
+    }
+
+    /// Register a new name without prekeys; the relay's refusal as an error.
+    async fn try_register(relay: &Relay, name: &str) -> Result<Self, RelayError> {
+        let rng = &mut SystemRandom;
+        let now = Timestamp::from_unix_secs(1_700_000_000);
+        let mut device = Device::generate(rng).unwrap();
+        let spk = device.new_signed_prekey(now, rng).unwrap();
+        let lr = device.new_last_resort_kem_prekey(now).unwrap();
+        let user = Self {
+            name: name.into(),
+            client: relay.client(),
+            device,
+        };
+        let req = RegisterRequest {
+            identity: B64(user.device.identity().to_bytes().to_vec()),
+            signed_prekey: B64(spk.to_bytes()),
+            last_resort_kem: B64(lr.to_bytes()),
+        };
+        let _: DeviceStatus = user
+            .call(
+                Method::PUT,
+                &format!("/v1/devices/{name}"),
+                serde_json::to_vec(&req).unwrap(),
+            )
+            .await?;
+        Ok(user)
     }
 
     /// The device, moved out for changes (`Device` is not `Clone`).
@@ -457,4 +488,138 @@ async fn a_wrong_certificate_is_refused() {
         other => panic!("expected CertificateChanged, got {:?}", other.map(|_| ())),
     }
     relay.running.stop();
+}
+
+/// Many fresh accounts draining one device's one-time prekeys hit the quotas: new names per
+/// address, and bundles per target from all requesters together.
+#[tokio::test]
+async fn a_prekey_drain_by_fresh_accounts_hits_the_quotas() {
+    let hour = Duration::from_secs(3600);
+    let relay = start_with(RelayConfig {
+        registrations_per_address: support_rate(6, hour),
+        bundles_per_target_total: support_rate(8, hour),
+        ..RelayConfig::default()
+    })
+    .await;
+    let victim = User::register(&relay, "victim", 20).await;
+    let mut fresh = Vec::new();
+    let mut refused_registration = false;
+    for i in 0..10 {
+        match User::try_register(&relay, &format!("drain{i}")).await {
+            Ok(u) => fresh.push(u),
+            Err(e) => {
+                refused(
+                    Err::<(), _>(e),
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "registrations",
+                );
+                refused_registration = true;
+                break;
+            }
+        }
+    }
+    assert!(refused_registration, "new names per address are limited");
+    assert_eq!(fresh.len(), 5, "the victim and five more from one address");
+    let mut handed_out = 0;
+    let mut limited = 0;
+    for u in &fresh {
+        for _ in 0..3 {
+            match u
+                .call::<BundleResponse>(Method::POST, "/v1/bundles/victim", vec![])
+                .await
+            {
+                Ok(_) => handed_out += 1,
+                Err(e) => {
+                    refused(Err::<(), _>(e), StatusCode::TOO_MANY_REQUESTS, "too many");
+                    limited += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(handed_out, 8);
+    assert_eq!(limited, 15 - 8);
+    let status: DeviceStatus = victim.call(Method::GET, "/v1/self", vec![]).await.unwrap();
+    assert_eq!(status.one_time_prekeys, 20 - 8);
+    relay.running.stop();
+}
+
+/// Per-recipient queue, per-sender rate, prekeys per device, push connections per account.
+#[tokio::test]
+async fn queue_send_prekey_and_push_quotas() {
+    let hour = Duration::from_secs(3600);
+    let relay = start_with(RelayConfig {
+        max_queue_per_recipient: 5,
+        sends_per_sender: support_rate(8, hour),
+        max_prekeys_per_device: 60,
+        max_push_per_account: 1,
+        ..RelayConfig::default()
+    })
+    .await;
+    let alice = User::register(&relay, "alice", 50).await;
+    let bob = User::register(&relay, "bob", 0).await;
+    for i in 0..5u8 {
+        alice.send("bob", &[i]).await.unwrap();
+    }
+    refused(
+        alice.send("bob", b"x").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "queue",
+    );
+    // The queue refusal spent a token too: 6 of 8 used; two more to carol, then the rate.
+    let _carol = User::register(&relay, "carol", 0).await;
+    alice.send("carol", b"1").await.unwrap();
+    alice.send("carol", b"2").await.unwrap();
+    refused(
+        alice.send("carol", b"3").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "too fast",
+    );
+    // Prekeys per device: 50 held, 50 more would pass 60.
+    let rng = &mut SystemRandom;
+    let mut device = alice.device_mut_hack();
+    let upload = UploadPrekeys {
+        one_time: device
+            .new_one_time_prekeys(50, rng)
+            .unwrap()
+            .iter()
+            .map(|k| B64(k.to_bytes()))
+            .collect(),
+        kem: vec![],
+    };
+    refused(
+        alice
+            .call::<DeviceStatus>(
+                Method::POST,
+                "/v1/prekeys",
+                serde_json::to_vec(&upload).unwrap(),
+            )
+            .await,
+        StatusCode::CONFLICT,
+        "at most 60",
+    );
+    // One push connection per account here: a second is refused, and freed on close.
+    let first = bob.client.push_channel(&bob.device, "bob").await.unwrap();
+    let second = bob.client.push_channel(&bob.device, "bob").await;
+    match second {
+        Err(RelayError::Refused { status, .. }) => {
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS)
+        }
+        other => panic!("expected 429, got {:?}", other.map(|_| ())),
+    }
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match bob.client.push_channel(&bob.device, "bob").await {
+            Ok(_) => break,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("the slot was not freed: {e}"),
+        }
+    }
+    relay.running.stop();
+}
+
+fn support_rate(burst: u32, refill: Duration) -> sessionkey_relay::ratelimit::Rate {
+    sessionkey_relay::ratelimit::Rate { burst, refill }
 }

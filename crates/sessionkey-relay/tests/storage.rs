@@ -131,21 +131,35 @@ async fn queue_semantics(s: &Storage) {
         s.enqueue(&bob, &alice, b"two", 11).await.unwrap(),
         s.enqueue(&bob, &alice, b"three", 12).await.unwrap(),
     ];
-    let got = s.fetch(&bob, 2).await.unwrap();
+    let got = s.fetch(&bob, 2, 100).await.unwrap();
     assert_eq!(
         got.iter().map(|m| m.body.0.as_slice()).collect::<Vec<_>>(),
         [&b"one"[..], b"two"]
     );
     assert_eq!(got[0].sender, alice);
     assert_eq!(s.newest(&bob).await.unwrap(), ids[2]);
-    assert!(s.fetch(&alice, 10).await.unwrap().is_empty());
+    assert!(s.fetch(&alice, 10, 100).await.unwrap().is_empty());
     // Someone else's acknowledgement deletes nothing.
     assert_eq!(s.ack(&alice, &ids).await.unwrap(), 0);
     assert_eq!(s.ack(&bob, &ids[..2]).await.unwrap(), 2);
-    let got = s.fetch(&bob, 10).await.unwrap();
+    let got = s.fetch(&bob, 10, 100).await.unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].body.0, b"three");
     assert_eq!(s.status(&bob).await.unwrap().queued, 1);
+    // At most `per_sender` of each sender in a fetch: one sender's backlog does not keep
+    // another's message out of the batch.
+    let carol = unique("carol");
+    for i in 0..5 {
+        s.enqueue(&bob, &alice, format!("a{i}").as_bytes(), 20)
+            .await
+            .unwrap();
+    }
+    s.enqueue(&bob, &carol, b"c0", 21).await.unwrap();
+    let got = s.fetch(&bob, 10, 2).await.unwrap();
+    assert_eq!(
+        got.iter().map(|m| m.body.0.as_slice()).collect::<Vec<_>>(),
+        [&b"three"[..], b"a0", b"c0"]
+    );
 }
 
 async fn registration_and_nonces(s: &Storage) {
@@ -197,7 +211,7 @@ async fn expiry(s: &Storage) {
     s.use_nonce(&bob, &[2; 16], now - 1).await.unwrap();
     let (messages, nonces) = s.expire(cutoff, now).await.unwrap();
     assert!(messages >= 1 && nonces >= 1);
-    let left = s.fetch(&bob, 10).await.unwrap();
+    let left = s.fetch(&bob, 10, 100).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].body.0, b"new");
     assert!(
@@ -301,4 +315,60 @@ async fn relays_start_at_once(url: &str, schema: &str, round: usize) {
         "round {round}: relays failed to start: {failures:?}"
     );
     assert_eq!(tables, 4, "the schema's tables were made in {schema}");
+}
+
+/// The relay depends on the core, not on the client library (which brings TUN, VPN and TLS
+/// client code): the client is a dev-dependency only, to test against.
+#[test]
+fn the_relay_depends_on_the_core_only() {
+    let manifest =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    let deps = manifest
+        .split("[dependencies]")
+        .nth(1)
+        .unwrap()
+        .split("\n[")
+        .next()
+        .unwrap();
+    let names: Vec<&str> = deps
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split(['.', ' ', '=']).next())
+        .filter(|n| !n.is_empty())
+        .collect();
+    assert!(names.contains(&"sessionkey-proto"), "{names:?}");
+    assert!(!names.contains(&"sessionkey"), "{names:?}");
+}
+
+/// On PostgreSQL a queued message is announced with NOTIFY to every relay's LISTEN
+/// connection (so waiting relays need not poll); SQLite has no listener.
+#[tokio::test]
+async fn postgres_notifies_queued_messages() {
+    assert!(Storage::open(&sqlite_url())
+        .await
+        .unwrap()
+        .listen()
+        .await
+        .unwrap()
+        .is_none());
+    let Some(url) = postgres_url("postgres_notifies_queued_messages") else {
+        return;
+    };
+    let a = Storage::open(&url).await.unwrap();
+    let b = Storage::open(&url).await.unwrap();
+    let mut listener = b.listen().await.unwrap().expect("PostgreSQL listens");
+    let bob = unique("bob");
+    a.register(&bob, &record(9), 0).await.unwrap();
+    a.enqueue(&bob, "alice", b"x", 1).await.unwrap();
+    let note = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let n = listener.recv().await.unwrap();
+            if n.payload() == bob {
+                return n;
+            }
+        }
+    })
+    .await
+    .expect("the NOTIFY arrived");
+    assert_eq!(note.channel(), sessionkey_relay::storage::QUEUED_CHANNEL);
 }

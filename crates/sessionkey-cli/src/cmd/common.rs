@@ -57,6 +57,28 @@ pub(crate) struct SessionOpts {
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(16384..))]
     #[serde(default)]
     pub(crate) key_update_bytes: Option<u64>,
+    /// INSECURE: session records under DES or 3DES (CBC, HMAC-SHA256), for a peer that has
+    /// nothing better. Both sides must name it; a server then also accepts it beside the
+    /// modern suites. The handshake stays hybrid and AES-256-GCM; keys rotate every 4 MiB
+    /// (half the 2^20-block cap). DES falls to exhaustive key search.
+    #[cfg(feature = "legacy-ciphers")]
+    #[arg(long, value_name = "des|3des", value_parser = parse_legacy)]
+    #[serde(skip)]
+    pub(crate) insecure_legacy_cipher: Option<Suite>,
+}
+
+#[cfg(feature = "legacy-ciphers")]
+pub(crate) fn parse_legacy(s: &str) -> Result<Suite, String> {
+    use sessionkey::proto::crypto::legacy::{InsecureLegacyCipher, LegacySuite};
+    let suite = match s {
+        "des" => LegacySuite::DesCbcHmacSha256,
+        "3des" => LegacySuite::TripleDesEdeCbcHmacSha256,
+        _ => return Err(format!("unknown legacy cipher {s:?}; choose des or 3des")),
+    };
+    Ok(Suite::insecure_legacy(
+        suite,
+        InsecureLegacyCipher::i_accept_that_des_and_3des_are_broken(),
+    ))
 }
 
 /// A suite by name; an unknown name is a usage error listing the valid ones.
@@ -75,7 +97,37 @@ fn de_suite<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Suite>, D::
 
 impl SessionOpts {
     pub(crate) fn suite(&self) -> Suite {
+        if let Some(legacy) = self.legacy() {
+            return legacy;
+        }
         self.suite.unwrap_or_else(Suite::default_for_this_cpu)
+    }
+
+    /// The legacy suite chosen with `--insecure-legacy-cipher`.
+    pub(crate) fn legacy(&self) -> Option<Suite> {
+        #[cfg(feature = "legacy-ciphers")]
+        return self.insecure_legacy_cipher;
+        #[cfg(not(feature = "legacy-ciphers"))]
+        None
+    }
+
+    /// The legacy suite for a native session, with the warning it deserves; an error for
+    /// TLS, which has no such suite.
+    pub(crate) fn legacy_for(&self, native: bool) -> Result<Option<Suite>> {
+        let Some(suite) = self.legacy() else {
+            return Ok(None);
+        };
+        if !native {
+            return Err(config_error(
+                "--insecure-legacy-cipher is for the native transport: TLS 1.3 has no DES or 3DES",
+            ));
+        }
+        tracing::warn!(
+            suite = %suite,
+            "--insecure-legacy-cipher: session records use a broken 64-bit block cipher \
+             (Sweet32; DES also falls to key search); only for a peer with nothing better"
+        );
+        Ok(Some(suite))
     }
 
     pub(crate) fn psk(&self) -> Result<Option<[u8; 32]>> {
@@ -153,6 +205,7 @@ pub(crate) fn responder(
         require_hybrid: !opts.classic,
         ..Policy::default()
     };
+    policy.suites.extend(opts.legacy_for(true)?);
     if insecure_anonymous {
         tracing::warn!(
             "--any-client: any client is admitted, with or without a key; anyone who can \
@@ -413,6 +466,7 @@ impl ServerTransportOpts {
         if let Some(path) = &self.keylog {
             warn_keylog(path);
         }
+        side.opts.legacy_for(false)?;
         let server = TlsServer::new(TlsServerOptions {
             cert,
             client_ca: self.client_ca.clone(),
@@ -454,6 +508,7 @@ impl ClientTransportOpts {
                 ("--keylog", self.keylog.is_some()),
             ],
         )?;
+        side.opts.legacy_for(self.transport == Transport::Native)?;
         if self.transport == Transport::Native {
             return Ok(ClientTransport::Native(NativeClient {
                 identity: load_identity(need_key(side.key)?)?,

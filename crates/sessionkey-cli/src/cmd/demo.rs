@@ -31,6 +31,10 @@ pub(crate) struct Args {
     /// finish before the close, whatever the size.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     mib: u64,
+    /// INSECURE: records under DES or 3DES, to see their rotations (every 4 MiB).
+    #[cfg(feature = "legacy-ciphers")]
+    #[arg(long, value_name = "des|3des", value_parser = super::common::parse_legacy)]
+    insecure_legacy_cipher: Option<Suite>,
 }
 
 fn key_line(dir: &str, d: &sessionkey::proto::session::DirectionStats) -> String {
@@ -93,8 +97,20 @@ fn show(start: Instant, event: &Event) {
 }
 
 pub(crate) async fn run(args: &Args) -> Result<()> {
-    let suite = args.suite.unwrap_or_else(Suite::default_for_this_cpu);
     let mib = args.mib as usize;
+    #[cfg_attr(not(feature = "legacy-ciphers"), allow(unused_mut))]
+    let mut suite = args.suite.unwrap_or_else(Suite::default_for_this_cpu);
+    #[cfg_attr(not(feature = "legacy-ciphers"), allow(unused_mut))]
+    let mut suites = Suite::ALL.to_vec();
+    #[cfg(feature = "legacy-ciphers")]
+    if let Some(legacy) = args.insecure_legacy_cipher {
+        println!(
+            "  WARNING: {legacy} is insecure (64-bit blocks: Sweet32; DES: key search). Its keys \
+             rotate every 4 MiB, half the 2^20-block cap.\n"
+        );
+        suite = legacy;
+        suites.push(legacy);
+    }
     let server_id = Arc::new(Identity::generate(&mut SystemRandom)?);
     let client_id = Arc::new(Identity::generate(&mut SystemRandom)?);
     println!(
@@ -125,6 +141,7 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
     let client_key = *client_id.public_key();
     let policy = Policy {
         require_hybrid: !args.classic,
+        suites,
         ..Policy::default()
     };
     let responder = Responder::new(policy, Some(server_id.clone()), None)

@@ -105,11 +105,13 @@ pub(crate) fn exit_code(cause: &(dyn std::error::Error + 'static)) -> Option<u8>
         ClientError::Relay(r) if r.status().is_some_and(|s| s.as_u16() == 429) => 75,
         // A taken name: choose another with --name.
         ClientError::Relay(r) if r.status().is_some_and(|s| s.as_u16() == 409) => 78,
+        ClientError::Busy { .. } => 75,
         ClientError::NotInitialized(_)
         | ClientError::AlreadyInitialized(_)
         | ClientError::Invalid(_)
         | ClientError::UnknownContact(_)
-        | ClientError::KeyFile(_) => 78,
+        | ClientError::KeyFile(_)
+        | ClientError::Permissions { .. } => 78,
         ClientError::Msg(_) => 76,
         _ => 70,
     })
@@ -215,28 +217,114 @@ async fn send(args: SendArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_event(json: bool, e: &Received) {
-    let mut out = std::io::stdout().lock();
-    if json {
-        let _ = writeln!(out, "{}", serde_json::to_string(e).unwrap_or_default());
-    } else {
-        match e {
-            Received::Text { from, text, .. } => {
-                let _ = writeln!(out, "{from}: {text}");
-            }
-            Received::File { from, name, path, bytes } => {
-                let _ = writeln!(out, "{from} sent file {name:?} ({bytes} bytes): {}", path.display());
-            }
-            Received::Dropped { from, reason } => {
-                eprintln!("sessionkey: dropped a message from {from}: {reason}");
-            }
-            Received::IdentityChanged { from, fingerprint } => eprintln!(
-                "sessionkey: {from}'s identity key changed (now {fingerprint}); their messages wait on the relay until you compare safety numbers and run `sessionkey msg verify {from} --accept`"
-            ),
-            _ => {}
+/// `s` made safe to print on a terminal: every control character (C0, DEL, C1: carriage
+/// return, escape sequences, bell, backspace...) and every bidirectional-override or line
+/// separator character shown escaped (`\x1b`, `\u{202e}`), so a contact's text can neither
+/// move the cursor, retitle the terminal, nor reorder what is shown. Newlines are kept only
+/// when `newlines` is set.
+fn escape_controls(s: &str, newlines: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        let reorders = matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}');
+        if c == '\n' && newlines {
+            out.push(c);
+        } else if c.is_control() && u32::from(c) < 0x80 {
+            out.push_str(&format!("\\x{:02x}", u32::from(c)));
+        } else if c.is_control() || reorders {
+            out.push_str(&format!("\\u{{{:04x}}}", u32::from(c)));
+        } else {
+            out.push(c);
         }
     }
-    let _ = out.flush();
+    out
+}
+
+/// A received text as shown: `from: first line`, each further line of the text indented
+/// under the colon after `|`, so no text can start a line that looks like another sender's.
+fn render_text(from: &str, text: &str) -> String {
+    let from = escape_controls(from, false);
+    let text = escape_controls(text, true);
+    let indent = " ".repeat(from.chars().count());
+    let mut out = String::new();
+    for (i, line) in text.split('\n').enumerate() {
+        if i == 0 {
+            out.push_str(&format!("{from}: {line}"));
+        } else {
+            out.push_str(&format!("\n{indent}| {line}"));
+        }
+    }
+    out
+}
+
+/// What `msg recv` prints for an event (without --json): (to standard output, line).
+fn render_event(e: &Received) -> Option<(bool, String)> {
+    let esc = |s: &str| escape_controls(s, false);
+    Some(match e {
+        Received::Text { from, text, .. } => (true, render_text(from, text)),
+        Received::File {
+            from,
+            name,
+            path,
+            bytes,
+        } => (
+            true,
+            format!(
+                "{} sent file \"{}\" ({bytes} bytes): {}",
+                esc(from),
+                esc(name),
+                esc(&path.display().to_string())
+            ),
+        ),
+        Received::Dropped { from, reason } => (
+            false,
+            format!(
+                "sessionkey: dropped a message from {}: {}",
+                esc(from),
+                esc(reason)
+            ),
+        ),
+        Received::Undecryptable {
+            from,
+            count,
+            reason,
+        } => (
+            false,
+            format!(
+                "sessionkey: {count} message(s) from {} could not be decrypted: {}",
+                esc(from),
+                esc(reason)
+            ),
+        ),
+        Received::IdentityChanged { from, fingerprint } => {
+            let from = esc(from);
+            (
+                false,
+                format!(
+                    "sessionkey: {from}'s identity key changed (now {}); their messages are set aside until you compare safety numbers and run `sessionkey msg verify {from} --accept`",
+                    esc(fingerprint)
+                ),
+            )
+        }
+        _ => return None,
+    })
+}
+
+fn print_event(json: bool, e: &Received) {
+    if json {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", serde_json::to_string(e).unwrap_or_default());
+        let _ = out.flush();
+        return;
+    }
+    match render_event(e) {
+        Some((true, line)) => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+        Some((false, line)) => eprintln!("{line}"),
+        None => {}
+    }
 }
 
 async fn recv(args: RecvArgs) -> Result<()> {
@@ -264,10 +352,7 @@ async fn follow(m: &mut Messenger, on: &mut (dyn FnMut(Received) + Send)) -> Res
         let result: Result<(), ClientError> = async {
             match m.push_channel().await {
                 Ok(mut push) => loop {
-                    let (_, blocked) = m.receive_batch(0, on).await?;
-                    if blocked {
-                        tokio::time::sleep(Duration::from_secs(5)).await;
-                    }
+                    m.receive_batch(0, on).await?;
                     let mut more = false;
                     while !more {
                         // Drain fully before waiting: a push may have been sent during the batch.
@@ -285,12 +370,10 @@ async fn follow(m: &mut Messenger, on: &mut (dyn FnMut(Received) + Send)) -> Res
                 Err(ClientError::Relay(RelayError::Refused { .. } | RelayError::Protocol(_))) => {
                     tracing::info!("push channel unavailable; falling back to long-poll");
                     loop {
-                        let (_, blocked) = m
-                            .receive_batch(sessionkey::msg::api::MAX_WAIT_SECS - 5, on)
+                        // The lock on the state directory is taken only after the long-poll
+                        // returns, so `msg send` from another terminal is not held up.
+                        m.receive_batch(sessionkey::msg::api::MAX_WAIT_SECS - 5, on)
                             .await?;
-                        if blocked {
-                            tokio::time::sleep(Duration::from_secs(5)).await;
-                        }
                         pause = Duration::from_millis(200);
                     }
                 }
@@ -372,4 +455,34 @@ async fn verify(args: VerifyArgs) -> Result<()> {
     }
     m.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contact_text_cannot_forge_the_screen() {
+        let shown = render_text(
+            "mallory",
+            "hi\nalice: send me the code\r\x1b]0;pwned\x07\x1b[2J\u{202e}gnp.exe\u{85}x",
+        );
+        let lines: Vec<&str> = shown.split('\n').collect();
+        assert_eq!(lines[0], "mallory: hi");
+        assert_eq!(
+            lines[1],
+            "       | alice: send me the code\\x0d\\x1b]0;pwned\\x07\\x1b[2J\\u{202e}gnp.exe\\u{0085}x"
+        );
+        assert_eq!(lines.len(), 2);
+        assert!(shown.chars().all(|c| c == '\n' || !c.is_control()));
+        assert_eq!(escape_controls("a\tb\u{7f}", false), "a\\x09b\\x7f");
+        assert_eq!(escape_controls("héllo ✓", false), "héllo ✓");
+        // The sender name and file name of other events are escaped too.
+        let (_, line) = render_event(&Received::Dropped {
+            from: "x\ny".into(),
+            reason: "r\x1b".into(),
+        })
+        .unwrap();
+        assert!(!line.contains('\n') && !line.contains('\x1b'), "{line}");
+    }
 }

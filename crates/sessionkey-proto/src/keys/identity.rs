@@ -1,7 +1,9 @@
 //! Static X25519 identities and their public keys.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Mutex;
 
 use aws_lc_rs::agreement::PrivateKey;
 use base64::engine::general_purpose::STANDARD;
@@ -23,7 +25,18 @@ pub const PUBLIC_KEY_TYPE: &str = "sessionkey-x25519";
 pub struct Identity {
     private: PrivateKey,
     public: PublicKey,
+    /// X25519 of this key with peers' static keys, kept as WireGuard keeps its
+    /// `precomputed_static_static`: the `ss` token of an IK handshake with a peer seen before
+    /// costs no scalar multiplication. Values are zeroized when dropped or cleared.
+    static_static: Mutex<Option<StaticStatic>>,
 }
+
+/// Peer static public key to the X25519 shared secret with it.
+type StaticStatic = HashMap<[u8; 32], Zeroizing<[u8; 32]>>;
+
+/// Peers whose static-static secret is kept; past it the cache starts over. The map never
+/// grows past its first allocation, so no copy of a secret is left in freed memory.
+const STATIC_STATIC_CACHE: usize = 256;
 
 impl Identity {
     /// Generate a new identity from `rng`.
@@ -37,7 +50,29 @@ impl Identity {
     pub fn from_secret_bytes(bytes: &[u8; 32]) -> Result<Self, Error> {
         let private = dh::private_from_bytes(bytes)?;
         let public = PublicKey(dh::public_of(&private)?);
-        Ok(Self { private, public })
+        Ok(Self {
+            private,
+            public,
+            static_static: Mutex::new(None),
+        })
+    }
+
+    /// X25519 of this identity with a peer's static public key, computed once per peer.
+    pub(crate) fn static_dh(&self, peer: &[u8]) -> Result<Zeroizing<[u8; 32]>, Error> {
+        let (Ok(key), Ok(mut cache)) = (<[u8; 32]>::try_from(peer), self.static_static.lock())
+        else {
+            return dh::agree(&self.private, peer);
+        };
+        let map = cache.get_or_insert_with(|| HashMap::with_capacity(STATIC_STATIC_CACHE));
+        if let Some(shared) = map.get(&key) {
+            return Ok(shared.clone());
+        }
+        let shared = dh::agree(&self.private, peer)?;
+        if map.len() >= STATIC_STATIC_CACHE {
+            map.clear();
+        }
+        map.insert(key, shared.clone());
+        Ok(shared)
     }
 
     /// The public key.
@@ -164,6 +199,28 @@ impl fmt::Debug for PublicKey {
 mod tests {
     use super::*;
     use crate::crypto::SystemRandom;
+
+    #[test]
+    fn static_static_cache_agrees_with_x25519_and_stays_bounded() {
+        let me = Identity::generate(&mut SystemRandom).unwrap();
+        let peers: Vec<Identity> = (0..STATIC_STATIC_CACHE + 40)
+            .map(|_| Identity::generate(&mut SystemRandom).unwrap())
+            .collect();
+        for round in 0..2 {
+            for peer in &peers {
+                let cached = me.static_dh(peer.public_key().as_bytes()).unwrap();
+                let fresh = dh::agree(&peer.private, me.public_key().as_bytes()).unwrap();
+                assert_eq!(*cached, *fresh, "round {round}");
+            }
+        }
+        let cache = me.static_static.lock().unwrap();
+        let map = cache.as_ref().unwrap();
+        assert!(map.len() <= STATIC_STATIC_CACHE);
+        assert!(map.capacity() >= STATIC_STATIC_CACHE);
+        // A low-order key is refused, and not cached.
+        drop(cache);
+        assert!(me.static_dh(&[0u8; 32]).is_err());
+    }
 
     #[test]
     fn rfc7748_public_key() {

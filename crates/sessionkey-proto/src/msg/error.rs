@@ -63,7 +63,8 @@ pub enum MsgError {
         /// The bound.
         max: u32,
     },
-    /// Generating these prekeys would hold more one-time prekeys of one kind than allowed.
+    /// One batch of prekeys larger than a device may hold of one kind (smaller batches make
+    /// room by dropping the oldest unused keys instead).
     #[error("{held} one-time prekeys of one kind would exceed the maximum of {max}")]
     TooManyPrekeys {
         /// How many would be held.

@@ -77,6 +77,8 @@
 //! # Ok::<(), sessionkey_proto::msg::MsgError>(())
 //! ```
 
+#[cfg(feature = "relay-api")]
+pub mod api;
 mod error;
 pub mod kdf;
 mod keys;

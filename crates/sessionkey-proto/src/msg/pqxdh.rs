@@ -80,6 +80,16 @@ impl InitialMessage {
         &self.message
     }
 
+    /// The clear (authenticated, not yet verified) header of the first ratchet message
+    /// inside: two envelopes with the same header were encrypted with the same message key.
+    pub fn header(&self) -> Result<super::Header, MsgError> {
+        let bytes = self
+            .message
+            .get(..super::ratchet::HEADER_LEN)
+            .ok_or(MsgError::InvalidMessage("shorter than a header"))?;
+        super::Header::from_bytes(bytes)
+    }
+
     /// SHA-256 of the preamble as received: a session compares it with its own before it
     /// accepts a repeated preamble, so no byte of it can change unnoticed.
     pub(crate) fn preamble_hash(&self) -> &[u8; 32] {

@@ -21,7 +21,8 @@ use crate::crypto::SecureRandom;
 pub const PREKEY_SIGNATURE_LABEL: &[u8] = b"sessionkey-msg-v1 prekey";
 /// Version byte of an encoded [`PrekeyBundle`] and of a stored [`Device`].
 pub const PREKEY_FORMAT_VERSION: u8 = 0x01;
-/// The most one-time prekeys of either kind a device holds; generating more is refused.
+/// The most one-time prekeys of either kind a device holds; generating more drops the oldest
+/// unused ones first.
 pub const MAX_HELD_ONE_TIME_PREKEYS: usize = 10_000;
 
 /// What a prekey signature covers: `label || id (u32 BE) || type byte || key`.
@@ -438,23 +439,89 @@ impl Device {
             .retain(|k| Some(k.public.id) == current || k.created >= cutoff);
     }
 
-    fn check_room(&self, held: usize, count: usize) -> Result<(), MsgError> {
-        if held + count > MAX_HELD_ONE_TIME_PREKEYS {
+    /// When the current signed prekey was made.
+    pub fn signed_prekey_created(&self) -> Option<Timestamp> {
+        self.signed_prekeys.last().map(|k| k.created)
+    }
+
+    /// When the current last-resort ML-KEM-768 prekey was made.
+    pub fn last_resort_kem_prekey_created(&self) -> Option<Timestamp> {
+        self.kem_prekeys
+            .values()
+            .rev()
+            .find(|k| k.public.last_resort)
+            .map(|k| k.created)
+    }
+
+    /// Whether a replaced (not current) signed or last-resort prekey made before `cutoff` is
+    /// held: what [`Device::remove_signed_prekeys_before`] and
+    /// [`Device::remove_last_resort_kem_prekeys_before`] would remove.
+    pub fn has_replaced_prekeys_before(&self, cutoff: Timestamp) -> bool {
+        let n = self.signed_prekeys.len();
+        let old_signed = self.signed_prekeys[..n.saturating_sub(1)]
+            .iter()
+            .any(|k| k.created < cutoff);
+        let current = self.last_resort_kem_prekey().map(|k| k.id);
+        old_signed
+            || self
+                .kem_prekeys
+                .iter()
+                .any(|(id, k)| k.public.last_resort && Some(*id) != current && k.created < cutoff)
+    }
+
+    /// The last id handed out for `kind` (0: none yet).
+    pub fn last_prekey_id(&self, kind: PrekeyKind) -> PrekeyId {
+        PrekeyId(self.last_ids.get(&kind).copied().unwrap_or(0))
+    }
+
+    /// Erase the one-time prekeys (X25519 and ML-KEM, never the last-resort one) with ids up
+    /// to `one_time` and `kem`: retired unused after their retention window. Returns how
+    /// many were erased.
+    pub fn retire_one_time_prekeys(&mut self, one_time: PrekeyId, kem: PrekeyId) -> usize {
+        let before = self.one_time_prekeys.len() + self.kem_prekeys.len();
+        self.one_time_prekeys.retain(|id, _| *id > one_time);
+        self.kem_prekeys
+            .retain(|id, k| k.public.last_resort || *id > kem);
+        before - self.one_time_prekeys.len() - self.kem_prekeys.len()
+    }
+
+    /// Number of signed prekeys held (the current one and those in their grace period).
+    pub fn signed_prekey_count(&self) -> usize {
+        self.signed_prekeys.len()
+    }
+
+    /// Number of last-resort ML-KEM-768 prekeys held (the current one and older ones).
+    pub fn last_resort_kem_prekey_count(&self) -> usize {
+        self.kem_prekeys
+            .values()
+            .filter(|k| k.public.last_resort)
+            .count()
+    }
+
+    /// Refuse a batch larger than the cap itself; otherwise make room for `count` new keys
+    /// by dropping the oldest (lowest ids) of those held: the caps bound the device and
+    /// never make a caller fail.
+    fn check_room(count: usize) -> Result<(), MsgError> {
+        if count > MAX_HELD_ONE_TIME_PREKEYS {
             return Err(MsgError::TooManyPrekeys {
-                held: held + count,
+                held: count,
                 max: MAX_HELD_ONE_TIME_PREKEYS,
             });
         }
         Ok(())
     }
 
-    /// Make `count` one-time X25519 prekeys (32 bytes of `rng` each) for upload.
+    /// Make `count` one-time X25519 prekeys (32 bytes of `rng` each) for upload. Beyond
+    /// [`MAX_HELD_ONE_TIME_PREKEYS`] held, the oldest unused ones are dropped first.
     pub fn new_one_time_prekeys(
         &mut self,
         count: usize,
         rng: &mut dyn SecureRandom,
     ) -> Result<Vec<OneTimePrekey>, MsgError> {
-        self.check_room(self.one_time_prekeys.len(), count)?;
+        Self::check_room(count)?;
+        while self.one_time_prekeys.len() + count > MAX_HELD_ONE_TIME_PREKEYS {
+            self.one_time_prekeys.pop_first();
+        }
         let mut out = Vec::with_capacity(count);
         for _ in 0..count {
             let pair = DhKeyPair::generate(rng)?;
@@ -473,15 +540,27 @@ impl Device {
         self.one_time_prekeys.len()
     }
 
-    /// Make `count` one-time ML-KEM-768 prekeys for upload. aws-lc-rs draws their randomness
-    /// itself (it has no seeded ML-KEM key generation).
+    /// Make `count` one-time ML-KEM-768 prekeys for upload (beyond
+    /// [`MAX_HELD_ONE_TIME_PREKEYS`] held, the oldest unused ones are dropped first).
+    /// aws-lc-rs draws their randomness itself (it has no seeded ML-KEM key generation).
     pub fn new_kem_prekeys(
         &mut self,
         count: usize,
         now: Timestamp,
     ) -> Result<Vec<KemPrekey>, MsgError> {
-        let held = self.kem_prekeys.values().filter(|k| !k.public.last_resort);
-        self.check_room(held.count(), count)?;
+        Self::check_room(count)?;
+        let held = self.kem_prekey_count();
+        let excess = (held + count).saturating_sub(MAX_HELD_ONE_TIME_PREKEYS);
+        let oldest: Vec<PrekeyId> = self
+            .kem_prekeys
+            .iter()
+            .filter(|(_, k)| !k.public.last_resort)
+            .take(excess)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in oldest {
+            self.kem_prekeys.remove(&id);
+        }
         (0..count)
             .map(|_| {
                 let (secret, public) = kem::generate_decapsulation_key()?;
@@ -781,6 +860,32 @@ mod tests {
         d.new_kem_prekeys(2, now).unwrap();
         d.new_last_resort_kem_prekey(now).unwrap();
         d
+    }
+
+    #[test]
+    fn caps_drop_the_oldest_unused_keys_and_never_fail() {
+        let now = Timestamp::from_unix_secs(100);
+        let mut d = device();
+        d.new_one_time_prekeys(MAX_HELD_ONE_TIME_PREKEYS - 3, &mut SystemRandom)
+            .unwrap();
+        d.new_kem_prekeys(MAX_HELD_ONE_TIME_PREKEYS - 2, now)
+            .unwrap();
+        let more = d.new_one_time_prekeys(5, &mut SystemRandom).unwrap();
+        let kem = d.new_kem_prekeys(4, now).unwrap();
+        assert_eq!(d.one_time_prekey_count(), MAX_HELD_ONE_TIME_PREKEYS);
+        assert_eq!(d.kem_prekey_count(), MAX_HELD_ONE_TIME_PREKEYS);
+        assert!(d.one_time_prekeys.contains_key(&more[4].id));
+        assert!(d.kem_prekeys.contains_key(&kem[3].id));
+        let oldest = *d.one_time_prekeys.keys().next().unwrap();
+        assert_eq!(oldest, PrekeyId(6), "ids 1 to 5 went first");
+        assert!(
+            d.last_resort_kem_prekey().is_some(),
+            "the last-resort key is never dropped for room"
+        );
+        assert!(matches!(
+            d.new_one_time_prekeys(MAX_HELD_ONE_TIME_PREKEYS + 1, &mut SystemRandom),
+            Err(MsgError::TooManyPrekeys { .. })
+        ));
     }
 
     #[test]

@@ -103,6 +103,10 @@ impl SkippedKey {
 #[derive(Default)]
 struct SkippedKeys {
     keys: VecDeque<SkippedKey>,
+    /// Keys dropped by a bound since the state was loaded (not stored).
+    evicted: u32,
+    /// Keys dropped by age since the state was loaded (not stored).
+    expired: u32,
 }
 
 impl SkippedKeys {
@@ -120,7 +124,9 @@ impl SkippedKeys {
         now: Timestamp,
     ) {
         if keys.len() > MAX_SKIPPED_PER_CHAIN {
-            keys.drain(..keys.len() - MAX_SKIPPED_PER_CHAIN);
+            let over = keys.len() - MAX_SKIPPED_PER_CHAIN;
+            keys.drain(..over);
+            self.evicted = self.evicted.saturating_add(over as u32);
         }
         let held = self
             .keys
@@ -129,6 +135,7 @@ impl SkippedKeys {
             .count();
         let mut evict = (held + keys.len()).saturating_sub(MAX_SKIPPED_PER_CHAIN);
         if evict > 0 {
+            self.evicted = self.evicted.saturating_add(evict as u32);
             self.keys.retain(|k| {
                 if evict > 0 && k.ratchet_key == ratchet_key {
                     evict -= 1;
@@ -139,8 +146,8 @@ impl SkippedKeys {
             });
         }
         for (n, key) in keys {
-            if self.keys.len() >= MAX_SKIPPED_PER_SESSION {
-                self.keys.pop_front();
+            if self.keys.len() >= MAX_SKIPPED_PER_SESSION && self.keys.pop_front().is_some() {
+                self.evicted = self.evicted.saturating_add(1);
             }
             self.keys.push_back(SkippedKey {
                 ratchet_key,
@@ -152,7 +159,11 @@ impl SkippedKeys {
     }
 
     fn prune(&mut self, now: Timestamp) {
+        let before = self.keys.len();
         self.keys.retain(|k| !k.expired(now));
+        self.expired = self
+            .expired
+            .saturating_add((before - self.keys.len()) as u32);
     }
 }
 
@@ -268,6 +279,12 @@ impl Ratchet {
     /// Number of skipped message keys held.
     pub(crate) fn skipped_len(&self) -> usize {
         self.skipped.keys.len()
+    }
+
+    /// Skipped keys dropped since this state was made or loaded: (evicted by a bound,
+    /// expired).
+    pub(crate) fn dropped_skipped(&self) -> (u32, u32) {
+        (self.skipped.evicted, self.skipped.expired)
     }
 
     fn aad(&self, header: &[u8]) -> Vec<u8> {
@@ -569,6 +586,7 @@ mod tests {
             500,
             "the oldest of the chain went first"
         );
+        assert_eq!(s.evicted, 500, "dropped keys are counted");
         s.insert_chain([2; 32], keys(0..700), now);
         s.insert_chain([3; 32], keys(0..700), now);
         assert_eq!(s.keys.len(), MAX_SKIPPED_PER_SESSION);
@@ -583,8 +601,11 @@ mod tests {
             s.find(&[3; 32], 999, later).is_none(),
             "expired keys are not used"
         );
+        assert_eq!(s.evicted as usize + s.keys.len(), 1500 + 700 + 700 + 300);
+        let held = s.keys.len();
         s.prune(later);
         assert!(s.keys.is_empty());
+        assert_eq!(s.expired as usize, held);
     }
 
     #[test]

@@ -312,6 +312,16 @@ impl Session {
         self.ratchet.skipped_len()
     }
 
+    /// Skipped message keys this session dropped since it was made or loaded with
+    /// [`Session::from_bytes`] (the count is not stored): `(evicted, expired)`, those dropped
+    /// by [`MAX_SKIPPED_PER_CHAIN`](super::MAX_SKIPPED_PER_CHAIN) or
+    /// [`MAX_SKIPPED_PER_SESSION`](super::MAX_SKIPPED_PER_SESSION) and those older than
+    /// [`SKIPPED_KEY_LIFETIME_SECS`](super::SKIPPED_KEY_LIFETIME_SECS). Each is a message of
+    /// the peer that can no longer be decrypted if it arrives: report it to the user.
+    pub fn dropped_skipped_keys(&self) -> (u32, u32) {
+        self.ratchet.dropped_skipped()
+    }
+
     /// The stored form (docs/MESSAGING.md, "Stored session"), zeroized when dropped. It holds
     /// the session's secrets: store it encrypted, and overwrite it after each call that
     /// succeeded (older copies keep keys the session has deleted).

@@ -451,7 +451,10 @@ impl HandshakeState {
         // responder's e (section 7.1).
         match (t, self.initiator) {
             (Token::Ee, _) => dh::agree(e()?, re()?),
-            (Token::Ss, _) => dh::agree(s()?, rs()?),
+            (Token::Ss, _) => match &self.s {
+                Some(identity) => identity.static_dh(rs()?),
+                None => Err(missing("local static")),
+            },
             (Token::Es, true) | (Token::Se, false) => dh::agree(e()?, rs()?),
             (Token::Es, false) | (Token::Se, true) => dh::agree(s()?, re()?),
             _ => unreachable!("dh called with a non-DH token"),

@@ -259,14 +259,35 @@ fn seal_ack(est: &mut Established, ack: Totals, out: &mut [u8]) -> Result<usize,
     est.send.seal_in_place(RecordType::Ack, out, 16)
 }
 
+/// Open the frame at the start of `buf`, which must be an acknowledgement: what was read,
+/// and the totals it acknowledges (`None` while the frame is incomplete).
+fn open_ack(
+    recv: &mut RecvDirection,
+    buf: &mut [u8],
+    max: usize,
+) -> Result<(Received, Option<Totals>), Error> {
+    let len = match record::frame(buf, MIN_RECORD_BODY, max)? {
+        Frame::Incomplete(needed) => return Ok((Received::Incomplete { needed }, None)),
+        Frame::Complete(len) => len,
+    };
+    let frame_len = LEN_PREFIX + len;
+    let (kind, clen) = recv.open_in_place(&mut buf[..frame_len])?;
+    if kind != RecordType::Ack {
+        return Err(PeerMisbehaved::UnexpectedRecord("record after the peer's close").into());
+    }
+    let acked = read_totals(
+        &buf[LEN_PREFIX..LEN_PREFIX + clen],
+        "malformed acknowledgement",
+    )?;
+    Ok((Received::Control { frame_len }, Some(acked)))
+}
+
 /// Read the 16 bytes of totals that close and acknowledgement records carry.
 fn read_totals(content: &[u8], what: &'static str) -> Result<Totals, Error> {
-    let (Some(records), Some(bytes)) = (content.get(..8), content.get(8..16)) else {
+    let Ok(totals) = <[u8; 16]>::try_from(content) else {
         return Err(PeerMisbehaved::UnexpectedRecord(what).into());
     };
-    if content.len() != 16 {
-        return Err(PeerMisbehaved::UnexpectedRecord(what).into());
-    }
+    let (records, bytes) = totals.split_at(8);
     Ok(Totals {
         records: u64::from_be_bytes(records.try_into().unwrap_or_default()),
         bytes: u64::from_be_bytes(bytes.try_into().unwrap_or_default()),
@@ -505,21 +526,13 @@ impl Session {
         let local = state.local_identity();
         let mut est = self.keys_from(state, header)?;
         est.local = local;
-        match (self.role, wrote_last) {
-            (Role::Responder, true) => {
-                self.state = State::Confirming(est);
-                Ok(())
-            }
-            (Role::Initiator, false) => {
-                est.pending.confirm = true;
-                self.enter_established(now, est);
-                Ok(())
-            }
-            _ => {
-                self.enter_established(now, est);
-                Ok(())
-            }
+        if self.role == Role::Responder && wrote_last {
+            self.state = State::Confirming(est);
+        } else {
+            est.pending.confirm = self.role == Role::Initiator && !wrote_last;
+            self.enter_established(now, est);
         }
+        Ok(())
     }
 
     /// Split a finished handshake into the session's directions (PROTOCOL.md 10).
@@ -1096,27 +1109,21 @@ impl Session {
         let Some(trailing) = self.trailing.as_mut() else {
             unreachable!()
         };
-        let len = match record::frame(buf, MIN_RECORD_BODY, max)? {
-            Frame::Incomplete(needed) => return Ok(Received::Incomplete { needed }),
-            Frame::Complete(len) => len,
-        };
-        let frame_len = LEN_PREFIX + len;
-        let (kind, clen) = trailing.recv.open_in_place(&mut buf[..frame_len])?;
-        if kind != RecordType::Ack {
-            return Err(PeerMisbehaved::UnexpectedRecord("record after the peer's close").into());
-        }
-        let acked = read_totals(
-            &buf[LEN_PREFIX..LEN_PREFIX + clen],
-            "malformed acknowledgement",
-        )?;
         let sent = trailing.sent;
+        let (received, acked) = match open_ack(&mut trailing.recv, buf, max)? {
+            (received, Some(acked)) => (received, acked),
+            (incomplete, None) => return Ok(incomplete),
+        };
         self.trailing = None;
         self.acknowledge(sent, acked)?;
-        Ok(Received::Control { frame_len })
+        Ok(received)
     }
 
     /// The peer acknowledged `acked` of what this side's close said it sent.
     fn acknowledge(&mut self, sent: Totals, acked: Totals) -> Result<(), Error> {
+        if self.acknowledged.is_some() {
+            return Err(PeerMisbehaved::UnexpectedRecord("a second acknowledgement").into());
+        }
         if (acked.records, acked.bytes) != (sent.records, sent.bytes) {
             return Err(PeerMisbehaved::AckMismatch {
                 sent_bytes: sent.bytes,
@@ -1136,11 +1143,22 @@ impl Session {
             unreachable!()
         };
         if !est.recv.open {
-            // Checked before looking at the bytes: nothing may follow a close.
             if buf.is_empty() {
                 return Ok(Received::Incomplete { needed: 1 });
             }
-            return Err(PeerMisbehaved::UnexpectedRecord("record after the peer's close").into());
+            // Only the acknowledgement of our own close may follow the peer's close.
+            if est.send.open || self.acknowledged.is_some() {
+                return Err(
+                    PeerMisbehaved::UnexpectedRecord("record after the peer's close").into(),
+                );
+            }
+            let sent = est.closed_totals;
+            let (received, acked) = match open_ack(&mut est.recv, buf, max)? {
+                (received, Some(acked)) => (received, acked),
+                (incomplete, None) => return Ok(incomplete),
+            };
+            self.acknowledge(sent, acked)?;
+            return Ok(received);
         }
         let len = match record::frame(buf, MIN_RECORD_BODY, max)? {
             Frame::Incomplete(needed) => return Ok(Received::Incomplete { needed }),

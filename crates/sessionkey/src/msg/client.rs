@@ -1,25 +1,30 @@
 //! The messaging client: one device's identity, sessions and contacts, kept encrypted in
 //! the [`Store`], talking to one relay through [`RelayClient`].
 
-use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use hyper::Method;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::api::{
-    self, Ack, BundleResponse, DeviceStatus, Inbox, RegisterRequest, UploadPrekeys, B64,
+    self, Ack, BundleResponse, DeviceStatus, Inbox, RegisterRequest, RetirePrekeys, UploadPrekeys,
+    B64,
+};
+use super::payload::{
+    decode_chunk, encode_chunk, encode_text, pad, safe_file_name, unpad, FileChunk,
+    PAYLOAD_FILE_CHUNK, PAYLOAD_TEXT,
 };
 use super::relay::{RelayClient, RelayError};
-use super::store::{Store, StoreError};
+use super::store::{Store, StoreError, Txn};
 use crate::proto::crypto::{SecureRandom, SystemRandom};
 use crate::proto::keys::{read_private_key, write_keypair, Identity};
 use crate::proto::msg::{
-    Address, Device, Envelope, IdentityKey, MsgError, PrekeyBundle, Session, Timestamp, Trust,
+    Address, Device, Envelope, IdentityKey, MsgError, PrekeyBundle, PrekeyId, PrekeyKind, Session,
+    Timestamp, Trust,
 };
 use crate::proto::suite::Suite;
 use crate::tls::{TlsClient, TlsClientOptions, TlsTrust};
@@ -29,11 +34,29 @@ use crate::trust::{KnownPeers, PeerKey};
 pub const PREKEY_BATCH: usize = 50;
 /// Replenish when the relay holds fewer one-time prekeys of a kind than this.
 pub const PREKEY_LOW_WATER: u64 = 20;
-/// File data per message.
-pub const FILE_CHUNK: usize = 64 * 1024;
-
-const PAYLOAD_TEXT: u8 = 0x01;
-const PAYLOAD_FILE_CHUNK: u8 = 0x02;
+/// File data per message: a chunk with its header and the longest name fits the 64 KiB
+/// padding bucket (docs/MESSAGING.md, "Padding").
+pub const FILE_CHUNK: usize = 64 * 1024 - 512;
+/// The signed prekey and the last-resort ML-KEM prekey are replaced this often (7 days).
+pub const PREKEY_ROTATION_SECS: u64 = 7 * 24 * 60 * 60;
+/// A replaced signed or last-resort prekey is kept this long after its replacement was due
+/// (30 days: a setup message may wait on the relay that long), then erased.
+pub const PREKEY_GRACE_SECS: u64 = api::MESSAGE_EXPIRY_SECS;
+/// One-time prekeys still unused this long after their upload (60 days) are retired: deleted
+/// from the relay, their secrets erased, and replaced.
+pub const ONE_TIME_PREKEY_RETENTION_SECS: u64 = 2 * api::MESSAGE_EXPIRY_SECS;
+/// The store's record of prekey uploads: (Unix seconds, last one-time id, last KEM id).
+const PREKEY_BATCHES: &str = "prekey_batches";
+/// How long a command waits for another process using the same state directory.
+pub const LOCK_WAIT: Duration = Duration::from_secs(60);
+/// Messages of one contact set aside while its changed identity waits for `msg verify`;
+/// more are dropped (and reported).
+pub const MAX_HELD_PER_SENDER: usize = 1000;
+/// Sessions kept per contact (the most recently used); older ones are deleted.
+pub const MAX_SESSIONS_PER_CONTACT: usize = 20;
+/// The environment variable naming a failpoint: the process aborts there (tests inject
+/// crashes with it: `before-store`, `after-store`, `after-show`).
+pub const FAILPOINT_ENV: &str = "SESSIONKEY_FAILPOINT";
 
 /// A messaging client failure; each says what to do next.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +96,24 @@ pub enum ClientError {
     /// The key file.
     #[error(transparent)]
     KeyFile(#[from] crate::proto::Error),
+    /// State on disk others could read or write.
+    #[error("{path} is mode {mode:04o}: other users could read or change the messaging state; run `chmod {want:o} {path}`")]
+    Permissions {
+        /// The directory or file.
+        path: PathBuf,
+        /// Its mode.
+        mode: u32,
+        /// The mode it should have (0700 for directories, 0600 for files).
+        want: u32,
+    },
+    /// Another process holds the state directory.
+    #[error("another sessionkey process is using {dir} (waited {waited_secs} s for it); run one command at a time per --state directory, or try again when it is done")]
+    Busy {
+        /// The state directory.
+        dir: PathBuf,
+        /// How long this one waited.
+        waited_secs: u64,
+    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -141,7 +182,7 @@ pub struct Verification {
 }
 
 /// Something that happened while receiving.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Received {
@@ -172,13 +213,137 @@ pub enum Received {
         /// Why.
         reason: String,
     },
-    /// A contact's identity changed: its messages wait on the relay until `msg verify --accept`.
+    /// A contact's identity changed: its messages are set aside until `msg verify --accept`.
     IdentityChanged {
         /// The contact.
         from: String,
         /// The new fingerprint.
         fingerprint: String,
     },
+    /// Messages of a contact that can no longer be decrypted when they arrive: their keys
+    /// were dropped (too far out of order) or expired.
+    Undecryptable {
+        /// The contact.
+        from: String,
+        /// How many.
+        count: u32,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A message as the relay delivered it (and as it is set aside).
+#[derive(Serialize, Deserialize)]
+struct Incoming {
+    relay_id: i64,
+    sender: String,
+    sent: i64,
+    body: B64,
+}
+
+/// What waits in the inbox to be shown: a decrypted payload or a notice.
+#[derive(Serialize, Deserialize)]
+enum InboxItem {
+    Payload {
+        from: String,
+        sent: i64,
+        payload: B64,
+    },
+    Notice(Received),
+}
+
+/// What decrypting an envelope gave.
+enum Opened {
+    /// The plaintext, and the skipped keys the session dropped: (evicted, expired).
+    Plain(Zeroizing<Vec<u8>>, (u32, u32)),
+    /// The sender's identity changed; the message waits for `msg verify --accept`.
+    Pending,
+}
+
+/// What handling a message did.
+enum TakenIn {
+    /// Stored in the inbox (or dropped with a notice there).
+    Done,
+    /// Set aside: its sender's identity changed.
+    Held,
+    /// A message set aside earlier is still waiting.
+    StillHeld,
+}
+
+/// Abort the process here if `SESSIONKEY_FAILPOINT` names this point (crash tests).
+fn failpoint(name: &str) {
+    if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == name) {
+        tracing::warn!(failpoint = name, "aborting at a failpoint");
+        std::process::abort();
+    }
+}
+
+/// The exclusive lock of a state directory (`flock` on `DIR/lock`), held while a command
+/// reads or changes the store; released when dropped.
+struct StateLock {
+    _file: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Take `dir`'s lock, waiting up to `wait` for another process to release it (in a blocking
+/// `flock` on a worker thread, so the kernel hands the lock over as soon as it is free).
+async fn lock_state(dir: &Path, wait: Duration) -> Result<StateLock, ClientError> {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    let os_err = |e: nix::errno::Errno| io_err(&path)(io::Error::from_raw_os_error(e as i32));
+    let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => return Ok(StateLock { _file: lock }),
+        Err((f, nix::errno::Errno::EWOULDBLOCK)) => f,
+        Err((_, e)) => return Err(os_err(e)),
+    };
+    tracing::info!(dir = %dir.display(), "waiting for another sessionkey process on this state directory");
+    // If the wait times out, the thread still takes the lock when it comes free and drops
+    // it at once (the task's output is dropped with its abandoned handle).
+    let waiter = tokio::task::spawn_blocking(move || {
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| e)
+    });
+    match tokio::time::timeout(wait, waiter).await {
+        Ok(Ok(Ok(lock))) => Ok(StateLock { _file: lock }),
+        Ok(Ok(Err(e))) => Err(os_err(e)),
+        Ok(Err(e)) => Err(io_err(&path)(io::Error::other(e))),
+        Err(_) => Err(ClientError::Busy {
+            dir: dir.to_path_buf(),
+            waited_secs: wait.as_secs(),
+        }),
+    }
+}
+
+/// Link `part` into `dir` under `name` (or `name.1`, `name.2`, ... if taken), never replacing
+/// an existing file; a name already linked to `part` (a crash after linking) is reused.
+fn link_new_name(part: &Path, dir: &Path, name: &str) -> Result<PathBuf, ClientError> {
+    use std::os::unix::fs::MetadataExt;
+    let source = std::fs::metadata(part).map_err(io_err(part))?;
+    for n in 0u32.. {
+        let dest = if n == 0 {
+            dir.join(name)
+        } else {
+            dir.join(format!("{name}.{n}"))
+        };
+        match std::fs::hard_link(part, &dest) {
+            Ok(()) => return Ok(dest),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                if let Ok(m) = std::fs::symlink_metadata(&dest) {
+                    if m.dev() == source.dev() && m.ino() == source.ino() {
+                        return Ok(dest);
+                    }
+                }
+            }
+            Err(e) => return Err(io_err(&dest)(e)),
+        }
+    }
+    Err(ClientError::Invalid("no free file name".into()))
 }
 
 /// What `init` did.
@@ -210,6 +375,53 @@ fn key_path(dir: &Path) -> PathBuf {
 }
 fn store_path(dir: &Path) -> PathBuf {
     dir.join("store.db")
+}
+
+/// Create `dir` (and missing parents) as 0700; an existing one is left as it is (and
+/// checked by [`check_private`]).
+fn create_private_dir(dir: &Path) -> Result<(), ClientError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err(dir))
+}
+
+/// Create `path` empty as 0600 if it does not exist, so that what is written to it later
+/// (SQLite, received files) is never readable by others, whatever the umask.
+fn create_private_file(path: &Path) -> Result<(), ClientError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// Refuse state others can read or write: directories must be 0700 (or stricter), files
+/// 0600, as the key file is (`read_private_key`).
+fn check_private(path: &Path) -> Result<(), ClientError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(ClientError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+            want: if meta.is_dir() { 0o700 } else { 0o600 },
+        });
+    }
+    Ok(())
 }
 
 /// `host:port` from `https://host:port[/]`, `host:port`.
@@ -266,64 +478,23 @@ pub fn safety_number(a_name: &str, a: &IdentityKey, b_name: &str, b: &IdentityKe
         .join(" ")
 }
 
-fn encode_text(text: &str) -> Vec<u8> {
-    [&[PAYLOAD_TEXT][..], text.as_bytes()].concat()
-}
+/// How [`Received::Dropped`] names a sender whose name from the relay is not valid.
+pub const INVALID_SENDER: &str = "(invalid sender name)";
 
-struct FileChunk<'a> {
-    transfer: [u8; 16],
-    index: u32,
-    count: u32,
-    size: u64,
-    name: &'a str,
-    data: &'a [u8],
-}
-
-fn encode_chunk(c: &FileChunk<'_>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(40 + c.name.len() + c.data.len());
-    out.push(PAYLOAD_FILE_CHUNK);
-    out.extend_from_slice(&c.transfer);
-    out.extend_from_slice(&c.index.to_be_bytes());
-    out.extend_from_slice(&c.count.to_be_bytes());
-    out.extend_from_slice(&c.size.to_be_bytes());
-    let name = &c.name.as_bytes()[..c.name.len().min(255)];
-    out.extend_from_slice(&(name.len() as u16).to_be_bytes());
-    out.extend_from_slice(name);
-    out.extend_from_slice(c.data);
-    out
-}
-
-fn decode_chunk(p: &[u8]) -> Option<FileChunk<'_>> {
-    let transfer = p.get(..16)?.try_into().ok()?;
-    let index = u32::from_be_bytes(p.get(16..20)?.try_into().ok()?);
-    let count = u32::from_be_bytes(p.get(20..24)?.try_into().ok()?);
-    let size = u64::from_be_bytes(p.get(24..32)?.try_into().ok()?);
-    let name_len = usize::from(u16::from_be_bytes(p.get(32..34)?.try_into().ok()?));
-    let name = std::str::from_utf8(p.get(34..34 + name_len)?).ok()?;
-    let data = p.get(34 + name_len..)?;
-    (index < count).then_some(FileChunk {
-        transfer,
-        index,
-        count,
-        size,
-        name,
-        data,
-    })
-}
-
-/// A received file's name made safe: its last path component, no leading dot.
-fn safe_file_name(name: &str) -> String {
-    let base = name.rsplit(['/', '\\']).next().unwrap_or("");
-    let cleaned: String = base
-        .chars()
-        .map(|c| if c.is_control() { '_' } else { c })
-        .collect();
-    let cleaned = cleaned.trim_start_matches('.').to_string();
-    if cleaned.is_empty() {
-        "file".into()
-    } else {
-        cleaned
+/// `DIR/files/SENDER`, built only from a name that passes [`api::valid_name`] and is one
+/// normal path component: a name from the network never chooses where a file goes.
+fn sender_dir(dir: &Path, from: &str) -> Result<PathBuf, ClientError> {
+    let mut parts = Path::new(from).components();
+    let one_normal = matches!(
+        (parts.next(), parts.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    );
+    if !api::valid_name(from) || !one_normal {
+        return Err(ClientError::Invalid(format!(
+            "{from:?} is not a valid sender name"
+        )));
     }
+    Ok(dir.join("files").join(from))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -335,6 +506,7 @@ struct TransferState {
 /// One device's messaging client.
 pub struct Messenger {
     dir: PathBuf,
+    lock_wait: Duration,
     store: Store,
     device: Device,
     config: Config,
@@ -410,7 +582,12 @@ impl Messenger {
         if store_path(dir).exists() || key_path(dir).exists() {
             return Err(ClientError::AlreadyInitialized(dir.to_path_buf()));
         }
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        create_private_dir(dir)?;
+        check_private(dir)?;
+        let _lock = lock_state(dir, LOCK_WAIT).await?;
+        if store_path(dir).exists() || key_path(dir).exists() {
+            return Err(ClientError::AlreadyInitialized(dir.to_path_buf()));
+        }
         // Learn (or check) the relay's certificate before anything is written.
         let (trust, learned) = match relay_pin {
             Some(pin) => (TlsTrust::Pinned(pin), false),
@@ -444,6 +621,7 @@ impl Messenger {
         let rng = &mut SystemRandom;
         let key_file = Identity::generate(rng)?;
         write_keypair(&key_path(dir), &key_file, "sessionkey msg store key")?;
+        create_private_file(&store_path(dir))?;
         let store = Store::open(&store_path(dir), &key_file).await?;
         let t = now();
         let mut device = Device::generate(rng)?;
@@ -464,13 +642,14 @@ impl Messenger {
         let relay = Self::relay_client(&config)?;
         let mut me = Self {
             dir: dir.to_path_buf(),
+            lock_wait: LOCK_WAIT,
             store,
             device,
             config,
             relay,
         };
         me.register().await?;
-        me.replenish(true).await?;
+        me.replenish_locked(true, t).await?;
         Ok(InitReport {
             name: name.to_string(),
             relay: addr,
@@ -499,6 +678,9 @@ impl Messenger {
         if !key_path(dir).exists() || !store_path(dir).exists() {
             return Err(ClientError::NotInitialized(dir.to_path_buf()));
         }
+        for path in [dir.to_path_buf(), store_path(dir), dir.join("files")] {
+            check_private(&path)?;
+        }
         let key_file = read_private_key(&key_path(dir))?;
         let store = Store::open(&store_path(dir), &key_file).await?;
         let config: Config = serde_json::from_slice(
@@ -517,6 +699,7 @@ impl Messenger {
         let relay = Self::relay_client(&config)?;
         Ok(Self {
             dir: dir.to_path_buf(),
+            lock_wait: LOCK_WAIT,
             store,
             device,
             config,
@@ -573,9 +756,39 @@ impl Messenger {
         self.call(Method::PUT, &path, Self::json(&req)).await
     }
 
+    /// Take the state directory's lock, waiting for another process to let go of it.
+    async fn lock(&self) -> Result<StateLock, ClientError> {
+        lock_state(&self.dir, self.lock_wait).await
+    }
+
+    /// How long a command waits for another process on the same state directory before it
+    /// gives up with [`ClientError::Busy`] (default [`LOCK_WAIT`]).
+    pub fn set_lock_wait(&mut self, wait: Duration) {
+        self.lock_wait = wait;
+    }
+
+    /// The device as stored (the copy in memory only signs requests: every change starts
+    /// from the stored one, inside the transaction that writes it back).
+    async fn load_device(tx: &mut Txn<'_>) -> Result<Device, ClientError> {
+        let bytes = tx
+            .meta("device")
+            .await?
+            .ok_or(MsgError::CorruptState("no device in the store"))?;
+        Ok(Device::from_bytes(&bytes)?)
+    }
+
     /// Upload fresh one-time prekeys if the relay runs low (or `force`). The device is stored
     /// before the upload, so the relay never hands out a key this side does not hold.
     pub async fn replenish(&mut self, force: bool) -> Result<DeviceStatus, ClientError> {
+        let _lock = self.lock().await?;
+        self.replenish_locked(force, now()).await
+    }
+
+    async fn replenish_locked(
+        &mut self,
+        force: bool,
+        at: Timestamp,
+    ) -> Result<DeviceStatus, ClientError> {
         let status: DeviceStatus = self.call(Method::GET, "/v1/self", Vec::new()).await?;
         let need_otk = force || status.one_time_prekeys < PREKEY_LOW_WATER;
         let need_kem = force || status.kem_prekeys < PREKEY_LOW_WATER;
@@ -584,31 +797,152 @@ impl Messenger {
         }
         let rng = &mut SystemRandom;
         let mut upload = UploadPrekeys::default();
+        let mut tx = self.store.begin().await?;
+        let mut device = Self::load_device(&mut tx).await?;
         if need_otk {
-            upload.one_time = self
-                .device
+            upload.one_time = device
                 .new_one_time_prekeys(PREKEY_BATCH, rng)?
                 .iter()
                 .map(|k| B64(k.to_bytes()))
                 .collect();
         }
         if need_kem {
-            upload.kem = self
-                .device
-                .new_kem_prekeys(PREKEY_BATCH, now())?
+            upload.kem = device
+                .new_kem_prekeys(PREKEY_BATCH, at)?
                 .iter()
                 .map(|k| B64(k.to_bytes()))
                 .collect();
         }
-        self.store
-            .set_meta("device", &self.device.to_bytes()?)
-            .await?;
+        // Remember when keys up to these ids went out, to retire them unused later.
+        let mut batches = Self::prekey_batches(&mut tx).await?;
+        batches.push((
+            at.unix_secs(),
+            device.last_prekey_id(PrekeyKind::OneTime).0,
+            device.last_prekey_id(PrekeyKind::Kem).0,
+        ));
+        tx.set_meta(PREKEY_BATCHES, &Self::json(&batches)).await?;
+        tx.set_meta("device", &device.to_bytes()?).await?;
+        tx.commit().await?;
+        self.device = device;
         self.call(Method::POST, "/v1/prekeys", Self::json(&upload))
             .await
     }
 
-    async fn contact_record(&self, name: &str) -> Result<Option<ContactRecord>, ClientError> {
-        Ok(match self.store.contact(name).await? {
+    /// Rotate the signed prekey and the last-resort ML-KEM prekey if [`PREKEY_ROTATION_SECS`]
+    /// have passed at `now` (registering the new ones with the relay), erase replaced ones
+    /// older than their grace period ([`PREKEY_GRACE_SECS`]), and retire one-time prekeys
+    /// unused for [`ONE_TIME_PREKEY_RETENTION_SECS`]. `now` is a parameter so
+    /// that the schedule can be tested on a virtual clock; `receive_batch` calls it with the
+    /// system's. Returns whether it rotated.
+    pub async fn maintain_prekeys(&mut self, now: Timestamp) -> Result<bool, ClientError> {
+        let _lock = self.lock().await?;
+        self.maintain_prekeys_locked(now).await
+    }
+
+    async fn prekey_batches(tx: &mut Txn<'_>) -> Result<Vec<(u64, u32, u32)>, ClientError> {
+        Ok(match tx.meta(PREKEY_BATCHES).await? {
+            Some(v) => {
+                serde_json::from_slice(&v).map_err(|_| MsgError::CorruptState("prekey batches"))?
+            }
+            None => Vec::new(),
+        })
+    }
+
+    /// One-time prekeys held on this device: (X25519, ML-KEM).
+    pub fn one_time_prekeys_held(&self) -> (usize, usize) {
+        (
+            self.device.one_time_prekey_count(),
+            self.device.kem_prekey_count(),
+        )
+    }
+
+    /// Retire the one-time prekeys uploaded more than [`ONE_TIME_PREKEY_RETENTION_SECS`]
+    /// before `now` and still unused: the relay deletes them first (it must never hand out a
+    /// key whose secret is gone), then the device erases their secrets, then the stock is
+    /// refilled. Returns how many secrets were erased.
+    async fn retire_prekeys_locked(&mut self, now: Timestamp) -> Result<usize, ClientError> {
+        let mut tx = self.store.begin().await?;
+        let batches = Self::prekey_batches(&mut tx).await?;
+        drop(tx);
+        let (old, keep): (Vec<_>, Vec<_>) = batches.into_iter().partition(|(at, _, _)| {
+            now.unix_secs() >= at.saturating_add(ONE_TIME_PREKEY_RETENTION_SECS)
+        });
+        let (Some(one_time), Some(kem)) =
+            (old.iter().map(|b| b.1).max(), old.iter().map(|b| b.2).max())
+        else {
+            return Ok(0);
+        };
+        let retire = RetirePrekeys {
+            one_time_through: one_time,
+            kem_through: kem,
+        };
+        let _: DeviceStatus = self
+            .call(Method::POST, "/v1/prekeys/retire", Self::json(&retire))
+            .await?;
+        let mut tx = self.store.begin().await?;
+        let mut device = Self::load_device(&mut tx).await?;
+        let erased = device.retire_one_time_prekeys(PrekeyId(one_time), PrekeyId(kem));
+        tx.set_meta("device", &device.to_bytes()?).await?;
+        tx.set_meta(PREKEY_BATCHES, &Self::json(&keep)).await?;
+        tx.commit().await?;
+        self.device = device;
+        tracing::info!(erased, "retired unused one-time prekeys");
+        self.replenish_locked(false, now).await?;
+        Ok(erased)
+    }
+
+    async fn maintain_prekeys_locked(&mut self, now: Timestamp) -> Result<bool, ClientError> {
+        let rotated = self.rotate_prekeys_locked(now).await?;
+        self.retire_prekeys_locked(now).await?;
+        Ok(rotated)
+    }
+
+    async fn rotate_prekeys_locked(&mut self, now: Timestamp) -> Result<bool, ClientError> {
+        let due = |created: Option<Timestamp>| {
+            created.is_none_or(|c| {
+                now.unix_secs() >= c.unix_secs().saturating_add(PREKEY_ROTATION_SECS)
+            })
+        };
+        let cutoff = Timestamp::from_unix_secs(
+            now.unix_secs()
+                .saturating_sub(PREKEY_ROTATION_SECS + PREKEY_GRACE_SECS),
+        );
+        // A cheap look at the copy in memory first: most calls have nothing to do.
+        if !due(self.device.signed_prekey_created())
+            && !due(self.device.last_resort_kem_prekey_created())
+            && !self.device.has_replaced_prekeys_before(cutoff)
+        {
+            return Ok(false);
+        }
+        let mut tx = self.store.begin().await?;
+        let mut device = Self::load_device(&mut tx).await?;
+        let rotate_spk = due(device.signed_prekey_created());
+        let rotate_kem = due(device.last_resort_kem_prekey_created());
+        device.remove_signed_prekeys_before(cutoff);
+        device.remove_last_resort_kem_prekeys_before(cutoff);
+        if rotate_spk {
+            device.new_signed_prekey(now, &mut SystemRandom)?;
+        }
+        if rotate_kem {
+            device.new_last_resort_kem_prekey(now)?;
+        }
+        tx.set_meta("device", &device.to_bytes()?).await?;
+        tx.commit().await?;
+        self.device = device;
+        let rotated = rotate_spk || rotate_kem;
+        if rotated {
+            // The device is stored first: the relay never hands out a key this side lacks.
+            self.register().await?;
+            tracing::info!("rotated the signed and last-resort prekeys");
+        }
+        Ok(rotated)
+    }
+
+    async fn contact_record(
+        tx: &mut Txn<'_>,
+        name: &str,
+    ) -> Result<Option<ContactRecord>, ClientError> {
+        Ok(match tx.contact(name).await? {
             Some(v) => Some(
                 serde_json::from_slice(&v).map_err(|_| MsgError::CorruptState("contact record"))?,
             ),
@@ -616,8 +950,12 @@ impl Messenger {
         })
     }
 
-    async fn save_contact(&self, name: &str, rec: &ContactRecord) -> Result<(), ClientError> {
-        Ok(self.store.set_contact(name, &Self::json(rec)).await?)
+    async fn save_contact(
+        tx: &mut Txn<'_>,
+        name: &str,
+        rec: &ContactRecord,
+    ) -> Result<(), ClientError> {
+        Ok(tx.set_contact(name, &Self::json(rec)).await?)
     }
 
     fn trust_for(rec: Option<&ContactRecord>) -> Result<Trust, ClientError> {
@@ -629,13 +967,13 @@ impl Messenger {
 
     /// Record a changed identity as waiting for `msg verify --accept`.
     async fn mark_changed(
-        &self,
+        tx: &mut Txn<'_>,
         name: &str,
         new: &IdentityKey,
     ) -> Result<ClientError, ClientError> {
-        if let Some(mut rec) = self.contact_record(name).await? {
+        if let Some(mut rec) = Self::contact_record(tx, name).await? {
             rec.pending = Some(B64(new.to_bytes().to_vec()));
-            self.save_contact(name, &rec).await?;
+            Self::save_contact(tx, name, &rec).await?;
         }
         Ok(ClientError::IdentityChanged {
             name: name.to_string(),
@@ -645,12 +983,17 @@ impl Messenger {
 
     /// Encrypt `payload` for `to` on the latest session (setting one up from a fresh bundle if
     /// there is none), store the new ratchet state, then hand the envelope to the relay. The
-    /// state is stored first: a message key is never used twice, even after a crash.
+    /// state is stored first, in one transaction with the read it started from and under the
+    /// state directory's lock: a message key is never used twice, even after a crash or with
+    /// another process on the same directory.
     async fn send_payload(&mut self, to: &str, payload: &[u8]) -> Result<(), ClientError> {
         if !api::valid_name(to) {
             return Err(ClientError::Invalid(format!("{to:?} is not a valid name")));
         }
-        let contact = self.contact_record(to).await?;
+        let lock = self.lock().await?;
+        let t = now_i64();
+        let mut tx = self.store.begin().await?;
+        let contact = Self::contact_record(&mut tx, to).await?;
         if let Some(pending) = contact.as_ref().and_then(|c| c.pending.as_ref()) {
             let id = IdentityKey::from_bytes(&pending.0)?;
             return Err(ClientError::IdentityChanged {
@@ -658,17 +1001,19 @@ impl Messenger {
                 fingerprint: id.fingerprint().to_string(),
             });
         }
-        let t = now_i64();
-        let (row, mut session) = match self.store.sessions(to).await?.into_iter().next() {
+        let (row, mut session) = match tx.sessions(to).await?.into_iter().next() {
             Some(row) => {
                 let s = Session::from_bytes(&row.state)?;
-                (row.id, s)
+                (row, s)
             }
             None => {
+                // No transaction stays open across a request to the relay (the lock does).
+                drop(tx);
                 let bundle: BundleResponse = self
                     .call(Method::POST, &format!("/v1/bundles/{to}"), Vec::new())
                     .await?;
                 let bundle = PrekeyBundle::from_bytes(&bundle.bundle.0)?;
+                tx = self.store.begin().await?;
                 let session = match Session::initiate(
                     &self.device,
                     &Address::new(self.config.name.as_bytes())?,
@@ -680,12 +1025,15 @@ impl Messenger {
                 ) {
                     Ok(s) => s,
                     Err(MsgError::UntrustedIdentity) => {
-                        return Err(self.mark_changed(to, &bundle.identity).await?)
+                        let e = Self::mark_changed(&mut tx, to, &bundle.identity).await?;
+                        tx.commit().await?;
+                        return Err(e);
                     }
                     Err(e) => return Err(e.into()),
                 };
                 if contact.is_none() {
-                    self.save_contact(
+                    Self::save_contact(
+                        &mut tx,
                         to,
                         &ContactRecord {
                             identity: B64(session.peer_identity().to_bytes().to_vec()),
@@ -696,17 +1044,18 @@ impl Messenger {
                     )
                     .await?;
                 }
-                let id = self
-                    .store
+                let row = tx
                     .insert_session(to, session.base_key(), &session.to_bytes(), None, t)
                     .await?;
-                (id, session)
+                tx.prune_sessions(to, MAX_SESSIONS_PER_CONTACT).await?;
+                (row, session)
             }
         };
-        let envelope = session.encrypt(payload)?;
-        self.store
-            .update_session(row, &session.to_bytes(), t)
-            .await?;
+        let envelope = session.encrypt(&pad(payload))?;
+        tx.update_session(&row, &session.to_bytes(), t).await?;
+        tx.commit().await?;
+        // Stored: the relay request needs no lock, and another process may go on meanwhile.
+        drop(lock);
         let _: api::SendResponse = self
             .relay
             .request_json(
@@ -770,36 +1119,32 @@ impl Messenger {
         Ok(sent)
     }
 
-    /// Decrypt one envelope from `from`. `Ok(None)`: the sender's identity changed (the
-    /// message stays queued).
+    /// Decrypt one envelope from `from` inside `tx`, writing the advanced session (and, for a
+    /// setup, the device whose prekeys it used) in the same transaction.
     async fn open_envelope(
-        &mut self,
+        &self,
+        tx: &mut Txn<'_>,
         from: &str,
         body: &[u8],
-    ) -> Result<Option<Zeroizing<Vec<u8>>>, ClientError> {
+    ) -> Result<Opened, ClientError> {
         let rng = &mut SystemRandom;
         let t = now();
         let envelope = Envelope::parse(body)?;
         match &envelope {
             Envelope::Initial(initial) => {
-                if let Some(row) = self
-                    .store
-                    .session_by_base_key(from, initial.base_key())
-                    .await?
-                {
+                if let Some(row) = tx.session_by_base_key(from, initial.base_key()).await? {
                     let mut s = Session::from_bytes(&row.state)?;
                     let plain = Zeroizing::new(s.decrypt(&envelope, t, rng)?);
-                    self.store
-                        .update_session(row.id, &s.to_bytes(), now_i64())
-                        .await?;
-                    return Ok(Some(plain));
+                    tx.update_session(&row, &s.to_bytes(), now_i64()).await?;
+                    return Ok(Opened::Plain(plain, s.dropped_skipped_keys()));
                 }
-                let contact = self.contact_record(from).await?;
+                let contact = Self::contact_record(tx, from).await?;
                 if contact.as_ref().is_some_and(|c| c.pending.is_some()) {
-                    return Ok(None);
+                    return Ok(Opened::Pending);
                 }
+                let mut device = Self::load_device(tx).await?;
                 let result = Session::respond(
-                    &mut self.device,
+                    &mut device,
                     &Address::new(self.config.name.as_bytes())?,
                     &Address::new(from.as_bytes())?,
                     initial,
@@ -810,14 +1155,15 @@ impl Messenger {
                 let (session, plain) = match result {
                     Ok(r) => r,
                     Err(MsgError::UntrustedIdentity) => {
-                        self.mark_changed(from, initial.identity()).await?;
-                        return Ok(None);
+                        Self::mark_changed(tx, from, initial.identity()).await?;
+                        return Ok(Opened::Pending);
                     }
                     Err(e) => return Err(e.into()),
                 };
                 let plain = Zeroizing::new(plain);
                 if contact.is_none() {
-                    self.save_contact(
+                    Self::save_contact(
+                        tx,
                         from,
                         &ContactRecord {
                             identity: B64(session.peer_identity().to_bytes().to_vec()),
@@ -828,28 +1174,26 @@ impl Messenger {
                     )
                     .await?;
                 }
-                self.store
-                    .insert_session(
-                        from,
-                        session.base_key(),
-                        &session.to_bytes(),
-                        Some(&self.device.to_bytes()?),
-                        now_i64(),
-                    )
-                    .await?;
-                Ok(Some(plain))
+                tx.insert_session(
+                    from,
+                    session.base_key(),
+                    &session.to_bytes(),
+                    Some(&device.to_bytes()?),
+                    now_i64(),
+                )
+                .await?;
+                tx.prune_sessions(from, MAX_SESSIONS_PER_CONTACT).await?;
+                Ok(Opened::Plain(plain, session.dropped_skipped_keys()))
             }
             Envelope::Ratchet(_) => {
                 let mut last = MsgError::InvalidMessage("no session with this sender");
-                for row in self.store.sessions(from).await? {
+                for row in tx.sessions(from).await? {
                     let mut s = Session::from_bytes(&row.state)?;
                     match s.decrypt(&envelope, t, rng) {
                         Ok(plain) => {
                             let plain = Zeroizing::new(plain);
-                            self.store
-                                .update_session(row.id, &s.to_bytes(), now_i64())
-                                .await?;
-                            return Ok(Some(plain));
+                            tx.update_session(&row, &s.to_bytes(), now_i64()).await?;
+                            return Ok(Opened::Plain(plain, s.dropped_skipped_keys()));
                         }
                         Err(e) => last = e,
                     }
@@ -860,12 +1204,169 @@ impl Messenger {
         }
     }
 
-    async fn handle_payload(
+    /// Handle one message inside `tx`: decrypt it and store the plaintext in the inbox (with
+    /// notices of messages that can no longer be decrypted), set it aside while its sender's
+    /// identity change waits, or store why it was dropped. A relay message handled before
+    /// (`received`) is skipped: it is acknowledged, never shown twice. `held`: the row of a
+    /// message set aside earlier, now taken back.
+    async fn take_in(
+        &self,
+        tx: &mut Txn<'_>,
+        m: &Incoming,
+        held: Option<i64>,
+    ) -> Result<TakenIn, ClientError> {
+        if held.is_none() && !tx.mark_received(m.relay_id, now_i64()).await? {
+            return Ok(TakenIn::Done);
+        }
+        if !api::valid_name(&m.sender) {
+            // A name from the network is data: one that fails the name rule is never used
+            // (as a contact, an address or a path); the message is dropped.
+            let notice = InboxItem::Notice(Received::Dropped {
+                from: INVALID_SENDER.into(),
+                reason: "the relay gave a sender name that is not valid; message dropped".into(),
+            });
+            tx.push_inbox(&Self::json(&notice)).await?;
+            return Ok(TakenIn::Done);
+        }
+        let from = m.sender.clone();
+        let outcome = match self.open_envelope(tx, &m.sender, &m.body.0).await {
+            Ok(Opened::Plain(plain, (evicted, expired))) => {
+                let item = InboxItem::Payload {
+                    from: from.clone(),
+                    sent: m.sent,
+                    payload: B64(plain.to_vec()),
+                };
+                let stored = Zeroizing::new(Self::json(&item));
+                if let InboxItem::Payload { mut payload, .. } = item {
+                    payload.0.zeroize();
+                }
+                tx.push_inbox(&stored).await?;
+                for (count, reason) in [
+                    (
+                        evicted,
+                        "too far out of order (their keys were dropped to bound the stored state)",
+                    ),
+                    (
+                        expired,
+                        "they would arrive more than 14 days late (their keys expired)",
+                    ),
+                ] {
+                    if count > 0 {
+                        let notice = InboxItem::Notice(Received::Undecryptable {
+                            from: from.clone(),
+                            count,
+                            reason: reason.into(),
+                        });
+                        tx.push_inbox(&Self::json(&notice)).await?;
+                    }
+                }
+                TakenIn::Done
+            }
+            Ok(Opened::Pending) => {
+                if held.is_some() {
+                    return Ok(TakenIn::StillHeld);
+                }
+                if tx.held_count(&from).await? < MAX_HELD_PER_SENDER {
+                    tx.hold(&from, &Self::json(m)).await?;
+                } else {
+                    let notice = InboxItem::Notice(Received::Dropped {
+                        from: from.clone(),
+                        reason: format!("{MAX_HELD_PER_SENDER} messages already wait on this contact's changed identity"),
+                    });
+                    tx.push_inbox(&Self::json(&notice)).await?;
+                }
+                TakenIn::Held
+            }
+            Err(ClientError::Msg(e)) => {
+                let reason = if e == MsgError::Duplicated {
+                    "could not be decrypted: a repeat of a message already read, or one whose key expired or was dropped".to_string()
+                } else {
+                    e.to_string()
+                };
+                let notice = InboxItem::Notice(Received::Dropped { from, reason });
+                tx.push_inbox(&Self::json(&notice)).await?;
+                TakenIn::Done
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(seq) = held {
+            tx.delete_held(seq).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Take back messages set aside for contacts whose changed identity has been accepted.
+    async fn release_held(&mut self) -> Result<(), ClientError> {
+        let mut tx = self.store.begin().await?;
+        for sender in tx.held_senders().await? {
+            let pending = Self::contact_record(&mut tx, &sender)
+                .await?
+                .is_some_and(|c| c.pending.is_some());
+            if pending {
+                continue;
+            }
+            for row in tx.held(&sender, MAX_HELD_PER_SENDER).await? {
+                let m: Incoming = serde_json::from_slice(&row.value)
+                    .map_err(|_| MsgError::CorruptState("message set aside"))?;
+                if let TakenIn::StillHeld = self.take_in(&mut tx, &m, Some(row.seq)).await? {
+                    break;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Show what waits in the inbox, oldest first: each is shown (a file chunk written), then
+    /// deleted in one transaction with what showing it changed.
+    async fn show_inbox(
         &mut self,
+        on: &mut (dyn FnMut(Received) + Send),
+    ) -> Result<(), ClientError> {
+        loop {
+            let mut tx = self.store.begin().await?;
+            let Some(row) = tx.inbox(1).await?.into_iter().next() else {
+                return Ok(());
+            };
+            let item: InboxItem = serde_json::from_slice(&row.value)
+                .map_err(|_| MsgError::CorruptState("inbox item"))?;
+            let event = match item {
+                InboxItem::Notice(e) => Some(e),
+                InboxItem::Payload {
+                    from,
+                    sent,
+                    mut payload,
+                } => {
+                    let e = self.handle_payload(&mut tx, &from, sent, &payload.0).await;
+                    payload.0.zeroize();
+                    e?
+                }
+            };
+            if let Some(e) = event {
+                on(e);
+            }
+            failpoint("after-show");
+            tx.delete_inbox(row.seq).await?;
+            tx.commit().await?;
+        }
+    }
+
+    async fn handle_payload(
+        &self,
+        tx: &mut Txn<'_>,
         from: &str,
         sent: i64,
-        payload: &[u8],
+        padded: &[u8],
     ) -> Result<Option<Received>, ClientError> {
+        let dropped = |reason: &str| {
+            Ok(Some(Received::Dropped {
+                from: from.to_string(),
+                reason: reason.into(),
+            }))
+        };
+        let Some(payload) = unpad(padded) else {
+            return dropped("malformed padding");
+        };
         match payload.split_first() {
             Some((&PAYLOAD_TEXT, text)) => Ok(Some(Received::Text {
                 from: from.to_string(),
@@ -874,33 +1375,31 @@ impl Messenger {
             })),
             Some((&PAYLOAD_FILE_CHUNK, rest)) => {
                 let Some(chunk) = decode_chunk(rest) else {
-                    return Ok(Some(Received::Dropped {
-                        from: from.to_string(),
-                        reason: "malformed file chunk".into(),
-                    }));
+                    return dropped("malformed file chunk");
                 };
-                self.file_chunk(from, &chunk).await
+                self.file_chunk(tx, from, &chunk).await
             }
-            _ => Ok(Some(Received::Dropped {
-                from: from.to_string(),
-                reason: "unknown payload type".into(),
-            })),
+            _ => dropped("unknown payload type"),
         }
     }
 
+    /// Write a file chunk at its offset in `files/FROM/.ID.part` (so writing it again after a
+    /// crash changes nothing) and record the transfer's progress in `tx`. The last chunk links
+    /// the part file to its final name, never over an existing file.
     async fn file_chunk(
-        &mut self,
+        &self,
+        tx: &mut Txn<'_>,
         from: &str,
         chunk: &FileChunk<'_>,
     ) -> Result<Option<Received>, ClientError> {
+        use tokio::io::AsyncSeekExt;
         let id: String = chunk.transfer.iter().map(|b| format!("{b:02x}")).collect();
-        let dir = self.dir.join("files").join(from);
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(io_err(&dir))?;
+        let dir = sender_dir(&self.dir, from)?;
+        create_private_dir(&self.dir.join("files"))?;
+        create_private_dir(&dir)?;
         let part = dir.join(format!(".{id}.part"));
         let key = format!("transfer/{from}/{id}");
-        let state = match self.store.meta(&key).await? {
+        let state = match tx.meta(&key).await? {
             Some(v) => serde_json::from_slice::<TransferState>(&v).ok(),
             None => None,
         };
@@ -914,37 +1413,37 @@ impl Messenger {
                 ),
             }));
         }
+        let offset = state.as_ref().map_or(0, |s| s.written);
         let mut f = tokio::fs::OpenOptions::new()
+            .mode(0o600)
             .create(true)
-            .append(true)
+            .write(true)
             .truncate(false)
             .open(&part)
             .await
             .map_err(io_err(&part))?;
-        if chunk.index == 0 {
-            f.set_len(0).await.map_err(io_err(&part))?;
-        }
+        f.set_len(offset).await.map_err(io_err(&part))?;
+        f.seek(io::SeekFrom::Start(offset))
+            .await
+            .map_err(io_err(&part))?;
         f.write_all(chunk.data).await.map_err(io_err(&part))?;
-        f.flush().await.map_err(io_err(&part))?;
-        let written = state.map_or(0, |s| s.written) + chunk.data.len() as u64;
-        if chunk.index + 1 < chunk.count {
-            let s = TransferState {
+        f.sync_data().await.map_err(io_err(&part))?;
+        drop(f);
+        let written = offset + chunk.data.len() as u64;
+        let last = chunk.index + 1 == chunk.count;
+        tx.set_meta(
+            &key,
+            &Self::json(&TransferState {
                 next: chunk.index + 1,
                 written,
-            };
-            self.store.set_meta(&key, &Self::json(&s)).await?;
+            }),
+        )
+        .await?;
+        if !last {
             return Ok(None);
         }
-        self.store
-            .set_meta(
-                &key,
-                &Self::json(&TransferState {
-                    next: chunk.count,
-                    written,
-                }),
-            )
-            .await?;
         if written != chunk.size {
+            let _ = std::fs::remove_file(&part);
             return Ok(Some(Received::Dropped {
                 from: from.to_string(),
                 reason: format!(
@@ -953,16 +1452,10 @@ impl Messenger {
                 ),
             }));
         }
-        let name = safe_file_name(chunk.name);
-        let mut dest = dir.join(&name);
-        let mut n = 1;
-        while dest.exists() {
-            dest = dir.join(format!("{name}.{n}"));
-            n += 1;
-        }
-        tokio::fs::rename(&part, &dest)
-            .await
-            .map_err(io_err(&dest))?;
+        let dest = link_new_name(&part, &dir, &safe_file_name(chunk.name))?;
+        // The part file's name goes once the transfer's end is committed (by the caller);
+        // after a crash before that, the chunk is written and linked again to the same file.
+        let _ = std::fs::remove_file(&part);
         Ok(Some(Received::File {
             from: from.to_string(),
             name: chunk.name.to_string(),
@@ -971,9 +1464,11 @@ impl Messenger {
         }))
     }
 
-    /// Fetch one batch (waiting up to `wait_secs` for the first message), decrypt, report each
-    /// through `on`, store the new states, then acknowledge what was handled. Returns how many
-    /// messages were handled and whether some wait on a changed identity.
+    /// Fetch one batch (waiting up to `wait_secs` for the first message), then under the state
+    /// directory's lock: take back messages set aside for accepted identities; decrypt the
+    /// batch into the store in one transaction with the ratchet states; show what waits in
+    /// the inbox through `on`; acknowledge. Returns how many relay messages were handled and
+    /// whether some were set aside for a changed identity.
     pub async fn receive_batch(
         &mut self,
         wait_secs: u64,
@@ -986,81 +1481,91 @@ impl Messenger {
                 Vec::new(),
             )
             .await?;
-        let mut acked = Vec::new();
-        let mut blocked: HashSet<String> = HashSet::new();
-        let mut setups = false;
+        let _lock = self.lock().await?;
+        self.release_held().await?;
+        // Upkeep must not keep messages from being read: a failure is logged and retried at
+        // the next batch.
+        if let Err(e) = self.maintain_prekeys_locked(now()).await {
+            tracing::warn!(error = %e, "prekey upkeep failed; will retry");
+        }
+        let mut ids = Vec::with_capacity(inbox.messages.len());
+        let mut changed: Vec<String> = Vec::new();
+        let mut tx = self.store.begin().await?;
         for m in inbox.messages {
-            if blocked.contains(&m.sender) {
-                continue;
-            }
-            setups |= m.body.0.first() == Some(&crate::proto::msg::ENVELOPE_INITIAL);
-            match self.open_envelope(&m.sender, &m.body.0).await {
-                Ok(Some(plain)) => {
-                    if let Some(event) = self.handle_payload(&m.sender, m.sent, &plain).await? {
-                        on(event);
-                    }
-                    acked.push(m.id);
-                }
-                Ok(None) => {
-                    let rec = self.contact_record(&m.sender).await?;
-                    let fingerprint = rec
-                        .and_then(|r| r.pending)
-                        .and_then(|p| IdentityKey::from_bytes(&p.0).ok())
-                        .map(|k| k.fingerprint().to_string())
-                        .unwrap_or_default();
-                    on(Received::IdentityChanged {
-                        from: m.sender.clone(),
-                        fingerprint,
-                    });
-                    blocked.insert(m.sender);
-                }
-                Err(ClientError::Msg(e)) => {
-                    if e != MsgError::Duplicated {
-                        on(Received::Dropped {
-                            from: m.sender.clone(),
-                            reason: e.to_string(),
-                        });
-                    }
-                    acked.push(m.id);
-                }
-                Err(e) => {
-                    self.ack(&acked).await?;
-                    return Err(e);
+            ids.push(m.id);
+            let m = Incoming {
+                relay_id: m.id,
+                sender: m.sender,
+                sent: m.sent,
+                body: m.body,
+            };
+            if let TakenIn::Held = self.take_in(&mut tx, &m, None).await? {
+                if !changed.contains(&m.sender) {
+                    changed.push(m.sender);
                 }
             }
         }
-        self.ack(&acked).await?;
-        if setups {
-            self.replenish(false).await?;
+        failpoint("before-store");
+        tx.commit().await?;
+        failpoint("after-store");
+        if !changed.is_empty() {
+            let mut tx = self.store.begin().await?;
+            for from in &changed {
+                let fingerprint = Self::contact_record(&mut tx, from)
+                    .await?
+                    .and_then(|r| r.pending)
+                    .and_then(|p| IdentityKey::from_bytes(&p.0).ok())
+                    .map(|k| k.fingerprint().to_string())
+                    .unwrap_or_default();
+                on(Received::IdentityChanged {
+                    from: from.clone(),
+                    fingerprint,
+                });
+            }
         }
-        Ok((acked.len(), !blocked.is_empty()))
+        self.show_inbox(on).await?;
+        self.ack(&ids).await?;
+        if !ids.is_empty() {
+            let mut tx = self.store.begin().await?;
+            tx.forget_received(&ids, now_i64() - api::MESSAGE_EXPIRY_SECS as i64)
+                .await?;
+            tx.commit().await?;
+        }
+        // Refill when the relay says its stock runs low (not guessed from envelope bytes).
+        if inbox.status.is_some_and(|st| {
+            st.one_time_prekeys < PREKEY_LOW_WATER || st.kem_prekeys < PREKEY_LOW_WATER
+        }) {
+            self.replenish_locked(false, now()).await?;
+        }
+        Ok((ids.len(), !changed.is_empty()))
     }
 
     async fn ack(&self, ids: &[i64]) -> Result<(), ClientError> {
-        if ids.is_empty() {
-            return Ok(());
+        for chunk in ids.chunks(api::MAX_MESSAGES_PER_FETCH) {
+            let _: Ack = self
+                .call(
+                    Method::POST,
+                    "/v1/ack",
+                    Self::json(&Ack {
+                        ids: chunk.to_vec(),
+                    }),
+                )
+                .await?;
         }
-        let _: Ack = self
-            .call(
-                Method::POST,
-                "/v1/ack",
-                Self::json(&Ack { ids: ids.to_vec() }),
-            )
-            .await?;
         Ok(())
     }
 
-    /// Everything queued now: batches until the queue is empty (or only messages of changed
-    /// identities are left).
+    /// Everything queued now: batches until the relay's queue is empty (messages of changed
+    /// identities are set aside, so they never hold the others back).
     pub async fn receive_all(
         &mut self,
         on: &mut (dyn FnMut(Received) + Send),
     ) -> Result<usize, ClientError> {
         let mut total = 0;
         loop {
-            let (n, blocked) = self.receive_batch(0, on).await?;
+            let (n, _) = self.receive_batch(0, on).await?;
             total += n;
-            if n == 0 || blocked {
+            if n == 0 {
                 return Ok(total);
             }
         }
@@ -1076,8 +1581,10 @@ impl Messenger {
 
     /// Every contact.
     pub async fn contacts(&self) -> Result<Vec<ContactInfo>, ClientError> {
+        let _lock = self.lock().await?;
+        let mut tx = self.store.begin().await?;
         let mut out = Vec::new();
-        for (name, value) in self.store.contacts().await? {
+        for (name, value) in tx.contacts().await? {
             let rec: ContactRecord = serde_json::from_slice(&value)
                 .map_err(|_| MsgError::CorruptState("contact record"))?;
             let fp = |b: &B64| -> Result<String, ClientError> {
@@ -1087,19 +1594,21 @@ impl Messenger {
                 fingerprint: fp(&rec.identity)?,
                 verified: rec.verified,
                 changed_to: rec.pending.as_ref().map(fp).transpose()?,
-                sessions: self.store.sessions(&name).await?.len(),
+                sessions: tx.session_count(&name).await?,
                 name,
             });
         }
+        tx.commit().await?;
         Ok(out)
     }
 
     /// The safety number with `name`; with `accept`, mark the contact verified, taking a
     /// changed identity as the new one (its old sessions are kept; new ones set up with the
-    /// new identity).
+    /// new identity; messages set aside are read at the next receive).
     pub async fn verify(&self, name: &str, accept: bool) -> Result<Verification, ClientError> {
-        let mut rec = self
-            .contact_record(name)
+        let _lock = self.lock().await?;
+        let mut tx = self.store.begin().await?;
+        let mut rec = Self::contact_record(&mut tx, name)
             .await?
             .ok_or_else(|| ClientError::UnknownContact(name.to_string()))?;
         let changed = rec.pending.is_some();
@@ -1110,8 +1619,9 @@ impl Messenger {
                 rec.identity = p;
             }
             rec.verified = true;
-            self.save_contact(name, &rec).await?;
+            Self::save_contact(&mut tx, name, &rec).await?;
         }
+        tx.commit().await?;
         Ok(Verification {
             name: name.to_string(),
             safety_number: number,
@@ -1149,6 +1659,26 @@ mod tests {
     }
 
     #[test]
+    fn sender_dirs_stay_inside() {
+        let d = Path::new("/state/msg");
+        assert_eq!(
+            sender_dir(d, "bob").unwrap(),
+            Path::new("/state/msg/files/bob")
+        );
+        for bad in [
+            "/etc",
+            "..",
+            ".",
+            "../x",
+            "a/b",
+            "",
+            "/home/u/.config/autostart",
+        ] {
+            assert!(sender_dir(d, bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn safety_numbers_agree_and_differ() {
         let a = Device::generate(&mut SystemRandom).unwrap();
         let b = Device::generate(&mut SystemRandom).unwrap();
@@ -1164,27 +1694,5 @@ mod tests {
             ab,
             safety_number("alice", a.identity(), "bob", c.identity())
         );
-    }
-
-    #[test]
-    fn chunks_round_trip_and_names_are_tamed() {
-        let c = FileChunk {
-            transfer: [9; 16],
-            index: 2,
-            count: 3,
-            size: 10,
-            name: "a.txt",
-            data: b"xyz",
-        };
-        let enc = encode_chunk(&c);
-        let d = decode_chunk(&enc[1..]).unwrap();
-        assert_eq!(
-            (d.index, d.count, d.size, d.name, d.data),
-            (2, 3, 10, "a.txt", &b"xyz"[..])
-        );
-        assert!(decode_chunk(&enc[1..20]).is_none());
-        assert_eq!(safe_file_name("../../etc/passwd"), "passwd");
-        assert_eq!(safe_file_name(".bashrc"), "bashrc");
-        assert_eq!(safe_file_name(""), "file");
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod client;
+pub mod payload;
 pub mod relay;
 pub mod store;
 

@@ -4,7 +4,7 @@
 use std::io;
 use std::time::{Duration, SystemTime};
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, StatusCode};
@@ -18,6 +18,10 @@ use crate::proto::crypto::{SecureRandom, SystemRandom};
 use crate::proto::msg::Device;
 use crate::proto::session::SessionConfig;
 use crate::tls::{self, TlsClient, TlsStream};
+
+/// The largest answer read from the relay: a full fetch (100 envelopes of at most 96 KiB,
+/// in base64 JSON) with room to spare. Larger answers are refused unread.
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 /// A relay request failure.
 #[derive(Debug, thiserror::Error)]
@@ -236,7 +240,25 @@ impl RelayClient {
             }
         };
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.map_err(broken)?.to_bytes();
+        let bytes = match Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                *slot = None;
+                return Err(RelayError::Protocol(format!(
+                    "the relay's answer is larger than {MAX_RESPONSE_BYTES} bytes"
+                )));
+            }
+            Err(e) => {
+                *slot = None;
+                return Err(RelayError::Unreachable {
+                    addr: self.addr.clone(),
+                    source: io::Error::other(e),
+                });
+            }
+        };
         if status.is_success() {
             return Ok(bytes);
         }
