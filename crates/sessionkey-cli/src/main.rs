@@ -4,15 +4,55 @@ mod cmd;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+
+/// The exit statuses (sysexits(3)), shown at the end of every command's `--help`.
+const EXIT_STATUS: &str = "\
+Exit status:
+  0   success (for pipes: only after the peer's authenticated close)
+  64  usage: an unknown option, suite or value (the message lists the valid ones)
+  66  missing input: a key, config or other input file that does not exist
+  69  peer, relay or device unavailable
+  70  internal error
+  73  cannot create an output file or directory
+  75  temporary failure (the relay asks to retry later)
+  76  tampering or truncation (a protocol error)
+  77  key or certificate refused or changed, or no permission (TUN)
+  78  bad configuration, key file or state";
+
+/// `cmd` and all its subcommands, with the exit-status table after their help.
+fn with_exit_status(cmd: clap::Command) -> clap::Command {
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    let mut cmd = cmd.after_help(EXIT_STATUS);
+    for name in names {
+        cmd = cmd.mut_subcommand(name, with_exit_status);
+    }
+    cmd
+}
+
+/// The command line, or the process exit: help and version exit 0, usage errors 64.
+fn parse_cli() -> Result<Cli, ExitCode> {
+    let matches = with_exit_status(Cli::command()).try_get_matches();
+    match matches.and_then(|m| Cli::from_arg_matches(&m)) {
+        Ok(cli) => Ok(cli),
+        Err(e) => {
+            let _ = e.print();
+            Err(if e.use_stderr() {
+                ExitCode::from(cmd::USAGE)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
 
 /// Fresh, short-lived session keys for every connection: an authenticated ephemeral key
 /// exchange (hybrid X25519 + ML-KEM-768 by default), a fast AEAD, automatic rotation.
 ///
-/// Exit status: 0 success (for pipes: only after the peer's authenticated close); 2 usage;
-/// 69 peer or device unavailable; 76 tampering or truncation; 77 key or certificate refused
-/// or changed, or no permission (TUN); 78 bad configuration or key file; 70 other internal
-/// errors.
+/// Every subcommand's `--help` ends with the exit-status table ([`EXIT_STATUS`]).
 #[derive(Debug, Parser)]
 #[command(name = "sessionkey", version, about, long_about)]
 struct Cli {
@@ -93,7 +133,10 @@ fn init_logging(cli: &Cli) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     init_logging(&cli);
     cmd::common::set_state_dir(cli.state.clone());
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -541,12 +541,9 @@ fn changed_server_key_is_refused_once_known() {
     eprintln!("changed: test total {:.2?}", started.elapsed());
 }
 
-/// KNOWN BUG (this test fails today): `pipe connect` refused by the known-peers check exits
-/// 70 ("internal error") instead of 77 ("key refused or changed"), for a changed key and for
-/// an unknown one alike. `cmd::exit_code` (crates/sessionkey-cli/src/cmd/mod.rs) looks for a
-/// `TrustError` in the error chain, but `ClientConfig::connect` returns it wrapped in
-/// `TunnelError::Trust`, which is `#[error(transparent)]`: its `source()` forwards to the
-/// `TrustError`'s own source (none), so the `TrustError` never appears in `chain()`.
+/// `pipe connect` refused by the known-peers check exits 77 ("key refused or changed"), for
+/// a changed key and for an unknown one alike (the `TrustError` must stay visible in the
+/// error chain through `TunnelError::Trust`).
 #[test]
 fn pipe_connect_exits_77_when_the_server_key_is_changed_or_unknown() {
     let env = Env::new("exit77");
@@ -715,7 +712,7 @@ fn pipe_connect_fails_when_the_listener_is_killed() {
 // ---------------------------------------------------------------------------------------
 
 #[test]
-fn help_exits_zero_and_unknown_flags_exit_two() {
+fn help_exits_zero_and_unknown_flags_exit_64() {
     let env = Env::new("help");
     for args in [
         &["--help"][..],
@@ -736,7 +733,7 @@ fn help_exits_zero_and_unknown_flags_exit_two() {
         &["status", "--no-such-flag"],
     ] {
         let out = env.run(args);
-        assert_eq!(out.code, Some(2), "{args:?}: {out:?}");
+        assert_eq!(out.code, Some(64), "{args:?}: {out:?}");
         assert!(out.stderr.contains("--no-such-flag"), "{args:?}: {out:?}");
     }
     // With no tunnel running, status lists nothing.

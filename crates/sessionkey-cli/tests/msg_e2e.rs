@@ -8,6 +8,8 @@
 //!   PostgreSQL database deliver a message sent through one to a client following the other,
 //!   and the tables contain no plaintext.
 
+mod bounded;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
@@ -15,6 +17,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sessionkey");
+
+/// How long one `sessionkey msg ...` command may run.
+const CHILD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A child process killed when dropped.
 struct Proc(Child);
@@ -86,14 +91,14 @@ fn sk(state: &Path, args: &[&str], stdin: Option<&str>) -> Output {
         .spawn()
         .unwrap();
     if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
+        // On a thread: a child that stops reading cannot block the test past its deadline.
+        let mut pipe = child.stdin.take().unwrap();
+        let input = input.to_string();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(input.as_bytes());
+        });
     }
-    let out = child.wait_with_output().unwrap();
+    let out = bounded::output_within(child, CHILD_TIMEOUT, &format!("sessionkey {args:?}"));
     assert!(
         out.status.success(),
         "sessionkey {args:?} failed ({}): {}",
@@ -266,8 +271,11 @@ fn errors_say_what_to_do() {
         .arg("--state")
         .arg(dir.join("nobody"))
         .args(["msg", "recv"])
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let out = bounded::output_within(out, CHILD_TIMEOUT, "msg recv without a state");
     assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("sessionkey msg init --relay"), "{err}");
@@ -282,8 +290,11 @@ fn errors_say_what_to_do() {
             "--name",
             "x",
         ])
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let out = bounded::output_within(out, CHILD_TIMEOUT, "msg init against a closed port");
     assert_eq!(
         out.status.code(),
         Some(69),
@@ -374,7 +385,10 @@ fn dump_tables(url: &str) -> Vec<u8> {
         .unwrap();
     rt.block_on(async {
         sqlx::any::install_default_drivers();
-        let pool = sqlx::AnyPool::connect(url).await.unwrap();
+        let pool = tokio::time::timeout(Duration::from_secs(30), sqlx::AnyPool::connect(url))
+            .await
+            .expect("PostgreSQL did not accept a connection within 30 s")
+            .unwrap();
         let mut out = Vec::new();
         for (table, cols) in [
             ("messages", "recipient, sender, body"),

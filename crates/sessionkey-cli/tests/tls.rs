@@ -1,10 +1,12 @@
 //! The TLS transport end to end: the real `sessionkey` binary against OpenSSL's `s_client`
 //! and `s_server` (an independent TLS 1.3 implementation), and against itself.
 //!
-//! OpenSSL must be installed (`.ci/run` installs it). Debian 12's OpenSSL 3.0 has no
-//! ML-KEM, so with it the group is X25519; between two sessionkey ends it is
-//! X25519MLKEM768.
+//! OpenSSL must be installed (`.ci/run` installs it). OpenSSL before 3.5 has no ML-KEM, so
+//! with it the group is X25519; from 3.5 on its default is X25519MLKEM768, which the tests
+//! then expect (`openssl version` decides, and the test prints what it expects). Between
+//! two sessionkey ends it is X25519MLKEM768.
 
+mod bounded;
 mod support;
 
 use std::fs;
@@ -18,6 +20,9 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use base64::Engine;
 use support::*;
 
+/// How long one OpenSSL command, or one exchange with it, may take.
+const OPENSSL_TIMEOUT: Duration = Duration::from_secs(60);
+
 const EXPORTER_LABEL: &str = "EXPORTER-sessionkey-session-fingerprint";
 
 // ---------------------------------------------------------------------------------------
@@ -25,19 +30,54 @@ const EXPORTER_LABEL: &str = "EXPORTER-sessionkey-session-fingerprint";
 // ---------------------------------------------------------------------------------------
 
 fn openssl(args: &[&str]) -> String {
-    let out = Command::new("openssl")
+    let child = Command::new("openssl")
         .args(args)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap_or_else(|e| {
             panic!("cannot run openssl ({e}); install it: apt-get install openssl")
         });
+    let out = bounded::output_within(child, OPENSSL_TIMEOUT, &format!("openssl {args:?}"));
     assert!(
         out.status.success(),
         "openssl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The TLS group a sessionkey end and the installed OpenSSL agree on: X25519MLKEM768 from
+/// OpenSSL 3.5 on (its default key share), X25519 before (no ML-KEM).
+fn expected_openssl_group() -> &'static str {
+    let version = openssl(&["version"]);
+    let number = version.split_whitespace().nth(1).unwrap_or_default();
+    let mut parts = number.split('.').map(|p| {
+        p.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse::<u32>()
+            .unwrap_or(0)
+    });
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let group = if (major, minor) >= (3, 5) {
+        "X25519MLKEM768"
+    } else {
+        "X25519"
+    };
+    eprintln!("{}: expecting the TLS group {group}", version.trim());
+    group
+}
+
+/// Whether s_client's report names `group` as the key exchange (OpenSSL 3.0 prints
+/// "Server Temp Key: X25519, 253 bits"; 3.5 prints "Negotiated TLS1.3 group: ...").
+fn s_client_group_is(out: &str, group: &str) -> bool {
+    out.lines().any(|l| {
+        let l = l.trim();
+        (l.starts_with("Server Temp Key:") || l.starts_with("Negotiated TLS1.3 group:"))
+            && l.split([':', ',', ' ']).any(|w| w == group)
+    })
 }
 
 /// A CA and certificates it signed, made by OpenSSL in `dir`.
@@ -136,7 +176,7 @@ fn openssl_pin(cert: &Path) -> String {
         .expect("stdin")
         .write_all(pubkey.as_bytes())
         .expect("write the public key");
-    let der = child.wait_with_output().expect("openssl pkey").stdout;
+    let der = bounded::output_within(child, OPENSSL_TIMEOUT, "openssl pkey").stdout;
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der);
     format!("tls-spki-sha256 {}", STANDARD.encode(digest.as_ref()))
 }
@@ -230,9 +270,20 @@ fn s_client_echo(port: u16, lines: &[String], extra: &[&str]) -> String {
         .recv_timeout(Duration::from_secs(30))
         .expect("s_client did not get the echo back within 30 s");
     // End of input: s_client closes the connection and prints the rest.
-    drop(writer.join().expect("writer"));
-    let mut rest = String::new();
-    let _ = reader.read_to_string(&mut rest);
+    drop(bounded::join_within(
+        writer,
+        OPENSSL_TIMEOUT,
+        "writing the lines to s_client",
+    ));
+    let rest = bounded::join_within(
+        thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = reader.read_to_string(&mut rest);
+            rest
+        }),
+        OPENSSL_TIMEOUT,
+        "s_client ending after its input closed",
+    );
     out.push_str(&rest);
     out
 }
@@ -333,13 +384,14 @@ fn openssl_s_client_round_trips_and_resumes_through_the_tls_server() {
         first.contains("New, TLSv1.3, Cipher is TLS_AES_256_GCM_SHA384"),
         "{first}"
     );
-    assert!(first.contains("Server Temp Key: X25519"), "{first}");
+    let group = expected_openssl_group();
+    assert!(
+        s_client_group_is(&first, group),
+        "expected {group}: {first}"
+    );
     let fingerprint = exporter_fingerprint(&first);
     let log = server.expect_log(&format!("fingerprint={fingerprint}"));
-    assert_eq!(
-        log_field(&log, "TLS session established", "group"),
-        ["X25519"]
-    );
+    assert_eq!(log_field(&log, "TLS session established", "group"), [group]);
 
     let lines = data_lines(2, 500);
     let second = s_client_echo(port, &lines, &["-sess_in", s(&session)]);
@@ -479,7 +531,7 @@ fn tls_client_to_openssl_s_server_updates_keys_by_policy() {
     );
     assert_eq!(
         log_field(&log, "TLS session established", "group"),
-        ["X25519"]
+        [expected_openssl_group()]
     );
     assert_eq!(
         log_field(&log, "TLS session established", "suite"),
@@ -496,9 +548,10 @@ fn tls_client_to_openssl_s_server_updates_keys_by_policy() {
 #[test]
 fn sessionkey_tls_both_ends_hybrid_pinned_with_status_and_resumption() {
     let env = Env::new("tls-both");
-    let target = echo_target();
     let sslkeylog = env.path("sslkeylogfile.txt");
-    std::env::set_var("SSLKEYLOGFILE", &sslkeylog);
+    // Given to the two sessionkey children only: this process runs tests in parallel.
+    let env = env.with_child_env("SSLKEYLOGFILE", sslkeylog.clone());
+    let target = echo_target();
     let (mut server, port) = tls_server(
         &env,
         &target,
@@ -555,7 +608,7 @@ fn sessionkey_tls_both_ends_hybrid_pinned_with_status_and_resumption() {
         Some(true)
     );
     conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
-    let got = receiver.join().expect("receiver");
+    let got = bounded::join_within(receiver, OPENSSL_TIMEOUT, "the echo through two TLS ends");
     assert_eq!(got, sent, "echo through two TLS ends");
 
     let log = client.expect_log("session closed");
@@ -1060,4 +1113,42 @@ fn readme_tls_example_works_as_written() {
     assert_eq!(&buf, b"as written");
     let refused = pipe_connect(&env, port, &["--server-key", &pin], b"x");
     assert_eq!(refused.code, Some(77), "{refused:?}");
+}
+
+/// A TLS tunnel client whose pin is not the server's certificate key stops at the first
+/// connection and exits 77 (issue 21: a refused server key exits 77 in every path).
+#[test]
+fn tls_tunnel_client_with_a_wrong_pin_exits_77() {
+    let env = Env::new("tls-client-77");
+    let target = echo_target();
+    let (mut server, port) = tls_server(&env, &target, &["--any-client"]);
+    let _ = server_pin(&mut server);
+    let wrong = format!("tls-spki-sha256 {}", STANDARD.encode([7u8; 32]));
+    let local = free_port();
+    let mut client = env.spawn(
+        "tls-client",
+        &[
+            "tunnel",
+            "client",
+            "--transport",
+            "tls",
+            "--listen",
+            &format!("127.0.0.1:{local}"),
+            "--server",
+            &format!("127.0.0.1:{port}"),
+            "--server-key",
+            &wrong,
+        ],
+        Stdio::null(),
+    );
+    client.expect_log("tunnel client ready");
+    let conn = connect(local);
+    let code = client.wait(EXIT_TIMEOUT);
+    drop(conn);
+    let log = client.stderr();
+    assert_eq!(code, Some(77), "{log}");
+    assert!(
+        log.contains("--server-key"),
+        "the way to the right pin: {log}"
+    );
 }

@@ -13,6 +13,8 @@
 //! Needs root, /dev/net/tun, `ip` (iproute2) and `ping` (iputils-ping). Without them it
 //! fails, saying what is missing: CI runs it as root.
 
+mod bounded;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -27,6 +29,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sessionkey");
+/// How long one helper command (`ip`, `ping`, `sessionkey vpn ...`) may run.
+const CMD_TIMEOUT: Duration = Duration::from_secs(60);
 const VETH_A: &str = "10.231.0.1";
 const VETH_B: &str = "10.231.0.2";
 const TUN_A: &str = "10.231.1.1";
@@ -58,14 +62,16 @@ fn preconditions() {
             .arg("-V")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status()
+            .spawn()
+            .map(|mut c| bounded::wait_within(&mut c, CMD_TIMEOUT, "a helper command"))
             .is_ok();
         assert!(found, "`{tool}` is missing: apt-get install {package}");
     }
 }
 
 fn run(cmd: &mut Command) -> std::process::Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let what = format!("{cmd:?}");
+    let out = bounded::run_within(cmd, CMD_TIMEOUT, &what);
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}",
@@ -110,7 +116,11 @@ impl Drop for Lab {
             let _ = child.wait();
         }
         for ns in [&self.ns_a, &self.ns_b].into_iter().chain(&self.extra_ns) {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            let _ = bounded::status_within(
+                Command::new("ip").args(["netns", "del", ns]),
+                CMD_TIMEOUT,
+                "ip netns del",
+            );
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -194,7 +204,8 @@ impl Lab {
                 .args(["-n", ns, "link", "show", dev])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
-                .status()
+                .spawn()
+                .map(|mut c| bounded::wait_within(&mut c, CMD_TIMEOUT, "a helper command"))
                 .is_ok_and(|s| s.success());
             if ok {
                 return;
@@ -213,7 +224,8 @@ impl Lab {
             .args(["-n", ns, "link", "show", dev])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status()
+            .spawn()
+            .map(|mut c| bounded::wait_within(&mut c, CMD_TIMEOUT, "a helper command"))
             .is_ok_and(|s| s.success())
     }
 
@@ -223,7 +235,8 @@ impl Lab {
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status()
+            .spawn()
+            .map(|mut c| bounded::wait_within(&mut c, CMD_TIMEOUT, "a helper command"))
             .is_ok_and(|s| s.success())
     }
 
@@ -561,8 +574,16 @@ fn vpn_between_two_namespaces() {
         "A's peer state on B was reset by vpn set"
     );
 
-    client.join().expect("TCP client");
-    let received = server.join().expect("TCP server");
+    bounded::join_within(
+        client,
+        Duration::from_secs(120),
+        "the TCP client through the VPN",
+    );
+    let received = bounded::join_within(
+        server,
+        Duration::from_secs(120),
+        "the TCP server through the VPN",
+    );
     assert_eq!(received.len(), TOTAL, "bytes lost in the tunnel");
     assert_eq!(
         sha256(&received),
@@ -750,7 +771,10 @@ fn vpn_between_two_namespaces() {
     // in use, and the message names the port.
     let out = Command::new(BIN)
         .args(["vpn", "down", "skvnosuch"])
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(|c| bounded::output_within(c, CMD_TIMEOUT, "a sessionkey command"))
         .unwrap();
     assert_eq!(
         out.status.code(),
@@ -771,7 +795,10 @@ fn vpn_between_two_namespaces() {
     let out = Command::new("ip")
         .args(["netns", "exec", &ns_b, BIN, "vpn", "up"])
         .arg(&config_d)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(|c| bounded::output_within(c, CMD_TIMEOUT, "a sessionkey command"))
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(69), "{stderr}");
@@ -794,14 +821,14 @@ fn vpn_between_two_namespaces() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let status = lab.vpns[1].wait().unwrap();
+    let status = bounded::wait_within(&mut lab.vpns[1], CMD_TIMEOUT, "vpn B after SIGTERM");
     assert!(
         status.success(),
         "vpn B exited with {status}: {}",
         lab.log("b.log")
     );
     assert!(!lab.link_exists(&ns_b, &lab.tun_b));
-    let status = lab.vpns[0].wait().unwrap();
+    let status = bounded::wait_within(&mut lab.vpns[0], CMD_TIMEOUT, "vpn A after vpn down");
     assert!(
         status.success(),
         "vpn A exited with {status}: {}",
@@ -840,7 +867,10 @@ fn vpn_up_reports_config_mistakes_with_file_line_and_field() {
             .arg("vpn")
             .arg("up")
             .arg(&path)
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map(|c| bounded::output_within(c, CMD_TIMEOUT, "a sessionkey command"))
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(78), "{stderr}");

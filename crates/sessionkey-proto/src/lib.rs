@@ -48,6 +48,8 @@ pub mod handshake;
 pub mod keys;
 pub mod msg;
 pub mod noise;
+#[cfg(test)]
+mod own_vectors;
 pub mod record;
 pub mod replay;
 pub mod session;

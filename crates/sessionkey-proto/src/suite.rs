@@ -266,13 +266,35 @@ struct KeyState {
     counter: u64,
 }
 
+/// A traffic secret's record key (the first `suite.key_len()` bytes) and IV (PROTOCOL.md
+/// section 7).
+pub(crate) fn record_key_and_iv(
+    suite: Suite,
+    secret: &SecretKey,
+) -> (
+    zeroize::Zeroizing<[u8; 32]>,
+    zeroize::Zeroizing<[u8; NONCE_LEN]>,
+) {
+    let mut key = zeroize::Zeroizing::new([0u8; 32]);
+    hkdf_sha256_expand(secret.expose(), KEY_LABEL, &mut key[..suite.key_len()]);
+    let mut iv = zeroize::Zeroizing::new([0; NONCE_LEN]);
+    hkdf_sha256_expand(secret.expose(), IV_LABEL, &mut iv[..]);
+    (key, iv)
+}
+
+/// The nonce of record `counter`: the IV XOR the counter, big-endian, in its last 8 bytes.
+pub(crate) fn record_nonce(iv: &[u8; NONCE_LEN], counter: u64) -> [u8; NONCE_LEN] {
+    let mut nonce = *iv;
+    for (n, c) in nonce[4..].iter_mut().zip(counter.to_be_bytes()) {
+        *n ^= c;
+    }
+    nonce
+}
+
 impl KeyState {
     fn new(suite: Suite, secret: &SecretKey, limits: UsageLimits) -> Result<Self, Error> {
-        let mut key = zeroize::Zeroizing::new([0u8; 32]);
-        let key = &mut key[..suite.key_len()];
-        hkdf_sha256_expand(secret.expose(), KEY_LABEL, key);
-        let mut iv = zeroize::Zeroizing::new([0; NONCE_LEN]);
-        hkdf_sha256_expand(secret.expose(), IV_LABEL, &mut iv[..]);
+        let (key, iv) = record_key_and_iv(suite, secret);
+        let key = &key[..suite.key_len()];
         let max = suite.limits();
         Ok(Self {
             suite,
@@ -288,11 +310,7 @@ impl KeyState {
     }
 
     fn nonce(&self, counter: u64) -> [u8; NONCE_LEN] {
-        let mut nonce = *self.iv;
-        for (n, c) in nonce[4..].iter_mut().zip(counter.to_be_bytes()) {
-            *n ^= c;
-        }
-        nonce
+        record_nonce(&self.iv, counter)
     }
 }
 

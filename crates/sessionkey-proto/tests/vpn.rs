@@ -408,6 +408,9 @@ fn rekey_on_interval_keeps_previous_keys_for_the_grace_period() {
     p.advance(Duration::from_millis(600));
     // Sealed under the old keys, delivered after the switch.
     let late = p.a.seal(p.now, b"late").unwrap();
+    // A second old-key packet, still in flight when the grace period ends: never delivered
+    // before, so only the dropped keys (not the replay window) can refuse it.
+    let late2 = p.a.seal(p.now, b"later").unwrap();
     assert!(
         p.a.peer.wants_initiation(),
         "rekey wanted after the interval"
@@ -416,13 +419,6 @@ fn rekey_on_interval_keeps_previous_keys_for_the_grace_period() {
     assert_ne!(p.a.peer.status(p.now).epoch, first_epoch);
     assert!(p.b.peer.status(p.now).previous_kept);
     assert_eq!(p.b.open(p.now, &late, addr(A_ADDR)).unwrap(), b"late");
-    let late2 = {
-        // Another old-key packet, still in flight when the grace period ends.
-        let mut q = pair_with(true, timing, None);
-        q.handshake();
-        drop(q);
-        late.clone()
-    };
     p.advance(timing.grace + Duration::from_millis(1));
     assert!(!p.b.peer.status(p.now).previous_kept);
     assert!(p.b.open(p.now, &late2, addr(A_ADDR)).is_err());
@@ -719,19 +715,56 @@ fn inner_addresses_of_packets() {
     assert_eq!(packet_source(&[0x50; 60]), None);
 }
 
+fn ipv4_from(src: [u8; 4]) -> Vec<u8> {
+    let mut inner = vec![0u8; 20];
+    inner[0] = 0x45;
+    inner[12..16].copy_from_slice(&src);
+    inner[16..20].copy_from_slice(&[10, 0, 0, 9]);
+    inner
+}
+
 #[test]
-fn spoofed_inner_source_is_detected_by_routing() {
-    // What the I/O layer does after opening: the inner source must route back to the
-    // sending peer.
+fn spoofed_inner_source_is_refused_by_the_core_routing_check() {
+    // Peer 1 (A) authenticates, then claims to speak for 10.0.0.2, which belongs to peer 2.
     let mut routes = AllowedIps::new();
     routes.insert("10.0.0.1/32".parse().unwrap(), 1usize);
     routes.insert("10.0.0.2/32".parse().unwrap(), 2usize);
-    let mut inner = [0u8; 20];
-    inner[0] = 0x45;
-    inner[12..16].copy_from_slice(&[10, 0, 0, 2]);
-    let from_peer = 1usize;
-    let src = packet_source(&inner).unwrap();
-    assert_ne!(routes.get(src), Some(&from_peer));
+    routes.insert("10.0.0.0/24".parse().unwrap(), 3usize);
+    let mut p = pair();
+    p.handshake();
+    let honest = p.a.seal(p.now, &ipv4_from([10, 0, 0, 1])).unwrap();
+    let spoofed = p.a.seal(p.now, &ipv4_from([10, 0, 0, 2])).unwrap();
+    let outside = p.a.seal(p.now, &ipv4_from([192, 168, 0, 1])).unwrap();
+    let short = p.a.seal(p.now, &[0x45, 0, 0]).unwrap();
+    let opened = p.b.open(p.now, &honest, addr(A_ADDR)).unwrap();
+    assert!(routes.inbound_allowed(&opened, &1), "own source refused");
+    let opened = p.b.open(p.now, &spoofed, addr(A_ADDR)).unwrap();
+    assert!(
+        !routes.inbound_allowed(&opened, &1),
+        "peer 1 spoke for peer 2's address"
+    );
+    assert!(routes.inbound_allowed(&opened, &2));
+    // The longest prefix decides: 10.0.0.2 is peer 2's even though peer 3 has the /24.
+    assert!(!routes.inbound_allowed(&opened, &3));
+    let opened = p.b.open(p.now, &outside, addr(A_ADDR)).unwrap();
+    assert!(
+        !routes.inbound_allowed(&opened, &1),
+        "unrouted source delivered"
+    );
+    let opened = p.b.open(p.now, &short, addr(A_ADDR)).unwrap();
+    assert!(
+        !routes.inbound_allowed(&opened, &1),
+        "truncated header delivered"
+    );
+    // IPv6: source at bytes 8..24.
+    let mut v6routes = AllowedIps::new();
+    v6routes.insert("fd00::1/128".parse().unwrap(), 1usize);
+    let mut pkt = vec![0u8; 40];
+    pkt[0] = 0x60;
+    pkt[8..24].copy_from_slice(&"fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    assert!(v6routes.inbound_allowed(&pkt, &1));
+    pkt[23] = 2;
+    assert!(!v6routes.inbound_allowed(&pkt, &1));
 }
 
 #[test]

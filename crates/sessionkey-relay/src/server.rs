@@ -292,6 +292,17 @@ async fn authenticate(
     };
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     if !auth.verify(&identity, method.as_str(), path, body) {
+        // A registration signed by its own new identity, for a name another identity
+        // holds: the name is taken (409, as documented), not a bad signature.
+        if claimed.is_some_and(|c| auth.verify(c, method.as_str(), path, body)) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "the name {:?} is taken by another identity; choose another with --name",
+                    auth.name
+                ),
+            ));
+        }
         return Err(refuse("bad request signature"));
     }
     let expires = time.saturating_add(2 * api::MAX_CLOCK_SKEW_SECS as i64);

@@ -206,8 +206,8 @@ async fn authentication_refusals() {
         "bad request signature",
     );
 
-    // A registered mallory cannot read or delete bob's queue, nor take bob's name (her key
-    // does not sign for it) or register under it as herself.
+    // A registered mallory cannot read or delete bob's queue, nor take bob's name (409: it
+    // is taken) or register under it as herself.
     let mallory = User::register(&relay, "mallory", 0).await;
     let inbox: Inbox = mallory
         .call(Method::GET, "/v1/messages", vec![])
@@ -239,6 +239,16 @@ async fn authentication_refusals() {
                 "/v1/devices/bob",
                 serde_json::to_vec(&req).unwrap(),
             )
+            .await,
+        // Signed by the identity in the body, for a name another identity holds: 409 as
+        // MESSAGING.md says (not a bare 401).
+        StatusCode::CONFLICT,
+        "is taken by another identity",
+    );
+    // Without the identity in the body (any other request), still a bad signature.
+    refused(
+        as_bob
+            .call::<DeviceStatus>(Method::GET, "/v1/self", vec![])
             .await,
         StatusCode::UNAUTHORIZED,
         "bad request signature",

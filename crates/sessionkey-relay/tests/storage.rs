@@ -254,6 +254,69 @@ fn unsupported_urls_are_refused() {
     });
 }
 
+/// Relays opening one fresh PostgreSQL schema at once all start (16 at once, 5 rounds):
+/// the schema is created under an advisory lock, so none meets another's half-made tables
+/// (`relation ... already exists`, a duplicate key in `pg_type`).
+#[test]
+fn postgres_relays_starting_at_once_all_apply_the_schema() {
+    let Some(url) = postgres_url("postgres_relays_starting_at_once") else {
+        return;
+    };
+    let rt = runtime();
+    for round in 0..5 {
+        let schema = format!("sk_race_{}", unique("s").replace(['-', '.'], "_"));
+        rt.block_on(relays_start_at_once(&url, &schema, round));
+    }
+}
+
+async fn relays_start_at_once(url: &str, schema: &str, round: usize) {
+    use std::time::Duration;
+    sqlx::any::install_default_drivers();
+    let admin = tokio::time::timeout(Duration::from_secs(30), sqlx::AnyPool::connect(url))
+        .await
+        .expect("PostgreSQL did not answer within 30 s")
+        .unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    // Every relay's connections use the fresh schema.
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let scoped = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+    let opens: Vec<_> = (0..16)
+        .map(|_| {
+            let scoped = scoped.clone();
+            tokio::spawn(async move { Storage::open(&scoped).await })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for open in opens {
+        let opened = tokio::time::timeout(Duration::from_secs(60), open)
+            .await
+            .expect("a relay did not open its storage within 60 s")
+            .unwrap();
+        if let Err(e) = opened {
+            failures.push(e.to_string());
+        }
+    }
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = $1",
+    )
+    .bind(schema)
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    assert!(
+        failures.is_empty(),
+        "round {round}: relays failed to start: {failures:?}"
+    );
+    assert_eq!(tables, 4, "the schema's tables were made in {schema}");
+}
+
 /// The relay depends on the core, not on the client library (which brings TUN, VPN and TLS
 /// client code): the client is a dev-dependency only, to test against.
 #[test]

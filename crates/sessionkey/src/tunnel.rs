@@ -330,7 +330,39 @@ impl ClientConfig {
     }
 }
 
+impl TunnelError {
+    /// Whether the server's key (or certificate) was refused or has changed: a pin that is
+    /// not the server's, a known-peers mismatch, an unknown server without
+    /// `--accept-new`, a certificate that fails verification. Retrying cannot help, and a
+    /// changed key may be an attack; a tunnel client stops on it.
+    pub fn is_key_refusal(&self) -> bool {
+        match self {
+            Self::PinRejected { .. } => true,
+            Self::Trust(t) => matches!(
+                t,
+                TrustError::KeyChanged(_)
+                    | TrustError::UnknownHost { .. }
+                    | TrustError::PinMismatch { .. }
+            ),
+            Self::Handshake { source, .. } => {
+                matches!(
+                    crate::protocol_error(source),
+                    Some(Error::PeerKeyRejected(_))
+                ) || matches!(
+                    crate::tls::rustls_error(source),
+                    Some(rustls::Error::InvalidCertificate(_))
+                )
+            }
+            Self::Unreachable { .. } => false,
+        }
+    }
+}
+
 /// Run a tunnel client: listen on `listen`, one session per local connection.
+///
+/// It runs until the task is dropped, except when the server's key is refused or has
+/// changed ([`TunnelError::is_key_refusal`]): then it stops with that error (the CLI exits
+/// 77), since every later connection would fail the same way.
 pub async fn run_client(
     listener: TcpListener,
     config: Arc<ClientConfig>,
@@ -338,10 +370,17 @@ pub async fn run_client(
 ) -> io::Result<()> {
     let report = Reporter::new(&config.name);
     let _ticker = report.start();
+    let (refused_tx, mut refused_rx) = tokio::sync::mpsc::channel::<TunnelError>(1);
     loop {
-        let (local, from) = admission::accept(&listener, &report).await;
+        let (local, from) = tokio::select! {
+            accepted = admission::accept(&listener, &report) => accepted,
+            Some(refused) = refused_rx.recv() => {
+                return Err(io::Error::other(refused));
+            }
+        };
         let config = config.clone();
         let registry = registry.clone();
+        let refused_tx = refused_tx.clone();
         tokio::spawn(async move {
             let _ = local.set_nodelay(true);
             let mut secure = match config.connect().await {
@@ -349,6 +388,9 @@ pub async fn run_client(
                 Err(e) => {
                     tracing::error!(tunnel = %config.name, local = %from, "{}", chain(&e));
                     abort(local);
+                    if e.is_key_refusal() {
+                        let _ = refused_tx.try_send(e);
+                    }
                     return;
                 }
             };

@@ -26,6 +26,16 @@ pub(crate) fn config_error(msg: impl Into<String>) -> anyhow::Error {
     ConfigError(msg.into()).into()
 }
 
+/// A usage mistake on the command line (exit 64): what is wrong and what is valid.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct UsageError(pub(crate) String);
+
+/// An output file or directory that cannot be created (exit 73).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct CannotCreate(pub(crate) String);
+
 /// Session options common to every command that opens sessions.
 #[derive(Debug, Clone, clap::Args, serde::Deserialize, Default)]
 pub(crate) struct SessionOpts {
@@ -38,7 +48,7 @@ pub(crate) struct SessionOpts {
     #[serde(default)]
     pub(crate) classic: bool,
     /// A pre-shared key file (32 random bytes in base64, mode 0600), mixed into every handshake;
-    /// both sides need the same one. Make one with: head -c 32 /dev/urandom | base64 > FILE
+    /// both sides need the same one. Make one with: (umask 077; head -c 32 /dev/urandom | base64 > FILE)
     #[arg(long, value_name = "FILE")]
     #[serde(default)]
     pub(crate) psk: Option<PathBuf>,
@@ -71,7 +81,8 @@ pub(crate) fn parse_legacy(s: &str) -> Result<Suite, String> {
     ))
 }
 
-fn parse_suite(s: &str) -> Result<Suite, String> {
+/// A suite by name; an unknown name is a usage error listing the valid ones.
+pub(crate) fn parse_suite(s: &str) -> Result<Suite, String> {
     Suite::from_name(s).ok_or_else(|| {
         let names: Vec<&str> = Suite::ALL.iter().map(|s| s.name()).collect();
         format!("unknown suite {s:?}; choose one of: {}", names.join(", "))
@@ -148,7 +159,7 @@ fn read_psk(path: &Path) -> Result<[u8; 32]> {
         .with_context(|| format!("pre-shared key {}", path.display()))?;
     let bytes = STANDARD.decode(text.trim()).map_err(|_| {
         config_error(format!(
-            "pre-shared key {} is not base64; make one with: head -c 32 /dev/urandom | base64 > FILE",
+            "pre-shared key {} is not base64; make one with: (umask 077; head -c 32 /dev/urandom | base64 > FILE)",
             path.display()
         ))
     })?;
@@ -363,7 +374,7 @@ fn native_only(transport: Transport, what: &[(&str, bool)]) -> Result<()> {
 fn need_key(key: Option<&Path>) -> Result<&Path> {
     key.ok_or_else(|| {
         config_error(
-            "give this side's private key with --key FILE (make one with: sessionkey keygen FILE), \
+            "give this side's private key with --key FILE (make one with: sessionkey keygen -o FILE), \
              or use --transport tls",
         )
     })
@@ -561,4 +572,48 @@ impl ClientTransportOpts {
 pub(crate) fn parse_peer_key(s: &str) -> Result<PeerKey> {
     s.parse()
         .map_err(|e| config_error(format!("{e} (from {s:?})")))
+}
+
+/// Make a relative path from a configuration file relative to the file's directory.
+pub(crate) fn rebase(path: &mut Option<PathBuf>, base: &Path) {
+    if let Some(p) = path {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    }
+}
+
+impl SessionOpts {
+    /// Relative paths (the pre-shared key) against `base`, a configuration file's directory.
+    pub(crate) fn rebase(&mut self, base: &Path) {
+        rebase(&mut self.psk, base);
+    }
+}
+
+impl ServerTransportOpts {
+    /// Relative paths against `base`, a configuration file's directory.
+    pub(crate) fn rebase(&mut self, base: &Path) {
+        for p in [
+            &mut self.cert,
+            &mut self.cert_key,
+            &mut self.client_ca,
+            &mut self.keylog,
+        ] {
+            rebase(p, base);
+        }
+    }
+}
+
+impl ClientTransportOpts {
+    /// Relative paths against `base`, a configuration file's directory.
+    pub(crate) fn rebase(&mut self, base: &Path) {
+        for p in [
+            &mut self.ca,
+            &mut self.cert,
+            &mut self.cert_key,
+            &mut self.keylog,
+        ] {
+            rebase(p, base);
+        }
+    }
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use sessionkey::proto::crypto::SystemRandom;
 use sessionkey::proto::handshake::{Policy, Responder};
 use sessionkey::proto::keys::Identity;
@@ -24,11 +24,13 @@ pub(crate) struct Args {
     #[arg(long)]
     classic: bool,
     /// Record suite (default: the best for this CPU).
-    #[arg(long)]
-    suite: Option<String>,
-    /// MiB to send through the tunnel (echoed back).
-    #[arg(long, default_value_t = 64)]
-    mib: usize,
+    #[arg(long, value_parser = super::common::parse_suite)]
+    suite: Option<Suite>,
+    /// MiB to send through the tunnel (echoed back; at least 1). The key update comes at a
+    /// third and the re-handshake at two thirds; the data waits for the re-handshake to
+    /// finish before the close, whatever the size.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    mib: u64,
     /// INSECURE: records under DES or 3DES, to see their rotations (every 4 MiB).
     #[cfg(feature = "legacy-ciphers")]
     #[arg(long, value_name = "des|3des", value_parser = super::common::parse_legacy)]
@@ -95,11 +97,9 @@ fn show(start: Instant, event: &Event) {
 }
 
 pub(crate) async fn run(args: &Args) -> Result<()> {
+    let mib = args.mib as usize;
     #[cfg_attr(not(feature = "legacy-ciphers"), allow(unused_mut))]
-    let mut suite = match &args.suite {
-        Some(name) => Suite::from_name(name).with_context(|| format!("unknown suite {name}"))?,
-        None => Suite::default_for_this_cpu(),
-    };
+    let mut suite = args.suite.unwrap_or_else(Suite::default_for_this_cpu);
     #[cfg_attr(not(feature = "legacy-ciphers"), allow(unused_mut))]
     let mut suites = Suite::ALL.to_vec();
     #[cfg(feature = "legacy-ciphers")]
@@ -180,6 +180,7 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
     };
     let mut events = stream.events();
     let rotate = stream.rotation_handle();
+    let status = stream.status_cell();
     if let Some(info) = stream.info() {
         show(start, &Event::Established(info));
     }
@@ -191,7 +192,7 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
     });
 
     // Send data, forcing a key update at a third and a re-handshake at two thirds.
-    let total = args.mib << 20;
+    let total = mib << 20;
     let chunk = vec![0x5au8; 1 << 20];
     let (mut r, mut w) = tokio::io::split(stream);
     let transfer = Instant::now();
@@ -210,17 +211,27 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
     };
     let mut server_view = serde_json::Value::Null;
     let writer = async {
-        for i in 0..args.mib {
-            if i == args.mib / 2 {
+        for i in 0..mib {
+            if i == mib / 2 {
                 server_view = registry.snapshot();
             }
-            if i == args.mib / 3 {
+            if i == mib / 3 {
                 rotate.update_keys();
             }
-            if i == 2 * args.mib / 3 {
+            if i == 2 * mib / 3 {
                 rotate.rehandshake();
             }
             w.write_all(&chunk).await?;
+        }
+        // With little data the re-handshake may still be in flight: its answer arrives
+        // through the reader, so wait for it (bounded) before closing.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while status.get().is_some_and(|i| i.rehandshakes == 0) {
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the re-handshake did not complete within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         w.shutdown().await?;
         anyhow::Ok(())
@@ -234,7 +245,7 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(1), printer).await;
     println!(
         "\n  {} MiB each way through the tunnel in {secs:.2} s: {:.2} Gbit/s up and down together",
-        args.mib,
+        mib,
         (2 * total) as f64 * 8.0 / secs / 1e9
     );
     if let Some(server_fp) = server_view["sessions"][0]["fingerprint"].as_str() {

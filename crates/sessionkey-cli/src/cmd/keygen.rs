@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+
+use super::common::CannotCreate;
 use sessionkey_proto::crypto::SystemRandom;
 use sessionkey_proto::keys::{self, Identity};
 
@@ -38,10 +40,46 @@ fn default_comment() -> String {
     format!("{user}@{host}")
 }
 
+/// Create the missing directories above `path` (mode 0700: they will hold a private key).
+fn create_parent(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| {
+            CannotCreate(format!(
+                "cannot create the directory {} for the key {}: {e}; create it, or choose \
+                 another -o PATH",
+                dir.display(),
+                path.display()
+            ))
+        })?;
+    eprintln!("created the directory {} (mode 0700)", dir.display());
+    Ok(())
+}
+
 pub(crate) fn keygen(args: &KeygenArgs) -> Result<()> {
     let identity = Identity::generate(&mut SystemRandom)?;
     let comment = args.comment.clone().unwrap_or_else(default_comment);
-    let public_path = keys::write_keypair(&args.output, &identity, &comment)?;
+    create_parent(&args.output)?;
+    let public_path = keys::write_keypair(&args.output, &identity, &comment).map_err(|e| {
+        match &e {
+            // Exists keeps its own status (73 too) and message; other write failures
+            // (permissions, a full disk) cannot create the key.
+            sessionkey_proto::Error::KeyFile {
+                problem: sessionkey_proto::KeyFileProblem::Io(_),
+                ..
+            } => anyhow::Error::new(CannotCreate(format!("{e}"))),
+            _ => e.into(),
+        }
+    })?;
     let public = identity.public_key();
     eprintln!(
         "wrote {} (private, mode 0600) and {}\nfingerprint {}",

@@ -11,11 +11,18 @@ pub(crate) mod tunnel;
 pub(crate) mod vpn;
 
 use sessionkey::proto::handshake::Refusal;
-use sessionkey::proto::Error;
+use sessionkey::proto::{Error, KeyFileProblem};
 use sessionkey::tls::{rustls, TlsError};
 use sessionkey::trust::TrustError;
 use sessionkey::tunnel::TunnelError;
 use sessionkey::vpn::{TunError, VpnError};
+
+/// Exit status of a usage error (sysexits(3) EX_USAGE).
+pub(crate) const USAGE: u8 = 64;
+/// Exit status of a missing input file (EX_NOINPUT).
+pub(crate) const NOINPUT: u8 = 66;
+/// Exit status of an output that cannot be created (EX_CANTCREAT).
+pub(crate) const CANTCREAT: u8 = 73;
 
 /// sysexits(3) classes for an error chain.
 pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
@@ -25,6 +32,12 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
     const NOPERM: u8 = 77;
     const CONFIG: u8 = 78;
     for cause in e.chain() {
+        if cause.downcast_ref::<common::UsageError>().is_some() {
+            return USAGE;
+        }
+        if cause.downcast_ref::<common::CannotCreate>().is_some() {
+            return CANTCREAT;
+        }
         if let Some(code) = msg::exit_code(cause) {
             return code;
         }
@@ -66,6 +79,14 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
         });
         if let Some(p) = proto {
             return match p {
+                Error::KeyFile {
+                    problem: KeyFileProblem::Io(io),
+                    ..
+                } if io.kind() == std::io::ErrorKind::NotFound => NOINPUT,
+                Error::KeyFile {
+                    problem: KeyFileProblem::Exists,
+                    ..
+                } => CANTCREAT,
                 Error::KeyFile { .. } => CONFIG,
                 Error::Refused(Refusal::KeyNotAuthorized | Refusal::UndecryptableHello) => NOPERM,
                 Error::PeerKeyRejected(_) => NOPERM,
@@ -88,6 +109,9 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
         }
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;
+            if io.kind() == NotFound {
+                return NOINPUT;
+            }
             if matches!(
                 io.kind(),
                 ConnectionRefused | ConnectionReset | NotConnected | AddrNotAvailable

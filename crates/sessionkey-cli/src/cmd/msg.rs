@@ -53,6 +53,7 @@ pub(crate) struct InitArgs {
 
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["text", "file", "lines"])))]
+#[command(override_usage = "sessionkey msg send [OPTIONS] <NAME> <TEXT|--file <PATH>|--lines>")]
 pub(crate) struct SendArgs {
     /// The recipient's name.
     name: String,
@@ -102,6 +103,8 @@ pub(crate) fn exit_code(cause: &(dyn std::error::Error + 'static)) -> Option<u8>
         ClientError::Relay(RelayError::CertificateChanged { .. })
         | ClientError::IdentityChanged { .. } => 77,
         ClientError::Relay(r) if r.status().is_some_and(|s| s.as_u16() == 429) => 75,
+        // A taken name: choose another with --name.
+        ClientError::Relay(r) if r.status().is_some_and(|s| s.as_u16() == 409) => 78,
         ClientError::Busy { .. } => 75,
         ClientError::NotInitialized(_)
         | ClientError::AlreadyInitialized(_)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use sessionkey::admission::{self, Limits};
 use sessionkey::status::{self, Registry};
-use sessionkey::tunnel::{self, ClientConfig, ServerConfig, ServerTransport};
+use sessionkey::tunnel::{self, ClientConfig, ServerConfig, ServerTransport, TunnelError};
 use tokio::net::TcpListener;
 
 use super::common::{
@@ -217,10 +217,31 @@ async fn bind(addr: &str) -> Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr}"))
 }
 
+/// Read a configuration file; its relative paths are made relative to its directory (as
+/// in a VPN configuration), not to the working directory.
 fn load_config(path: &Path) -> Result<ConfigFile> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    toml::from_str(&text).map_err(|e| config_error(format!("{}: {e}", path.display())))
+    let mut file: ConfigFile =
+        toml::from_str(&text).map_err(|e| config_error(format!("{}: {e}", path.display())))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    for table in &mut file.tunnel {
+        match table {
+            TunnelTable::Server(s) => {
+                super::common::rebase(&mut s.key, base);
+                super::common::rebase(&mut s.authorized_peers, base);
+                s.opts.rebase(base);
+                s.tls.rebase(base);
+            }
+            TunnelTable::Client(c) => {
+                super::common::rebase(&mut c.key, base);
+                super::common::rebase(&mut c.known_peers, base);
+                c.opts.rebase(base);
+                c.tls.rebase(base);
+            }
+        }
+    }
+    Ok(file)
 }
 
 pub(crate) async fn run(args: Args) -> Result<()> {
@@ -304,6 +325,20 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         tokio::select! {
             done = tasks.join_next_with_id() => {
                 let Some(done) = done else { break };
+                // A refused or changed server key stops the process: exit 77.
+                let done = match done {
+                    Ok((id, Err(e))) if is_key_refusal(&e) => {
+                        let name = names.remove(&id).unwrap_or_default();
+                        tracing::error!(tunnel = %name, "the server's key was refused; stopping");
+                        let refused = e.into_inner().and_then(|b| b.downcast::<TunnelError>().ok());
+                        return Err(match refused {
+                            Some(refused) => anyhow::Error::new(*refused),
+                            None => anyhow::anyhow!("the server's key was refused"),
+                        }
+                        .context(format!("tunnel {name} stopped")));
+                    }
+                    other => other,
+                };
                 let (id, why) = match done {
                     Ok((id, Ok(()))) => (id, "ended".to_string()),
                     Ok((id, Err(e))) => (id, format!("stopped: {e}")),
@@ -330,6 +365,13 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     Err(anyhow::anyhow!(
         last_error.unwrap_or_else(|| "no tunnel is left".into())
     ))
+}
+
+/// Whether a tunnel task ended because the server's key was refused.
+fn is_key_refusal(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|i| i.downcast_ref::<TunnelError>())
+        .is_some_and(TunnelError::is_key_refusal)
 }
 
 async fn terminate() {

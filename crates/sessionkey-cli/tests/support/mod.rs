@@ -185,6 +185,9 @@ impl Key {
 pub(crate) struct Env {
     pub(crate) dir: TempDir,
     pub(crate) run_dir: PathBuf,
+    /// Environment variables every child gets (never set in this process, whose tests run
+    /// in parallel).
+    pub(crate) child_env: Vec<(String, PathBuf)>,
 }
 
 impl Env {
@@ -194,7 +197,18 @@ impl Env {
         let run_dir = dir.0.join("run");
         fs::create_dir_all(&run_dir).expect("create the runtime dir");
         fs::set_permissions(&run_dir, fs::Permissions::from_mode(0o700)).expect("chmod");
-        Self { dir, run_dir }
+        Self {
+            dir,
+            run_dir,
+            child_env: Vec::new(),
+        }
+    }
+
+    /// Every child of this environment gets `name=value`.
+    #[allow(dead_code)]
+    pub(crate) fn with_child_env(mut self, name: &str, value: PathBuf) -> Self {
+        self.child_env.push((name.to_string(), value));
+        self
     }
 
     pub(crate) fn path(&self, name: &str) -> PathBuf {
@@ -207,6 +221,7 @@ impl Env {
             .env("NO_COLOR", "1")
             .env_remove("SESSIONKEY_LOG")
             .env_remove("RUST_LOG")
+            .envs(self.child_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         cmd
     }
@@ -237,6 +252,7 @@ impl Env {
                 .env("NO_COLOR", "1")
                 .env_remove("SESSIONKEY_LOG")
                 .env_remove("RUST_LOG")
+                .envs(self.child_env.iter().map(|(k, v)| (k, v)))
                 .arg("-c")
                 .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
                 .arg(program);

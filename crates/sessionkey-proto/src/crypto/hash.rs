@@ -189,4 +189,68 @@ mod tests {
         assert_eq!(o2.as_ref(), &b[..]);
         assert_eq!(o3.as_ref(), &c[..]);
     }
+
+    fn wycheproof(file: &str) -> serde_json::Value {
+        let path = crate::test_support::vectors_dir()
+            .join("wycheproof/testvectors_v1")
+            .join(file);
+        serde_json::from_str(&std::fs::read_to_string(path).expect("read vectors")).expect("json")
+    }
+
+    /// Wycheproof HKDF-SHA256 through `hkdf_sha256` (the messaging KDFs and the record key
+    /// derivation use it). Invalid cases ask for more than 255 * 32 bytes, which the callers
+    /// never do; they are counted as skipped.
+    #[test]
+    fn wycheproof_hkdf_sha256() {
+        let json = wycheproof("hkdf_sha256_test.json");
+        let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+        for group in json["testGroups"].as_array().unwrap() {
+            for t in group["tests"].as_array().unwrap() {
+                let h = |k: &str| hex::decode(t[k].as_str().unwrap()).unwrap();
+                let size = t["size"].as_u64().unwrap() as usize;
+                if t["result"] != "valid" || size > 255 * HASH_LEN {
+                    skipped += 1;
+                    continue;
+                }
+                let mut out = vec![0u8; size];
+                hkdf_sha256(&h("salt"), &h("ikm"), &h("info"), &mut out);
+                if out == h("okm") {
+                    passed += 1;
+                } else {
+                    failed += 1;
+                }
+            }
+        }
+        crate::test_support::report("wycheproof/hkdf_sha256", passed, failed);
+        assert!(
+            passed > 50 && failed == 0,
+            "{passed} passed, {failed} failed, {skipped} skipped"
+        );
+    }
+
+    /// Wycheproof HMAC-SHA256 (full and truncated tags) through `hmac_sha256` and `ct_eq`,
+    /// as the VPN's cookies use them: a valid tag matches, every invalid one does not.
+    #[test]
+    fn wycheproof_hmac_sha256() {
+        let json = wycheproof("hmac_sha256_test.json");
+        let (mut passed, mut failed) = (0, 0);
+        for group in json["testGroups"].as_array().unwrap() {
+            let tag_len = group["tagSize"].as_u64().unwrap() as usize / 8;
+            for t in group["tests"].as_array().unwrap() {
+                let h = |k: &str| hex::decode(t[k].as_str().unwrap()).unwrap();
+                let mac = hmac_sha256(&h("key"), &[&h("msg")]);
+                let matches = ct_eq(&mac[..tag_len], &h("tag"));
+                if matches == (t["result"] == "valid") {
+                    passed += 1;
+                } else {
+                    failed += 1;
+                }
+            }
+        }
+        crate::test_support::report("wycheproof/hmac_sha256", passed, failed);
+        assert!(
+            passed > 100 && failed == 0,
+            "{passed} passed, {failed} failed"
+        );
+    }
 }

@@ -47,12 +47,14 @@ impl SendDirection {
     }
 
     /// Move to a new secret; the old one is zeroized as it is dropped.
-    pub(crate) fn install(&mut self, secret: SecretKey) -> Result<(), Error> {
+    pub(crate) fn install(&mut self, secret: &SecretKey) -> Result<(), Error> {
         let epoch = next_epoch(self.epoch)?;
         let suite = self.key.suite();
-        self.key = Sealer::new(suite, &secret, self.key.limits())?;
+        self.key = Sealer::new(suite, secret, self.key.limits())?;
         self.fingerprint = Fingerprint::of_secret(secret.expose());
-        self.secret = secret;
+        // A copy into this direction's own storage; the caller's secret is zeroized where
+        // it lies when the caller drops it (see `Rekey`).
+        self.secret = SecretKey::from_bytes(*secret.expose());
         self.epoch = epoch;
         self.bytes_this_key = 0;
         Ok(())
@@ -139,12 +141,14 @@ impl RecvDirection {
         })
     }
 
-    pub(crate) fn install(&mut self, secret: SecretKey) -> Result<(), Error> {
+    pub(crate) fn install(&mut self, secret: &SecretKey) -> Result<(), Error> {
         let epoch = next_epoch(self.epoch)?;
         let suite = self.key_suite();
-        self.key = Opener::new(suite, &secret, self.limits)?;
+        self.key = Opener::new(suite, secret, self.limits)?;
         self.fingerprint = Fingerprint::of_secret(secret.expose());
-        self.secret = secret;
+        // A copy into this direction's own storage; the caller's secret is zeroized where
+        // it lies when the caller drops it (see `Rekey`).
+        self.secret = SecretKey::from_bytes(*secret.expose());
         self.epoch = epoch;
         Ok(())
     }

@@ -70,8 +70,8 @@ mod cipher;
 mod config;
 mod direction;
 mod event;
-mod rekey;
-mod schedule;
+pub(crate) mod rekey;
+pub(crate) mod schedule;
 mod timer;
 
 use std::collections::VecDeque;
@@ -742,7 +742,7 @@ impl Session {
                 let n = est
                     .send
                     .seal_in_place(RecordType::RehandshakeReply, out, reply.len())?;
-                est.send.install(send)?;
+                est.send.install(&send)?;
                 if est.recv.open {
                     est.rekey = Rekey::AwaitingFinish { recv };
                     self.timers
@@ -762,7 +762,7 @@ impl Session {
                 let n = est
                     .send
                     .seal_in_place(RecordType::RehandshakeFinish, out, 0)?;
-                est.send.install(send)?;
+                est.send.install(&send)?;
                 est.rehandshakes += 1;
                 est.sent_at_rehandshake = est.send.totals.bytes;
                 self.events.push_back(Event::KeyUpdated {
@@ -795,7 +795,7 @@ impl Session {
                     est.pending.key_update = false;
                     let n = est.send.seal_in_place(RecordType::KeyUpdate, out, 0)?;
                     let next = schedule::ratchet(est.send.secret());
-                    est.send.install(next)?;
+                    est.send.install(&next)?;
                     self.events.push_back(Event::KeyUpdated {
                         direction: Direction::Send,
                         info: est.info(),
@@ -1211,7 +1211,7 @@ impl Session {
             RecordType::KeyUpdate => {
                 empty("key update with content")?;
                 let next = schedule::ratchet(est.recv.secret());
-                est.recv.install(next)?;
+                est.recv.install(&next)?;
                 self.events.push_back(Event::KeyUpdated {
                     direction: Direction::Receive,
                     info: est.info(),
@@ -1239,7 +1239,11 @@ impl Session {
                             secrets.responder_to_initiator,
                         );
                         est.salt = secrets.rehandshake;
-                        est.rekey = Rekey::Replying { reply, send, recv };
+                        est.rekey = Rekey::Replying {
+                            reply,
+                            send: Box::new(send),
+                            recv: Box::new(recv),
+                        };
                         est.pending.rehandshake = false;
                         self.timers
                             .set_if_unset(Timer::RehandshakeDeadline, deadline);
@@ -1274,9 +1278,11 @@ impl Session {
                     secrets.responder_to_initiator,
                 );
                 est.salt = secrets.rehandshake;
-                est.recv.install(recv)?;
+                est.recv.install(&recv)?;
                 if est.send.open {
-                    est.rekey = Rekey::Finishing { send };
+                    est.rekey = Rekey::Finishing {
+                        send: Box::new(send),
+                    };
                 } else {
                     // We closed after asking: the peer's records now use the new key, ours
                     // have ended.
@@ -1299,7 +1305,7 @@ impl Session {
                 else {
                     unreachable!()
                 };
-                est.recv.install(recv)?;
+                est.recv.install(&recv)?;
                 est.rehandshakes += 1;
                 est.sent_at_rehandshake = est.send.totals.bytes;
                 self.events.push_back(Event::KeyUpdated {

@@ -41,7 +41,11 @@ impl<'a> Statics<'a> {
     /// The two static terms, in the handshake's role order: X25519 of the initiator's static
     /// key with the other side's ephemeral, then the same for the responder's static key. A
     /// side without a static key (anonymous initiator) contributes no term.
-    fn terms(&self, my_e: &PrivateKey, peer_e: &[u8]) -> Result<[Option<Shared>; 2], Error> {
+    pub(crate) fn terms(
+        &self,
+        my_e: &PrivateKey,
+        peer_e: &[u8],
+    ) -> Result<[Option<Shared>; 2], Error> {
         let mine = match self.local {
             Some(id) => Some(dh::agree(id.private(), peer_e)?),
             None => None,
@@ -69,18 +73,23 @@ pub(crate) enum Rekey {
         request: Box<[u8]>,
     },
     /// This side must send its reply, then switch its sending key.
+    ///
+    /// The secrets waiting here are boxed: the state moves (`mem::replace`) as the exchange
+    /// advances, and a move of an inline secret would leave a copy behind in the session's
+    /// memory, which no drop zeroizes. A box moves only its pointer, and the secret is
+    /// zeroized where it lies when the box is dropped.
     Replying {
         reply: Box<[u8]>,
-        send: SecretKey,
-        recv: SecretKey,
+        send: Box<SecretKey>,
+        recv: Box<SecretKey>,
     },
     /// This side replied and waits for the requester's finish to switch its receiving key.
     AwaitingFinish {
-        recv: SecretKey,
+        recv: Box<SecretKey>,
     },
     /// This side got the reply and must send its finish, then switch its sending key.
     Finishing {
-        send: SecretKey,
+        send: Box<SecretKey>,
     },
 }
 

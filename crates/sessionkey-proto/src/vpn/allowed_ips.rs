@@ -171,6 +171,17 @@ impl<T> AllowedIps<T> {
     pub fn is_empty(&self) -> bool {
         self.v4.is_empty() && self.v6.is_empty()
     }
+
+    /// Whether `packet`, opened from `peer`, may be delivered (cryptokey routing, inbound):
+    /// its inner source must route back to `peer` (longest prefix), so a peer cannot speak
+    /// for addresses given to another. A packet too short to carry a source is refused.
+    /// The I/O layer calls this after every open; keepalives (empty) never reach it.
+    pub fn inbound_allowed(&self, packet: &[u8], peer: &T) -> bool
+    where
+        T: PartialEq,
+    {
+        packet_source(packet).and_then(|s| self.get(s)) == Some(peer)
+    }
 }
 
 fn insert_len<K: std::hash::Hash + Eq, T>(

@@ -48,7 +48,7 @@ pub fn noise_params(suite: Suite, hybrid: bool) -> NoiseParams {
     }
 }
 
-fn prologue(header: &[u8]) -> [u8; PROLOGUE_LABEL.len() + INITIATION_HEADER_LEN] {
+pub(crate) fn prologue(header: &[u8]) -> [u8; PROLOGUE_LABEL.len() + INITIATION_HEADER_LEN] {
     let mut p = [0u8; PROLOGUE_LABEL.len() + INITIATION_HEADER_LEN];
     p[..PROLOGUE_LABEL.len()].copy_from_slice(PROLOGUE_LABEL);
     p[PROLOGUE_LABEL.len()..].copy_from_slice(&header[..INITIATION_HEADER_LEN]);

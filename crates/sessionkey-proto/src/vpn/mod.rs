@@ -9,7 +9,7 @@
 //!    it by its type byte and checks its exact length, and a handshake message's `mac1` is
 //!    checked; only one that passes is copied and queued for the handshake thread.
 //! 2. Data (type 4): find the peer by the receiver index, [`Peer::open`], then check the
-//!    inner source against that peer's networks ([`AllowedIps`], [`packet_source`]).
+//!    inner source against that peer's networks ([`AllowedIps::inbound_allowed`]).
 //! 3. Initiation (type 1): [`HandshakeGate::screen`] (mac1; under load mac2 or a cookie
 //!    reply; a rate limit per address), only then [`handshake::read_initiation`] (the
 //!    Diffie-Hellman work), find the peer by the static key it proves, and

@@ -527,7 +527,47 @@ impl Messenger {
     /// Create the state in `dir`: a key file (0600), the encrypted store, a device with its
     /// prekeys; pin the relay's certificate on first use (or check `relay_pin`), register
     /// `name` and upload the prekeys.
+    ///
+    /// Atomic: the state is built in a temporary directory beside `dir` and renamed to `dir`
+    /// only when everything succeeded, so a failed init (relay down, name taken) leaves
+    /// nothing that blocks the retry. A `dir` without a key or store (what an older failed
+    /// init left) is replaced.
     pub async fn init(
+        dir: &Path,
+        relay_url: &str,
+        name: &str,
+        relay_pin: Option<PeerKey>,
+    ) -> Result<InitReport, ClientError> {
+        if store_path(dir).exists() || key_path(dir).exists() {
+            return Err(ClientError::AlreadyInitialized(dir.to_path_buf()));
+        }
+        let parent = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        let leaf = dir
+            .file_name()
+            .map_or("msg".into(), |n| n.to_string_lossy());
+        let tmp = parent.join(format!(".{leaf}.init-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let result = Self::init_in(&tmp, relay_url, name, relay_pin).await;
+        let mut report = match result {
+            Ok(report) => report,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        };
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(io_err(dir))?;
+        }
+        std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
+        report.key_file = key_path(dir);
+        Ok(report)
+    }
+
+    async fn init_in(
         dir: &Path,
         relay_url: &str,
         name: &str,

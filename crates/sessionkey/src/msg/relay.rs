@@ -123,7 +123,21 @@ impl RelayClient {
             .map_err(|e| match tls::trust_failure(&e) {
                 Some(t) => RelayError::CertificateChanged {
                     addr: self.addr.clone(),
-                    detail: t.to_string(),
+                    // `msg` has no --server-key: word the pin mismatch for messaging.
+                    detail: match t {
+                        crate::trust::TrustError::PinMismatch {
+                            pinned,
+                            presented,
+                            line,
+                        } => format!(
+                            "it presented {presented}, the pin is {pinned}. If the relay's \
+                             certificate changed on purpose, confirm its new pin ({line}) with \
+                             the relay's operator, then run `sessionkey msg init --relay \
+                             https://{} --relay-key '{line}'` with a new --state directory",
+                            self.addr
+                        ),
+                        other => other.to_string(),
+                    },
                 },
                 None => unreachable(e),
             })

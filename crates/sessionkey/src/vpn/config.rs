@@ -584,7 +584,7 @@ fn read_psk(path: &Path) -> Result<Psk, String> {
     );
     let bytes = Zeroizing::new(STANDARD.decode(text.trim()).map_err(|_| {
         format!(
-            "{} is not base64; make one with: head -c 32 /dev/urandom | base64 > FILE",
+            "{} is not base64; make one with: (umask 077; head -c 32 /dev/urandom | base64 > FILE)",
             path.display()
         )
     })?);

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use quinn_udp::RecvMeta;
 use sessionkey_proto::record::datagram::{peek_receiver_index, HEADER_LEN};
 use sessionkey_proto::vpn::message::{self, Message};
-use sessionkey_proto::vpn::{packet_destination, packet_source, prescreen, Prescreen, SealError};
+use sessionkey_proto::vpn::{packet_destination, prescreen, Prescreen, SealError};
 use tun_rs::GROTable;
 
 use super::device::{Device, PeerState, Table, MAX_STAGED};
@@ -225,7 +225,7 @@ pub(crate) fn inbound(dev: &Device, hs: &SyncSender<Job>) -> io::Result<()> {
                     continue; // a keepalive
                 }
                 // Cryptokey routing, inbound: the inner source must be this peer's.
-                if packet_source(payload).and_then(|s| table.route(s)) != Some(peer) {
+                if !table.inbound_allowed(payload, peer) {
                     dev.count(&dev.counters.spoofed_source);
                     continue;
                 }

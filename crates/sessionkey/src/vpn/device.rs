@@ -81,6 +81,11 @@ impl Table {
         self.routes.get(ip).copied()
     }
 
+    /// Whether `packet`, opened from peer `id`, has an inner source that peer was given.
+    pub(crate) fn inbound_allowed(&self, packet: &[u8], id: usize) -> bool {
+        self.routes.inbound_allowed(packet, &id)
+    }
+
     /// A table of `entries`, with its key index and routes rebuilt; a prefix listed by two
     /// peers goes to the later one (with a warning).
     fn build(entries: Vec<Option<Entry>>) -> Self {
