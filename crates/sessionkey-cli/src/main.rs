@@ -62,13 +62,20 @@ enum Command {
     /// The messaging relay: `relay serve --listen ADDR [--database URL]`.
     #[command(subcommand)]
     Relay(cmd::relay::Command),
+    /// Write the manual pages (sessionkey.1 and one per subcommand) into a directory.
+    Man(cmd::man::ManArgs),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    Completions(cmd::man::CompletionsArgs),
 }
 
 fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
     // The demo prints its own account of events; logs would repeat it. Messaging commands
     // print their results; per-connection TLS logs would only be noise.
-    let quiet_default = if matches!(cli.command, Command::Demo(_) | Command::Msg(_)) {
+    let quiet_default = if matches!(
+        cli.command,
+        Command::Demo(_) | Command::Msg(_) | Command::Man(_) | Command::Completions(_)
+    ) {
         "warn"
     } else {
         "info"
@@ -117,6 +124,8 @@ fn main() -> ExitCode {
             Command::Vpn(command) => cmd::vpn::run(command).await,
             Command::Msg(command) => cmd::msg::run(command).await,
             Command::Relay(command) => cmd::relay::run(command).await,
+            Command::Man(args) => cmd::man::man(&args),
+            Command::Completions(args) => cmd::man::completions(&args),
         }
     });
     match result {

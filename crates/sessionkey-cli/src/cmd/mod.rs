@@ -3,6 +3,7 @@
 pub(crate) mod common;
 pub(crate) mod demo;
 pub(crate) mod keygen;
+pub(crate) mod man;
 pub(crate) mod msg;
 pub(crate) mod pipe;
 pub(crate) mod relay;
