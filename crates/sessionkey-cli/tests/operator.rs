@@ -128,3 +128,113 @@ fn completion_scripts_parse_in_their_shells() {
     let run = env.run(&["completions", "tcsh"]);
     assert_eq!(run.code, Some(2), "{}", run.stderr);
 }
+
+/// A tunnel server started as systemd starts a `Type=notify` unit: `READY=1` arrives on
+/// `NOTIFY_SOCKET` only once the listener accepts connections, and a SIGHUP (systemctl
+/// reload, a stray `kill -HUP`) no longer kills it.
+#[test]
+fn tunnel_server_tells_systemd_it_is_ready_and_survives_sighup() {
+    use std::os::unix::net::UnixDatagram;
+    let env = Env::new("notify");
+    let key = env.keygen("server");
+    let client = env.keygen("client");
+    let target = echo_target();
+    let socket_path = env.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    socket.set_read_timeout(Some(READY_TIMEOUT)).unwrap();
+    let port = free_port();
+    let args = Env::server_args("web", port, &key, target.addr, &[client.base64()]);
+    let stderr = env.path("notify-server.stderr");
+    let child = env
+        .command()
+        .args(&args)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("start sessionkey");
+    let mut server = Proc {
+        name: "server".into(),
+        child,
+        stdout: env.path("notify-server.stdout"),
+        stderr,
+        exited: None,
+    };
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).unwrap_or_else(|e| {
+        panic!(
+            "no notification within {READY_TIMEOUT:?}: {e}\n{}",
+            server.stderr()
+        )
+    });
+    let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        message.lines().any(|l| l == "READY=1"),
+        "not a readiness notification: {message:?}"
+    );
+    // Ready means listening: the port accepts now, without waiting.
+    std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("READY=1 before the listener: {e}\n{}", server.stderr()));
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    server.expect_log("SIGHUP received");
+    assert_eq!(
+        server.try_exit(),
+        None,
+        "SIGHUP ended the server:\n{}",
+        server.stderr()
+    );
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("still listening after SIGHUP");
+}
+
+/// The units in dist/systemd pass `systemd-analyze verify` (no unknown keys, no bad values),
+/// with the test's binary in place of /usr/bin/sessionkey. Skipped where systemd-analyze
+/// is missing (CI also verifies the units the .deb installs).
+#[test]
+fn systemd_units_verify() {
+    if !Command::new("sh")
+        .args(["-c", "command -v systemd-analyze"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        eprintln!("skipped: systemd-analyze is not installed");
+        return;
+    }
+    let env = Env::new("units");
+    let dist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist/systemd");
+    let mut units = Vec::new();
+    for (file, instance) in [
+        (
+            "sessionkey-tunnel@.service",
+            Some("sessionkey-tunnel@web.service"),
+        ),
+        (
+            "sessionkey-vpn@.service",
+            Some("sessionkey-vpn@site-a.service"),
+        ),
+        ("sessionkey-relay.service", None),
+    ] {
+        let text = std::fs::read_to_string(dist.join(file)).expect("read the unit");
+        assert!(text.contains("Type=notify"), "{file}");
+        let dest = env.path(file);
+        std::fs::write(&dest, text.replace("/usr/bin/sessionkey", BIN)).unwrap();
+        match instance {
+            Some(name) => {
+                std::os::unix::fs::symlink(&dest, env.path(name)).unwrap();
+                units.push(env.path(name));
+            }
+            None => units.push(dest),
+        }
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(&units)
+        .output()
+        .expect("run systemd-analyze");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+}

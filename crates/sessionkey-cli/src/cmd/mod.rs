@@ -7,6 +7,7 @@ pub(crate) mod man;
 pub(crate) mod msg;
 pub(crate) mod pipe;
 pub(crate) mod relay;
+pub(crate) mod service;
 pub(crate) mod status;
 pub(crate) mod tunnel;
 pub(crate) mod vpn;

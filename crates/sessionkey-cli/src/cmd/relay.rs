@@ -101,6 +101,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
             running.local_addr
         );
     }
+    super::service::ignore_hangups("relay");
+    super::service::ready(&format!("relay listening on {}", running.local_addr));
     tokio::select! {
         () = running.wait() => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),

@@ -244,6 +244,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         Ok((_, now)) => tracing::info!("open-files limit {now} (the hard limit)"),
         Err(e) => tracing::warn!("cannot read or raise the open-files limit: {e}"),
     }
+    super::service::ignore_hangups("tunnel");
     let registry = Registry::default();
     let control = status::serve(registry.clone());
     match &control {
@@ -297,6 +298,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
             }
         }
     }
+    super::service::ready(&format!("{} tunnel(s) listening", tasks.len()));
     // A tunnel's task does not end on network errors; if one ends anyway (a bug), the
     // others keep running, and the process ends with the last one.
     let mut last_error = None;
