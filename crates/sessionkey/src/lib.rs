@@ -5,6 +5,7 @@
 //! transport; [`tls`] offers the same tunnels over standard TLS 1.3.
 
 pub mod admission;
+pub mod check;
 mod error;
 pub mod msg;
 pub mod status;

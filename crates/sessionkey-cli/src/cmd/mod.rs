@@ -1,5 +1,6 @@
 //! One subcommand per module, and what they share.
 
+pub(crate) mod check;
 pub(crate) mod common;
 pub(crate) mod demo;
 pub(crate) mod keygen;

@@ -220,7 +220,27 @@ async fn bind(addr: &str) -> Result<TcpListener> {
 fn load_config(path: &Path) -> Result<ConfigFile> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    toml::from_str(&text).map_err(|e| config_error(format!("{}: {e}", path.display())))
+    toml::from_str(&text).map_err(|e| {
+        // The field checks of `sessionkey check` locate each mistake at its own line.
+        let problems = sessionkey::check::tunnel_file(path, &text).problems;
+        if problems.is_empty() {
+            return config_error(format!("{}: {e}", path.display()));
+        }
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        config_error(lines.join("\n"))
+    })
+}
+
+/// Builds one `[[tunnel]]` table as `tunnel --config` does, without binding anything (for
+/// `sessionkey check`).
+pub(crate) fn build_table(table: toml::Table) -> Result<()> {
+    let table: TunnelTable = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| config_error(e.message().trim().to_string()))?;
+    match table {
+        TunnelTable::Server(s) => s.build().map(drop),
+        TunnelTable::Client(c) => c.build().map(drop),
+    }
 }
 
 pub(crate) async fn run(args: Args) -> Result<()> {
