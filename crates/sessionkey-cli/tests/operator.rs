@@ -238,3 +238,46 @@ fn systemd_units_verify() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
 }
+
+/// The example configurations the package installs pass `sessionkey check` once their
+/// keys exist (paths moved into the test's directory, the placeholder key replaced).
+#[test]
+fn the_shipped_examples_pass_check() {
+    let env = Env::new("examples");
+    let dist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist/examples");
+    let dir = env.path("");
+    let dir = dir.to_str().unwrap().trim_end_matches('/');
+
+    let web = env.keygen("web");
+    std::fs::rename(&web.path, env.path("web.key")).unwrap();
+    let client = env.keygen("client");
+    std::fs::write(
+        env.path("web.authorized"),
+        format!("{} alice\n", client.public),
+    )
+    .unwrap();
+    let tunnel = std::fs::read_to_string(dist.join("tunnel.toml"))
+        .unwrap()
+        .replace("/etc/sessionkey/tunnel", dir)
+        .replace("/var/lib/sessionkey/tunnel-web", dir);
+    std::fs::write(env.path("web.toml"), tunnel).unwrap();
+    let out = env.run(&["check", env.path("web.toml").to_str().unwrap()]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+
+    let site = env.keygen("site");
+    std::fs::rename(&site.path, env.path("site-a.key")).unwrap();
+    let vpn = std::fs::read_to_string(dist.join("vpn.toml")).unwrap();
+    let placeholder = vpn
+        .lines()
+        .find_map(|l| l.strip_prefix("public_key = \""))
+        .and_then(|l| l.split('"').next())
+        .expect("the example names a peer key")
+        .to_string();
+    std::fs::write(
+        env.path("site-a.toml"),
+        vpn.replace(&placeholder, &client.public),
+    )
+    .unwrap();
+    let out = env.run(&["check", env.path("site-a.toml").to_str().unwrap()]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+}
