@@ -22,6 +22,10 @@ pub(crate) struct Args {
     /// Run every tunnel of a TOML file (see docs/CONFIG.md).
     #[arg(long, value_name = "FILE.toml")]
     config: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (sessions, handshakes, bytes and
+    /// records by tunnel; never keys or addresses). Bind it to a private address.
+    #[arg(long, value_name = "ADDR", global = true)]
+    metrics: Option<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -244,6 +248,7 @@ pub(crate) fn build_table(table: toml::Table) -> Result<()> {
 }
 
 pub(crate) async fn run(args: Args) -> Result<()> {
+    let metrics = args.metrics.clone();
     let tables = match (args.side, args.config) {
         (Some(Side::Server(s)), None) => vec![TunnelTable::Server(s)],
         (Some(Side::Client(c)), None) => vec![TunnelTable::Client(c)],
@@ -317,6 +322,14 @@ pub(crate) async fn run(args: Args) -> Result<()> {
                 names.insert(task.id(), name);
             }
         }
+    }
+    if let Some(addr) = metrics {
+        let listener = bind(&addr).await?;
+        tracing::info!(
+            "metrics at http://{}/metrics",
+            tunnel::local_addr(&listener)
+        );
+        tokio::spawn(sessionkey::metrics::serve(listener, registry.clone()));
     }
     super::service::ready(&format!("{} tunnel(s) listening", tasks.len()));
     // A tunnel's task does not end on network errors; if one ends anyway (a bug), the
