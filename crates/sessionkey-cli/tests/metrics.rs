@@ -208,3 +208,47 @@ fn metrics_move_during_a_transfer_and_name_no_key_or_address() {
     assert!(status.contains(" 404 "), "{status}");
     assert_eq!(server.try_exit(), None, "{}", server.stderr());
 }
+
+#[test]
+fn a_tunnel_file_can_name_the_metrics_address() {
+    let env = Env::new("metrics-config");
+    let server_key = env.keygen("server");
+    let client_key = env.keygen("client");
+    let target = echo_target();
+    let (_server, _) = env.start_listening(
+        "server",
+        |port| {
+            let metrics_port = free_port();
+            let file = env.path(&format!("tunnels-{port}.toml"));
+            std::fs::write(
+                &file,
+                format!(
+                    "metrics = \"127.0.0.1:{metrics_port}\"\n\n[[tunnel]]\nrole = \"server\"\n\
+                     name = \"web\"\nlisten = \"127.0.0.1:{port}\"\nto = \"{}\"\nkey = \"{}\"\n\
+                     allow = [\"{}\"]\n",
+                    target.addr,
+                    server_key.file(),
+                    client_key.base64()
+                ),
+            )
+            .unwrap();
+            vec![
+                "tunnel".into(),
+                "--config".into(),
+                file.to_str().unwrap().into(),
+            ]
+        },
+        "metrics at http://",
+    );
+    let log = _server.stderr();
+    let addr = log
+        .split("metrics at http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("the metrics address in the log");
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let (status, body) = scrape(port, "/metrics");
+    assert!(status.contains(" 200 "), "{status}");
+    parse(&body);
+    assert!(body.contains("# TYPE sessionkey_sessions gauge"), "{body}");
+}

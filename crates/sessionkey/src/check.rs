@@ -201,13 +201,23 @@ pub fn tunnel_file(path: &Path, text: &str) -> TunnelCheck {
             return out;
         }
     };
-    for key in top.keys() {
-        if key.get_ref() != "tunnel" {
+    for (key, value) in &top {
+        if key.get_ref() == "metrics" {
+            let problem = match value.as_str() {
+                Some(addr) => check_address(addr, true).err(),
+                None => Some(format!(
+                    "{value} must be an address in double quotes, e.g. \"127.0.0.1:9100\""
+                )),
+            };
+            if let Some(m) = problem {
+                src.report(key.span(), "metrics", m);
+            }
+        } else if key.get_ref() != "tunnel" {
             src.report(
                 key.span(),
                 key.get_ref().clone(),
-                "unknown top-level field; a tunnel file holds only [[tunnel]] tables \
-                 (docs/CONFIG.md); remove it or move it into a table",
+                "unknown top-level field; a tunnel file holds [[tunnel]] tables and \
+                 `metrics` (docs/CONFIG.md); remove it or move it into a table",
             );
         }
     }
@@ -613,6 +623,23 @@ mod tests {
                 (5, "tunnel[0].colour".into()),
                 (13, "tunnel[1].server_key".into())
             ]
+        );
+    }
+
+    #[test]
+    fn the_metrics_address_is_checked() {
+        let table = "[[tunnel]]\nrole = \"server\"\nlisten = \"0.0.0.0:3\"\nto = \"h:4\"\n";
+        assert_eq!(
+            problems(&format!("metrics = \"127.0.0.1:9100\"\n{table}")),
+            vec![]
+        );
+        assert_eq!(
+            problems(&format!("metrics = \"nowhere\"\n{table}")),
+            vec![(1, "metrics".to_string())]
+        );
+        assert_eq!(
+            problems(&format!("metrics = 9100\n{table}")),
+            vec![(1, "metrics".to_string())]
         );
     }
 

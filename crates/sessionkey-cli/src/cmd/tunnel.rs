@@ -155,6 +155,9 @@ enum TunnelTable {
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
+    /// Serve Prometheus metrics here, as `--metrics` (the flag wins).
+    #[serde(default)]
+    metrics: Option<String>,
     tunnel: Vec<TunnelTable>,
 }
 
@@ -248,11 +251,15 @@ pub(crate) fn build_table(table: toml::Table) -> Result<()> {
 }
 
 pub(crate) async fn run(args: Args) -> Result<()> {
-    let metrics = args.metrics.clone();
+    let mut metrics = args.metrics.clone();
     let tables = match (args.side, args.config) {
         (Some(Side::Server(s)), None) => vec![TunnelTable::Server(s)],
         (Some(Side::Client(c)), None) => vec![TunnelTable::Client(c)],
-        (None, Some(path)) => load_config(&path)?.tunnel,
+        (None, Some(path)) => {
+            let file = load_config(&path)?;
+            metrics = metrics.or(file.metrics);
+            file.tunnel
+        }
         _ => {
             return Err(config_error(
                 "give `tunnel server ...`, `tunnel client ...` or `tunnel --config FILE`",
