@@ -206,6 +206,41 @@ fn metrics_move_during_a_transfer_and_name_no_key_or_address() {
     }
     let (status, _) = scrape(metrics_port, "/");
     assert!(status.contains(" 404 "), "{status}");
+
+    // Handshakes by result and reason: the one above, then a key the server does not admit.
+    let handshakes = |samples: &BTreeMap<String, f64>, result: &str, reason: &str| {
+        let k = format!(
+            "sessionkey_handshakes_total{{tunnel=\"web\",result=\"{result}\",reason=\"{reason}\"}}"
+        );
+        samples.get(&k).copied().unwrap_or(0.0)
+    };
+    assert_eq!(handshakes(&parse(&body), "ok", "none"), 1.0, "{body}");
+    let stranger = env.keygen("stranger");
+    let (_stranger, stranger_port) = env.tunnel_client(
+        "stranger",
+        &stranger,
+        server_port,
+        &["--server-key", server_key.base64()],
+    );
+    let mut conn = connect(stranger_port);
+    conn.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let _ = conn.write_all(b"hello");
+    let _ = conn.read(&mut [0u8; 16]);
+    let deadline = std::time::Instant::now() + EXIT_TIMEOUT;
+    loop {
+        let body = scrape(metrics_port, "/metrics").1;
+        let samples = parse(&body);
+        if handshakes(&samples, "failed", "key_not_authorized") == 1.0 {
+            assert_eq!(handshakes(&samples, "ok", "none"), 1.0, "{body}");
+            assert!(!body.contains(stranger.base64()), "{body}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refused handshake counted:\n{body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert_eq!(server.try_exit(), None, "{}", server.stderr());
 }
 

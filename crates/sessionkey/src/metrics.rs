@@ -81,6 +81,22 @@ impl Collector for Sessions {
                 ConstCounter::new(get(&s.totals)).encode(family.encode_family(&l)?)?;
             }
         }
+        {
+            let mut family = encoder.encode_descriptor(
+                "sessionkey_handshakes",
+                "Server handshakes by result (ok, failed, refused) and reason.",
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for ((tunnel, result, reason), n) in self.0.handshakes() {
+                let l = [
+                    ("tunnel", tunnel),
+                    ("result", result.to_string()),
+                    ("reason", reason.to_string()),
+                ];
+                ConstCounter::new(n).encode(family.encode_family(&l)?)?;
+            }
+        }
         type Pair = fn(&Counts) -> (u64, u64);
         let by_direction: [(&str, &str, Pair); 2] = [
             (
@@ -111,6 +127,32 @@ impl Collector for Sessions {
             }
         }
         Ok(())
+    }
+}
+
+/// A failed server handshake as a fixed word for the `reason` label.
+pub(crate) fn failure_reason(e: &std::io::Error) -> &'static str {
+    use sessionkey_proto::handshake::Refusal;
+    use sessionkey_proto::Error;
+    if let Some(p) = crate::protocol_error(e) {
+        return match p {
+            Error::Refused(Refusal::KeyNotAuthorized) => "key_not_authorized",
+            Error::Refused(Refusal::UndecryptableHello) => "undecryptable_hello",
+            Error::Refused(_) => "policy",
+            Error::PeerMisbehaved(_) => "peer_misbehaved",
+            Error::Timeout(_) => "timeout",
+            _ => "protocol",
+        };
+    }
+    if crate::tls::rustls_error(e).is_some() {
+        return "tls";
+    }
+    match e.kind() {
+        std::io::ErrorKind::TimedOut => "timeout",
+        std::io::ErrorKind::UnexpectedEof
+        | std::io::ErrorKind::ConnectionReset
+        | std::io::ErrorKind::ConnectionAborted => "connection_closed",
+        _ => "other",
     }
 }
 

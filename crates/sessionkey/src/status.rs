@@ -65,7 +65,13 @@ pub struct Registry {
     /// What ended sessions carried, by tunnel, role and transport: folded in when each
     /// session ends, so that the metrics' totals never go down.
     ended: Arc<Mutex<BTreeMap<SeriesKey, Counts>>>,
+    /// Handshakes by tunnel, result and reason (see [`Registry::count_handshake`]).
+    handshakes: Arc<Mutex<BTreeMap<HandshakeKey, u64>>>,
 }
+
+/// The labels of a handshake count: tunnel name, result (`ok`, `failed`, `refused`) and
+/// reason (`none`, or a fixed word such as `key_not_authorized` or `max_handshakes`).
+pub type HandshakeKey = (String, &'static str, &'static str);
 
 /// The labels of one series: tunnel name, role, transport. Never a key or an address.
 pub type SeriesKey = (String, &'static str, String);
@@ -174,6 +180,22 @@ impl Registry {
             registry: self.clone(),
             key,
         }
+    }
+
+    /// Count one handshake of `tunnel`: `result` and `reason` are fixed words, never a
+    /// key or an address (they become metric labels).
+    pub fn count_handshake(&self, tunnel: &str, result: &'static str, reason: &'static str) {
+        if let Ok(mut map) = self.handshakes.lock() {
+            *map.entry((tunnel.to_string(), result, reason)).or_default() += 1;
+        }
+    }
+
+    /// The handshake counts since start.
+    pub fn handshakes(&self) -> Vec<(HandshakeKey, u64)> {
+        self.handshakes
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default()
     }
 
     /// Live sessions and totals since start, by tunnel, role and transport (for metrics:

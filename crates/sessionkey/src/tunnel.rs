@@ -379,6 +379,7 @@ pub async fn run_server(
         let slot = match gate.admit(&from) {
             Ok(slot) => slot,
             Err(why) => {
+                registry.count_handshake(&config.name, "refused", why.label());
                 report.refused(&from, why);
                 abort(tcp);
                 continue;
@@ -395,6 +396,11 @@ pub async fn run_server(
             let mut secure = match accepted {
                 Ok(s) => s,
                 Err(e) => {
+                    registry.count_handshake(
+                        &config.name,
+                        "failed",
+                        crate::metrics::failure_reason(&e),
+                    );
                     report.handshake_failed(&from, &e);
                     return;
                 }
@@ -402,6 +408,7 @@ pub async fn run_server(
             let _session_slot = match gate.establish() {
                 Ok(s) => s,
                 Err(why) => {
+                    registry.count_handshake(&config.name, "refused", why.label());
                     report.refused(&from, why);
                     abort(secure.into_tcp());
                     return;
@@ -416,6 +423,7 @@ pub async fn run_server(
                 }
             };
             let _ = target.set_nodelay(true);
+            registry.count_handshake(&config.name, "ok", "none");
             let _reg = registry.register(&config.name, "server", from, secure.status_view());
             forward(secure, target, &config.name).await;
         });
