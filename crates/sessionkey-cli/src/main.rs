@@ -102,13 +102,27 @@ enum Command {
     /// The messaging relay: `relay serve --listen ADDR [--database URL]`.
     #[command(subcommand)]
     Relay(cmd::relay::Command),
+    /// Check a tunnel or VPN configuration file without starting anything: every problem
+    /// as FILE:LINE: field: what and the fix; exit 0 when clean, 78 otherwise.
+    Check(cmd::check::Args),
+    /// Write the manual pages (sessionkey.1 and one per subcommand) into a directory.
+    Man(cmd::man::ManArgs),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    Completions(cmd::man::CompletionsArgs),
 }
 
 fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
     // The demo prints its own account of events; logs would repeat it. Messaging commands
     // print their results; per-connection TLS logs would only be noise.
-    let quiet_default = if matches!(cli.command, Command::Demo(_) | Command::Msg(_)) {
+    let quiet_default = if matches!(
+        cli.command,
+        Command::Demo(_)
+            | Command::Msg(_)
+            | Command::Man(_)
+            | Command::Completions(_)
+            | Command::Check(_)
+    ) {
         "warn"
     } else {
         "info"
@@ -160,6 +174,9 @@ fn main() -> ExitCode {
             Command::Vpn(command) => cmd::vpn::run(command).await,
             Command::Msg(command) => cmd::msg::run(command).await,
             Command::Relay(command) => cmd::relay::run(command).await,
+            Command::Check(args) => cmd::check::run(&args),
+            Command::Man(args) => cmd::man::man(&args),
+            Command::Completions(args) => cmd::man::completions(&args),
         }
     });
     match result {

@@ -125,6 +125,18 @@ pub(crate) enum Refusal {
     Rate(u32),
 }
 
+impl Refusal {
+    /// The limit that refused, as a metric label.
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            Self::Handshakes(_) => "max_handshakes",
+            Self::PerSource(_) => "max_handshakes_per_source",
+            Self::Connections(_) => "max_connections",
+            Self::Rate(_) => "handshakes_per_second_per_source",
+        }
+    }
+}
+
 impl Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -5,7 +5,9 @@
 //! transport; [`tls`] offers the same tunnels over standard TLS 1.3.
 
 pub mod admission;
+pub mod check;
 mod error;
+pub mod metrics;
 pub mod msg;
 pub mod status;
 mod stream;

@@ -62,6 +62,59 @@ struct Entry {
 pub struct Registry {
     inner: Arc<Mutex<BTreeMap<u64, Entry>>>,
     next: Arc<std::sync::atomic::AtomicU64>,
+    /// What ended sessions carried, by tunnel, role and transport: folded in when each
+    /// session ends, so that the metrics' totals never go down.
+    ended: Arc<Mutex<BTreeMap<SeriesKey, Counts>>>,
+    /// Handshakes by tunnel, result and reason (see [`Registry::count_handshake`]).
+    handshakes: Arc<Mutex<BTreeMap<HandshakeKey, u64>>>,
+}
+
+/// The labels of a handshake count: tunnel name, result (`ok`, `failed`, `refused`) and
+/// reason (`none`, or a fixed word such as `key_not_authorized` or `max_handshakes`).
+pub type HandshakeKey = (String, &'static str, &'static str);
+
+/// The labels of one series: tunnel name, role, transport. Never a key or an address.
+pub type SeriesKey = (String, &'static str, String);
+
+/// Session counters summed over sessions (live or ended) of one [`SeriesKey`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Sessions (live ones in [`Registry::series`]; ended ones in its totals).
+    pub sessions: u64,
+    /// Established sessions since start, live and ended.
+    pub established: u64,
+    /// Plaintext bytes sent.
+    pub bytes_sent: u64,
+    /// Plaintext bytes received.
+    pub bytes_received: u64,
+    /// Records sent.
+    pub records_sent: u64,
+    /// Records received.
+    pub records_received: u64,
+    /// Re-handshakes (native transport).
+    pub rehandshakes: u64,
+}
+
+impl Counts {
+    fn add_view(&mut self, v: &Value) {
+        let n = |x: &Value| x.as_u64().unwrap_or(0);
+        self.bytes_sent += n(&v["send"]["bytes"]);
+        self.bytes_received += n(&v["receive"]["bytes"]);
+        self.records_sent += n(&v["send"]["records"]);
+        self.records_received += n(&v["receive"]["records"]);
+        self.rehandshakes += n(&v["rehandshakes"]);
+    }
+}
+
+/// One series of [`Registry::series`]: live sessions and the totals since start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Series {
+    /// Tunnel, role, transport.
+    pub key: SeriesKey,
+    /// Live sessions now.
+    pub live: u64,
+    /// Totals over live and ended sessions (its `sessions` field: ended sessions).
+    pub totals: Counts,
 }
 
 /// Removes its session from the registry when dropped.
@@ -73,10 +126,32 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if let Ok(mut map) = self.registry.inner.lock() {
-            map.remove(&self.key);
+        let entry = match self.registry.inner.lock() {
+            Ok(mut map) => map.remove(&self.key),
+            Err(_) => None,
+        };
+        // Fold what the session carried into the totals (outside the sessions' lock).
+        if let Some(e) = entry {
+            let view = e.view.json();
+            let key = series_key(&e, view.as_ref());
+            if let Ok(mut ended) = self.registry.ended.lock() {
+                let counts = ended.entry(key).or_default();
+                counts.sessions += 1;
+                if let Some(v) = &view {
+                    counts.established += 1;
+                    counts.add_view(v);
+                }
+            }
         }
     }
+}
+
+fn series_key(e: &Entry, view: Option<&Value>) -> SeriesKey {
+    let transport = view
+        .and_then(|v| v["transport"].as_str())
+        .unwrap_or("native")
+        .to_string();
+    (e.tunnel.clone(), e.role, transport)
 }
 
 impl Registry {
@@ -105,6 +180,57 @@ impl Registry {
             registry: self.clone(),
             key,
         }
+    }
+
+    /// Count one handshake of `tunnel`: `result` and `reason` are fixed words, never a
+    /// key or an address (they become metric labels).
+    pub fn count_handshake(&self, tunnel: &str, result: &'static str, reason: &'static str) {
+        if let Ok(mut map) = self.handshakes.lock() {
+            *map.entry((tunnel.to_string(), result, reason)).or_default() += 1;
+        }
+    }
+
+    /// The handshake counts since start.
+    pub fn handshakes(&self) -> Vec<(HandshakeKey, u64)> {
+        self.handshakes
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Live sessions and totals since start, by tunnel, role and transport (for metrics:
+    /// read at scrape time from the counters sessions keep anyway, so the data path pays
+    /// nothing for them).
+    pub fn series(&self) -> Vec<Series> {
+        let live = self.inner.lock().map(|m| m.clone()).unwrap_or_default();
+        let mut out: BTreeMap<SeriesKey, Series> = BTreeMap::new();
+        if let Ok(ended) = self.ended.lock() {
+            for (key, counts) in ended.iter() {
+                out.insert(
+                    key.clone(),
+                    Series {
+                        key: key.clone(),
+                        live: 0,
+                        totals: *counts,
+                    },
+                );
+            }
+        }
+        for e in live.values() {
+            let view = e.view.json();
+            let key = series_key(e, view.as_ref());
+            let series = out.entry(key.clone()).or_insert_with(|| Series {
+                key,
+                live: 0,
+                totals: Counts::default(),
+            });
+            if let Some(v) = &view {
+                series.live += 1;
+                series.totals.established += 1;
+                series.totals.add_view(v);
+            }
+        }
+        out.into_values().collect()
     }
 
     /// Every live session as JSON (fingerprints and counters, never keys).

@@ -421,6 +421,7 @@ pub async fn run_server(
         let slot = match gate.admit(&from) {
             Ok(slot) => slot,
             Err(why) => {
+                registry.count_handshake(&config.name, "refused", why.label());
                 report.refused(&from, why);
                 abort(tcp);
                 continue;
@@ -437,6 +438,11 @@ pub async fn run_server(
             let mut secure = match accepted {
                 Ok(s) => s,
                 Err(e) => {
+                    registry.count_handshake(
+                        &config.name,
+                        "failed",
+                        crate::metrics::failure_reason(&e),
+                    );
                     report.handshake_failed(&from, &e);
                     return;
                 }
@@ -444,6 +450,7 @@ pub async fn run_server(
             let _session_slot = match gate.establish() {
                 Ok(s) => s,
                 Err(why) => {
+                    registry.count_handshake(&config.name, "refused", why.label());
                     report.refused(&from, why);
                     abort(secure.into_tcp());
                     return;
@@ -458,6 +465,7 @@ pub async fn run_server(
                 }
             };
             let _ = target.set_nodelay(true);
+            registry.count_handshake(&config.name, "ok", "none");
             let _reg = registry.register(&config.name, "server", from, secure.status_view());
             forward(secure, target, &config.name).await;
         });

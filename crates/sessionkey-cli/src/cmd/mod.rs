@@ -1,11 +1,14 @@
 //! One subcommand per module, and what they share.
 
+pub(crate) mod check;
 pub(crate) mod common;
 pub(crate) mod demo;
 pub(crate) mod keygen;
+pub(crate) mod man;
 pub(crate) mod msg;
 pub(crate) mod pipe;
 pub(crate) mod relay;
+pub(crate) mod service;
 pub(crate) mod status;
 pub(crate) mod tunnel;
 pub(crate) mod vpn;

@@ -22,8 +22,14 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     listen: String,
     /// Storage: sqlite://PATH (default: STATE/relay/relay.db) or postgres://USER@HOST/DB
-    /// (several relay processes may share one PostgreSQL database).
-    #[arg(long, value_name = "URL")]
+    /// (several relay processes may share one PostgreSQL database). From the environment
+    /// too, so that a password in the URL stays out of the process list.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SESSIONKEY_RELAY_DATABASE",
+        hide_env_values = true
+    )]
     database: Option<String>,
     /// The TLS certificate chain (PEM). Default: a self-signed certificate kept in
     /// STATE/relay/tls, which clients pin at `msg init`.
@@ -101,6 +107,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
             running.local_addr
         );
     }
+    super::service::ignore_hangups("relay");
+    super::service::ready(&format!("relay listening on {}", running.local_addr));
     tokio::select! {
         () = running.wait() => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),

@@ -22,6 +22,10 @@ pub(crate) struct Args {
     /// Run every tunnel of a TOML file (see docs/CONFIG.md).
     #[arg(long, value_name = "FILE.toml")]
     config: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (sessions, handshakes, bytes and
+    /// records by tunnel; never keys or addresses). Bind it to a private address.
+    #[arg(long, value_name = "ADDR", global = true)]
+    metrics: Option<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -151,6 +155,9 @@ enum TunnelTable {
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
+    /// Serve Prometheus metrics here, as `--metrics` (the flag wins).
+    #[serde(default)]
+    metrics: Option<String>,
     tunnel: Vec<TunnelTable>,
 }
 
@@ -222,33 +229,63 @@ async fn bind(addr: &str) -> Result<TcpListener> {
 fn load_config(path: &Path) -> Result<ConfigFile> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut file: ConfigFile =
-        toml::from_str(&text).map_err(|e| config_error(format!("{}: {e}", path.display())))?;
+    let mut file: ConfigFile = toml::from_str(&text).map_err(|e| {
+        // The field checks of `sessionkey check` locate each mistake at its own line.
+        let problems = sessionkey::check::tunnel_file(path, &text).problems;
+        if problems.is_empty() {
+            return config_error(format!("{}: {e}", path.display()));
+        }
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        config_error(lines.join("\n"))
+    })?;
     let base = path.parent().unwrap_or(Path::new("."));
     for table in &mut file.tunnel {
-        match table {
-            TunnelTable::Server(s) => {
-                super::common::rebase(&mut s.key, base);
-                super::common::rebase(&mut s.authorized_peers, base);
-                s.opts.rebase(base);
-                s.tls.rebase(base);
-            }
-            TunnelTable::Client(c) => {
-                super::common::rebase(&mut c.key, base);
-                super::common::rebase(&mut c.known_peers, base);
-                c.opts.rebase(base);
-                c.tls.rebase(base);
-            }
-        }
+        rebase_table(table, base);
     }
     Ok(file)
 }
 
+/// Make a table's relative paths relative to `base`, the configuration file's directory.
+fn rebase_table(table: &mut TunnelTable, base: &Path) {
+    match table {
+        TunnelTable::Server(s) => {
+            super::common::rebase(&mut s.key, base);
+            super::common::rebase(&mut s.authorized_peers, base);
+            s.opts.rebase(base);
+            s.tls.rebase(base);
+        }
+        TunnelTable::Client(c) => {
+            super::common::rebase(&mut c.key, base);
+            super::common::rebase(&mut c.known_peers, base);
+            c.opts.rebase(base);
+            c.tls.rebase(base);
+        }
+    }
+}
+
+/// Builds one `[[tunnel]]` table as `tunnel --config` does, without binding anything (for
+/// `sessionkey check`); relative paths are taken from `base`, the file's directory.
+pub(crate) fn build_table(table: toml::Table, base: &Path) -> Result<()> {
+    let mut table: TunnelTable = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| config_error(e.message().trim().to_string()))?;
+    rebase_table(&mut table, base);
+    match table {
+        TunnelTable::Server(s) => s.build().map(drop),
+        TunnelTable::Client(c) => c.build().map(drop),
+    }
+}
+
 pub(crate) async fn run(args: Args) -> Result<()> {
+    let mut metrics = args.metrics.clone();
     let tables = match (args.side, args.config) {
         (Some(Side::Server(s)), None) => vec![TunnelTable::Server(s)],
         (Some(Side::Client(c)), None) => vec![TunnelTable::Client(c)],
-        (None, Some(path)) => load_config(&path)?.tunnel,
+        (None, Some(path)) => {
+            let file = load_config(&path)?;
+            metrics = metrics.or(file.metrics);
+            file.tunnel
+        }
         _ => {
             return Err(config_error(
                 "give `tunnel server ...`, `tunnel client ...` or `tunnel --config FILE`",
@@ -265,6 +302,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         Ok((_, now)) => tracing::info!("open-files limit {now} (the hard limit)"),
         Err(e) => tracing::warn!("cannot read or raise the open-files limit: {e}"),
     }
+    super::service::ignore_hangups("tunnel");
     let registry = Registry::default();
     let control = status::serve(registry.clone());
     match &control {
@@ -318,6 +356,15 @@ pub(crate) async fn run(args: Args) -> Result<()> {
             }
         }
     }
+    if let Some(addr) = metrics {
+        let listener = bind(&addr).await?;
+        tracing::info!(
+            "metrics at http://{}/metrics",
+            tunnel::local_addr(&listener)
+        );
+        tokio::spawn(sessionkey::metrics::serve(listener, registry.clone()));
+    }
+    super::service::ready(&format!("{} tunnel(s) listening", tasks.len()));
     // A tunnel's task does not end on network errors; if one ends anyway (a bug), the
     // others keep running, and the process ends with the last one.
     let mut last_error = None;

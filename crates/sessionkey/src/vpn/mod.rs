@@ -98,6 +98,17 @@ impl StopHandle {
 /// Bring the VPN of `config` up and run it in the foreground until SIGTERM, SIGINT,
 /// `sessionkey vpn down NAME` or `stop`; then remove the interface and return.
 pub async fn run(config: VpnConfig, stop: StopHandle) -> Result<(), VpnError> {
+    run_with_ready(config, stop, || {}).await
+}
+
+/// [`run`], calling `ready` once the interface, its routes, the sockets and the packet
+/// threads are up (and privileges dropped): the moment a service manager may be told the
+/// VPN is ready (systemd's `READY=1`).
+pub async fn run_with_ready(
+    config: VpnConfig,
+    stop: StopHandle,
+    ready: impl FnOnce() + Send,
+) -> Result<(), VpnError> {
     let name = config.name.clone();
     let peers = config.peers.len();
     let hooks = config.hooks.clone();
@@ -169,6 +180,7 @@ pub async fn run(config: VpnConfig, stop: StopHandle) -> Result<(), VpnError> {
     }
     // Start handshakes wanted from the start (persistent keepalives).
     let _ = jobs_tx.try_send(Job::Wake);
+    ready();
 
     let mut result = Ok(());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

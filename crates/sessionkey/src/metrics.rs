@@ -1,0 +1,217 @@
+//! Prometheus metrics of tunnel sessions at `/metrics` (`--metrics ADDR`).
+//!
+//! Every value is read at scrape time from the counters sessions keep for `sessionkey
+//! status` anyway ([`Registry::series`]), so the data path pays nothing for metrics. Labels
+//! are the tunnel's name, the role and the transport: never a key, a fingerprint or an
+//! address.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Method, Request, Response, StatusCode};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use tokio::net::TcpListener;
+
+use crate::status::{Counts, Registry};
+
+/// The content type of the Prometheus text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Debug)]
+struct Sessions(Registry);
+
+type Labels = [(&'static str, String); 3];
+
+impl Collector for Sessions {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let series = self.0.series();
+        let labels = |s: &crate::status::Series| -> Labels {
+            [
+                ("tunnel", s.key.0.clone()),
+                ("role", s.key.1.to_string()),
+                ("transport", s.key.2.clone()),
+            ]
+        };
+        {
+            let gauge = ConstGauge::new(0i64);
+            let mut family = encoder.encode_descriptor(
+                "sessionkey_sessions",
+                "Established sessions now.",
+                None,
+                gauge.metric_type(),
+            )?;
+            for s in &series {
+                let l = labels(s);
+                ConstGauge::new(i64::try_from(s.live).unwrap_or(i64::MAX))
+                    .encode(family.encode_family(&l)?)?;
+            }
+        }
+        type Get = fn(&Counts) -> u64;
+        let counters: [(&str, &str, Get); 3] = [
+            (
+                "sessionkey_sessions_established",
+                "Sessions established since start (successful handshakes).",
+                |c| c.established,
+            ),
+            (
+                "sessionkey_rehandshakes",
+                "Re-handshakes of established sessions (native transport).",
+                |c| c.rehandshakes,
+            ),
+            (
+                "sessionkey_sessions_ended",
+                "Sessions ended since start.",
+                |c| c.sessions,
+            ),
+        ];
+        for (name, help, get) in counters {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for s in &series {
+                let l = labels(s);
+                ConstCounter::new(get(&s.totals)).encode(family.encode_family(&l)?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "sessionkey_handshakes",
+                "Server handshakes by result (ok, failed, refused) and reason.",
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for ((tunnel, result, reason), n) in self.0.handshakes() {
+                let l = [
+                    ("tunnel", tunnel),
+                    ("result", result.to_string()),
+                    ("reason", reason.to_string()),
+                ];
+                ConstCounter::new(n).encode(family.encode_family(&l)?)?;
+            }
+        }
+        type Pair = fn(&Counts) -> (u64, u64);
+        let by_direction: [(&str, &str, Pair); 2] = [
+            (
+                "sessionkey_transferred_bytes",
+                "Plaintext bytes carried by sessions, by direction.",
+                |c| (c.bytes_sent, c.bytes_received),
+            ),
+            (
+                "sessionkey_records",
+                "Encrypted records, by direction.",
+                |c| (c.records_sent, c.records_received),
+            ),
+        ];
+        for (name, help, get) in by_direction {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for s in &series {
+                let (sent, received) = get(&s.totals);
+                for (direction, value) in [("send", sent), ("receive", received)] {
+                    let [a, b, c] = labels(s);
+                    let l = [a, b, c, ("direction", direction.to_string())];
+                    ConstCounter::new(value).encode(family.encode_family(&l)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A failed server handshake as a fixed word for the `reason` label.
+pub(crate) fn failure_reason(e: &std::io::Error) -> &'static str {
+    use sessionkey_proto::handshake::Refusal;
+    use sessionkey_proto::Error;
+    if let Some(p) = crate::protocol_error(e) {
+        return match p {
+            Error::Refused(Refusal::KeyNotAuthorized) => "key_not_authorized",
+            Error::Refused(Refusal::UndecryptableHello) => "undecryptable_hello",
+            Error::Refused(_) => "policy",
+            Error::PeerMisbehaved(_) => "peer_misbehaved",
+            Error::Timeout(_) => "timeout",
+            _ => "protocol",
+        };
+    }
+    if crate::tls::rustls_error(e).is_some() {
+        return "tls";
+    }
+    match e.kind() {
+        std::io::ErrorKind::TimedOut => "timeout",
+        std::io::ErrorKind::UnexpectedEof
+        | std::io::ErrorKind::ConnectionReset
+        | std::io::ErrorKind::ConnectionAborted => "connection_closed",
+        _ => "other",
+    }
+}
+
+/// The metrics of `registry` in the Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut r = prometheus_client::registry::Registry::default();
+    r.register_collector(Box::new(Sessions(registry.clone())));
+    let mut out = String::new();
+    if prometheus_client::encoding::prometheus_text::encode(&mut out, &r).is_err() {
+        out.clear();
+        let _ = writeln!(out, "# metrics could not be encoded");
+    }
+    out
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped; other paths get 404.
+pub async fn serve(listener: TcpListener, registry: Registry) {
+    loop {
+        let (stream, _): (_, SocketAddr) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::debug!("metrics: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let registry = registry.clone();
+                async move { Ok::<_, std::convert::Infallible>(respond(&req, &registry)) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(io, service);
+            if let Err(e) = conn.await {
+                tracing::debug!("metrics: connection ended: {e}");
+            }
+        });
+    }
+}
+
+fn respond<B>(req: &Request<B>, registry: &Registry) -> Response<Full<Bytes>> {
+    let (status, content_type, body) =
+        if req.method() == Method::GET && req.uri().path() == "/metrics" {
+            (StatusCode::OK, CONTENT_TYPE, render(registry))
+        } else {
+            (
+                StatusCode::NOT_FOUND,
+                "text/plain; charset=utf-8",
+                "not found: metrics are at GET /metrics\n".to_string(),
+            )
+        };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    resp
+}
