@@ -1132,7 +1132,32 @@ impl Session {
             if buf.is_empty() {
                 return Ok(Received::Incomplete { needed: 1 });
             }
-            return Err(PeerMisbehaved::UnexpectedRecord("record after the peer's close").into());
+            // Except one: when both closed at once, the peer's acknowledgement of this
+            // side's close follows its own close (PROTOCOL.md 9.2), and can arrive before
+            // this side sent its own acknowledgement.
+            if est.send.open || self.acknowledged.is_some() {
+                return Err(
+                    PeerMisbehaved::UnexpectedRecord("record after the peer's close").into(),
+                );
+            }
+            let len = match record::frame(buf, MIN_RECORD_BODY, max)? {
+                Frame::Incomplete(needed) => return Ok(Received::Incomplete { needed }),
+                Frame::Complete(len) => len,
+            };
+            let frame_len = LEN_PREFIX + len;
+            let (kind, clen) = est.recv.open_in_place(&mut buf[..frame_len])?;
+            if kind != RecordType::Ack {
+                return Err(
+                    PeerMisbehaved::UnexpectedRecord("record after the peer's close").into(),
+                );
+            }
+            let acked = read_totals(
+                &buf[LEN_PREFIX..LEN_PREFIX + clen],
+                "malformed acknowledgement",
+            )?;
+            let sent = est.closed_totals;
+            self.acknowledge(sent, acked)?;
+            return Ok(Received::Control { frame_len });
         }
         let len = match record::frame(buf, MIN_RECORD_BODY, max)? {
             Frame::Incomplete(needed) => return Ok(Received::Incomplete { needed }),
