@@ -16,8 +16,9 @@
 //! 2. A genuine response from B, changed the same way: if a byte outside `mac2` changed,
 //!    A refuses it, its handshake stays in flight, and the genuine response then completes
 //!    it (a refused response changes nothing).
-//! 3. A genuine cookie reply from B (under load), changed the same way: a changed reply is
-//!    refused and counted; the genuine one is then accepted.
+//! 3. A genuine cookie reply from B (under load), changed the same way: a reply changed
+//!    anywhere but its receiver index (which only routes it) is refused and counted; the
+//!    genuine one is then accepted.
 //! 4. An established pair: A seals packets (lengths from the input), and a script delivers
 //!    them to B in any order, duplicated or changed (op byte, index, position, XOR): B opens
 //!    only payloads A sealed, each at most once; a changed packet is refused, and the
@@ -83,8 +84,8 @@ fn peer(a: bool, hybrid: bool, now: Instant) -> Peer {
 }
 
 /// The edits of modes 1-3: up to 8 (u16 position, XOR byte) pairs. Returns whether a
-/// byte before `protected_end` changed.
-fn tamper(inp: &mut Input<'_>, bytes: &mut [u8], protected_end: usize) -> bool {
+/// byte for which `protected` holds changed.
+fn tamper(inp: &mut Input<'_>, bytes: &mut [u8], protected: impl Fn(usize) -> bool) -> bool {
     let original = bytes.to_vec();
     for _ in 0..8 {
         if inp.is_empty() {
@@ -93,7 +94,7 @@ fn tamper(inp: &mut Input<'_>, bytes: &mut [u8], protected_end: usize) -> bool {
         let pos = usize::from(inp.u16()) % bytes.len();
         bytes[pos] ^= inp.u8();
     }
-    (0..protected_end).any(|i| bytes[i] != original[i])
+    (0..bytes.len()).any(|i| protected(i) && bytes[i] != original[i])
 }
 
 /// The world of one input: A, B, B's gate, and the clock.
@@ -242,7 +243,7 @@ fn tampered_initiation(inp: &mut Input<'_>, hybrid: bool) {
     let mut pair = Pair::new(hybrid);
     let mut init = pair.initiation();
     let len = init.len();
-    let changed = tamper(inp, &mut init, len - MAC_LEN);
+    let changed = tamper(inp, &mut init, |i| i < len - MAC_LEN);
     let accepted = pair.b_receive_initiation(&init).is_some();
     if changed {
         assert!(!accepted, "B accepted an initiation changed in flight");
@@ -259,7 +260,8 @@ fn tampered_response(inp: &mut Input<'_>, hybrid: bool) {
     let init = pair.initiation();
     let genuine = pair.b_receive_initiation(&init).expect("a response");
     let mut resp = genuine.clone();
-    let changed = tamper(inp, &mut resp, genuine.len() - MAC_LEN);
+    let end = genuine.len() - MAC_LEN;
+    let changed = tamper(inp, &mut resp, |i| i < end);
     let before = pair.a.stats();
     let completed = pair.a_receive_response(&resp);
     if !changed {
@@ -305,7 +307,9 @@ fn tampered_cookie_reply(inp: &mut Input<'_>, hybrid: bool) {
     );
     let genuine = reply;
     let mut changed_reply = reply;
-    let changed = tamper(inp, &mut changed_reply, COOKIE_REPLY_LEN);
+    // Bytes 4..8 are the receiver index: the driver finds the handshake by it, and the
+    // reply's encryption does not cover it (as WireGuard's).
+    let changed = tamper(inp, &mut changed_reply, |i| !(4..8).contains(&i));
     let accept = |pair: &mut Pair, bytes: &[u8]| match message::parse(bytes) {
         Ok(Message::CookieReply(c)) => pair.a.handle_cookie_reply(pair.now, &c).is_ok(),
         _ => false,
