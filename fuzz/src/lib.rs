@@ -25,6 +25,7 @@ pub mod datagram;
 pub mod handshake;
 pub mod keyfile;
 pub mod msg;
+pub mod peer;
 pub mod stream;
 pub mod vpn;
 
