@@ -6,7 +6,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use sessionkey_proto_fuzz::{datagram, handshake, stream};
+use sessionkey_proto_fuzz::{datagram, handshake, keyfile, msg, peer, stream, vpn};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -15,6 +15,10 @@ fn main() {
         "record_stream" => stream::run,
         "record_datagram" => datagram::run,
         "handshake_read" => handshake::run,
+        "vpn_message" => vpn::run,
+        "msg_wire" => msg::run,
+        "key_files" => keyfile::run,
+        "vpn_peer" => peer::run,
         other => panic!("unknown target {other}"),
     };
     let mut files = Vec::new();

@@ -4,17 +4,21 @@
 use std::fs;
 use std::path::Path;
 
-use sessionkey_proto_fuzz::{datagram, handshake, stream};
+use sessionkey_proto_fuzz::{datagram, handshake, keyfile, msg, peer, stream, vpn};
 
 type Run = fn(&[u8]);
 type Target = (&'static str, Vec<(String, Vec<u8>)>, Run);
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
-    let targets: [Target; 3] = [
+    let targets: [Target; 7] = [
         ("record_stream", stream::seeds(), stream::run),
         ("record_datagram", datagram::seeds(), datagram::run),
         ("handshake_read", handshake::seeds(), handshake::run),
+        ("vpn_message", vpn::seeds(), vpn::run),
+        ("msg_wire", msg::seeds(), msg::run),
+        ("key_files", keyfile::seeds(), keyfile::run),
+        ("vpn_peer", peer::seeds(), peer::run),
     ];
     for (target, seeds, run) in targets {
         let dir = root.join(target);

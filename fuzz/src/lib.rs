@@ -23,7 +23,11 @@ use sessionkey_proto::Error;
 
 pub mod datagram;
 pub mod handshake;
+pub mod keyfile;
+pub mod msg;
+pub mod peer;
 pub mod stream;
+pub mod vpn;
 
 /// A deterministic stand-in for a secure generator (splitmix64). For fuzzing only.
 #[derive(Debug, Clone)]
@@ -174,10 +178,18 @@ pub fn initiator(header: Header, seed: u64) -> Result<Initiator, Error> {
     if header.psk {
         b = b.psk(Psk::from_bytes(PSK));
     }
-    Ok(Initiator {
+    // The constructor's own state, replaced by one with the fixed generator.
+    let mut init = Initiator::new(
         header,
-        state: b.build_initiator()?,
-    })
+        header.pattern.initiator_has_static().then(client_identity),
+        header
+            .pattern
+            .responder_premessage()
+            .then(|| *server_identity().public_key()),
+        header.psk.then(|| Psk::from_bytes(PSK)),
+    )?;
+    init.state = b.build_initiator()?;
+    Ok(init)
 }
 
 /// The responder matching [`initiator`]: the fixed identity, the permissive policy, and the

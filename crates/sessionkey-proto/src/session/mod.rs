@@ -1146,7 +1146,9 @@ impl Session {
             if buf.is_empty() {
                 return Ok(Received::Incomplete { needed: 1 });
             }
-            // Only the acknowledgement of our own close may follow the peer's close.
+            // Except one: when both closed at once, the peer's acknowledgement of this
+            // side's close follows its own close (PROTOCOL.md 9.3), and can arrive before
+            // this side sent its own acknowledgement.
             if est.send.open || self.acknowledged.is_some() {
                 return Err(
                     PeerMisbehaved::UnexpectedRecord("record after the peer's close").into(),

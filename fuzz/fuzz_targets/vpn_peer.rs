@@ -1,0 +1,7 @@
+//! `vpn_peer`: see `sessionkey_proto_fuzz::peer` (fuzz/src/peer.rs) for the input format and
+//! the properties checked.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| sessionkey_proto_fuzz::peer::run(data));
