@@ -124,9 +124,9 @@ fn completion_scripts_parse_in_their_shells() {
             String::from_utf8_lossy(&parsed.stderr)
         );
     }
-    // An unknown shell is a usage error, not a script.
+    // An unknown shell is a usage error (64, as every usage error), not a script.
     let run = env.run(&["completions", "tcsh"]);
-    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert_eq!(run.code, Some(64), "{}", run.stderr);
 }
 
 /// A tunnel server started as systemd starts a `Type=notify` unit: `READY=1` arrives on
