@@ -54,10 +54,20 @@ fn lines_of(stdout: ChildStdout) -> mpsc::Receiver<String> {
 
 /// Start a relay; returns it and its address.
 fn relay(state: &Path, listen: &str, database: Option<&str>) -> (Proc, String) {
+    relay_with(state, listen, database, &[])
+}
+
+fn relay_with(
+    state: &Path,
+    listen: &str,
+    database: Option<&str>,
+    extra: &[&str],
+) -> (Proc, String) {
     let mut cmd = Command::new(BIN);
     cmd.arg("--state")
         .arg(state)
-        .args(["relay", "serve", "--json", "--listen", listen]);
+        .args(["relay", "serve", "--json", "--listen", listen])
+        .args(extra);
     if let Some(db) = database {
         cmd.args(["--database", db]);
     }
@@ -563,4 +573,38 @@ fn a_crash_between_decrypt_and_display_shows_the_message_once() {
     let want: Vec<String> = (0..20).map(|i| format!("to-alice-{i}")).collect();
     assert_eq!(texts(&sk(&alice, &["msg", "recv", "--json"], None)), want);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn relay_quotas_are_set_on_the_command_line() {
+    let dir = temp_dir("quota");
+    let (_relay, addr) = relay_with(
+        &dir.join("relay"),
+        "127.0.0.1:0",
+        None,
+        &["--max-queue-per-recipient", "2"],
+    );
+    let (alice, bob) = (dir.join("alice"), dir.join("bob"));
+    init(&alice, &addr, "alice");
+    init(&bob, &addr, "bob");
+    sk(&alice, &["msg", "send", "bob", "one"], None);
+    sk(&alice, &["msg", "send", "bob", "two"], None);
+    // Bob is offline: the third message finds his queue full.
+    let child = Command::new(BIN)
+        .arg("--state")
+        .arg(&alice)
+        .args(["msg", "send", "bob", "three"])
+        .env("SESSIONKEY_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = bounded::output_within(child, CHILD_TIMEOUT, "the third send");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a third message was queued: {stderr}"
+    );
+    assert!(stderr.contains("queue on the relay is full"), "{stderr}");
 }

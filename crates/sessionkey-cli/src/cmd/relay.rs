@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use sessionkey::tls::{CertSource, TlsServer, TlsServerOptions};
+use std::time::Duration;
+
+use sessionkey_relay::ratelimit::Rate;
 use sessionkey_relay::{RelayConfig, Storage};
 
 use super::common::{config_error, state_dir};
@@ -41,6 +44,64 @@ pub(crate) struct ServeArgs {
     /// Print the start line as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    quotas: Quotas,
+}
+
+/// The relay's quotas (docs/MESSAGING.md); each defaults to `RelayConfig::default()`'s.
+#[derive(Debug, clap::Args)]
+struct Quotas {
+    /// Messages waiting per recipient; more are refused until it fetches (default 10000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_queue_per_recipient: Option<u64>,
+    /// One-time prekeys held per device and kind (default 10000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_prekeys_per_device: Option<u64>,
+    /// Push connections (WebSocket and waiting long-polls) per account (default 4).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_push_per_account: Option<u64>,
+    /// Push connections in all (default 10000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_push_total: Option<u64>,
+    /// New names registered per source address per hour (default 20).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    registrations_per_hour: Option<u32>,
+    /// Messages a sender may send per second, with a burst of twice that (default 500,
+    /// burst 1000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    sends_per_second: Option<u32>,
+}
+
+impl Quotas {
+    fn config(&self) -> RelayConfig {
+        let mut config = RelayConfig::default();
+        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        if let Some(n) = self.max_queue_per_recipient {
+            config.max_queue_per_recipient = n;
+        }
+        if let Some(n) = self.max_prekeys_per_device {
+            config.max_prekeys_per_device = n;
+        }
+        if let Some(n) = self.max_push_per_account {
+            config.max_push_per_account = size(n);
+        }
+        if let Some(n) = self.max_push_total {
+            config.max_push_total = size(n);
+        }
+        if let Some(n) = self.registrations_per_hour {
+            config.registrations_per_address = Rate {
+                burst: n,
+                refill: Duration::from_secs(3600) / n,
+            };
+        }
+        if let Some(n) = self.sends_per_second {
+            config.sends_per_sender = Rate {
+                burst: n.saturating_mul(2),
+                refill: Duration::from_secs(1) / n,
+            };
+        }
+        config
+    }
 }
 
 pub(crate) async fn run(command: Command) -> Result<()> {
@@ -78,7 +139,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         listener,
         tls.rustls_config(),
         storage.clone(),
-        RelayConfig::default(),
+        args.quotas.config(),
     )
     .context("starting the relay")?;
     let pin = tls.pin();
