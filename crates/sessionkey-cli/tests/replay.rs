@@ -177,11 +177,15 @@ fn pipe_connect_fails_when_the_receiver_reads_only_part() {
     let code = connect.wait(EXIT_TIMEOUT);
     let log = connect.stderr();
     // Usually the listener's close was read long before, all bytes are written, and only
-    // the missing acknowledgement tells: 76. On a loaded machine the listener's death (a
-    // reset) can overtake the reading of its close: 69. Never 0.
+    // the missing acknowledgement tells: 76. On a loaded machine the listener's death can
+    // overtake the client first: a reset while reading (69) or a broken pipe while still
+    // writing (70). Never 0.
     match code {
         Some(76) => assert!(log.contains("never confirmed"), "{log}"),
-        Some(69) => assert!(log.contains("reset"), "{log}"),
+        Some(69 | 70) => assert!(
+            log.contains("reset") || log.contains("Broken pipe"),
+            "{log}"
+        ),
         other => panic!("pipe connect exited {other:?} although the peer read only part:\n{log}"),
     }
 }
