@@ -6,7 +6,10 @@
 //! Always: every payload a side opens is one the other side sealed, opened at most once.
 //! For an honest schedule (first in, first out, nothing lost, duplicated or corrupted;
 //! the network empties before time passes): every packet sealed is opened, and the two
-//! sides' counters agree (packets and bytes, each way).
+//! sides' counters agree (packets and bytes, each way). Honest schedules include crossing
+//! handshakes (both sides initiate at once, or one initiates while the other's new session
+//! awaits confirmation): both sides must settle on one session, or packets are refused
+//! once the grace period drops the other (the regression file keeps such a schedule).
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -105,12 +108,6 @@ struct World {
     /// Packets in flight towards A and towards B.
     to_a: VecDeque<Vec<u8>>,
     to_b: VecDeque<Vec<u8>>,
-    /// Handshakes one at a time: an initiation and its response are delivered before the
-    /// other side acts. Crossing handshakes (both initiate, or one initiates while the
-    /// other's new session awaits confirmation) leave each side on the other's session,
-    /// refused after the 10 s grace period until a new handshake: a known VPN issue, not
-    /// yet fixed, so honest schedules do not cross them.
-    serial: bool,
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -118,19 +115,16 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 impl Side {
-    /// Act on the timers, then send what they ask for into `out`. Returns whether an
-    /// initiation went out.
-    fn service(&mut self, now: Instant, wall: u64, out: &mut VecDeque<Vec<u8>>) -> bool {
+    /// Act on the timers, then send what they ask for into `out`.
+    fn service(&mut self, now: Instant, wall: u64, out: &mut VecDeque<Vec<u8>>) {
         self.peer.handle_timeout(now);
         let _ = self.peer.take_gave_up();
-        let initiated = self.peer.wants_initiation();
-        if initiated {
+        if self.peer.wants_initiation() {
             self.initiate(now, wall, out);
         }
         if self.peer.wants_keepalive() {
             self.seal(now, &[], out);
         }
-        initiated
     }
 
     fn initiate(&mut self, now: Instant, wall: u64, out: &mut VecDeque<Vec<u8>>) {
@@ -256,43 +250,13 @@ impl World {
             wall: 1_700_000_000_000_000_000,
             to_a: VecDeque::new(),
             to_b: VecDeque::new(),
-            serial: false,
         }
     }
 
-    /// Both sides act on their timers. With `serial`, a side's initiation is answered,
-    /// and its confirming packet delivered, before the other side acts.
+    /// Both sides act on their timers.
     fn service(&mut self) {
-        if self.a.service(self.now, self.wall, &mut self.to_b) && self.serial {
-            self.settle(true);
-        }
-        if self.b.service(self.now, self.wall, &mut self.to_a) && self.serial {
-            self.settle(false);
-        }
-    }
-
-    /// After side A's (`a`) or B's initiation: deliver it and the response, let the
-    /// initiator send its confirming packet, deliver that.
-    fn settle(&mut self, a: bool) {
-        self.flush();
-        if a {
-            self.a.service(self.now, self.wall, &mut self.to_b);
-        } else {
-            self.b.service(self.now, self.wall, &mut self.to_a);
-        }
-        self.flush();
-    }
-
-    /// Deliver everything in flight, first in first out, without acting on timers.
-    fn flush(&mut self) {
-        while !self.to_a.is_empty() || !self.to_b.is_empty() {
-            while !self.to_b.is_empty() {
-                self.deliver(false, 0);
-            }
-            while !self.to_a.is_empty() {
-                self.deliver(true, 0);
-            }
-        }
+        self.a.service(self.now, self.wall, &mut self.to_b);
+        self.b.service(self.now, self.wall, &mut self.to_a);
     }
 
     /// Deliver the packet at `index` in flight towards A (`to_a`) or B.
@@ -354,18 +318,8 @@ impl World {
                 self.advance(tenths);
             }
             Op::Delay(tenths) => self.advance(tenths),
-            Op::Rehandshake(true) => {
-                self.a.initiate(now, self.wall, &mut self.to_b);
-                if self.serial {
-                    self.settle(true);
-                }
-            }
-            Op::Rehandshake(false) => {
-                self.b.initiate(now, self.wall, &mut self.to_a);
-                if self.serial {
-                    self.settle(false);
-                }
-            }
+            Op::Rehandshake(true) => self.a.initiate(now, self.wall, &mut self.to_b),
+            Op::Rehandshake(false) => self.b.initiate(now, self.wall, &mut self.to_a),
             Op::Drop(to_a, i) => {
                 let pipe = self.pipe(to_a);
                 if !pipe.is_empty() {
@@ -410,7 +364,6 @@ proptest! {
         psk in any::<bool>(),
     ) {
         let mut w = World::new(suite, false, psk);
-        w.serial = true;
         for op in ops {
             w.apply(op);
         }
@@ -453,8 +406,7 @@ mod hybrid {
         #[test]
         fn honest_hybrid_schedules_agree(ops in prop::collection::vec(honest_op(), 1..40)) {
             let mut w = World::new(Suite::Aes256Gcm, true, false);
-            w.serial = true;
-            for op in ops {
+                for op in ops {
                 w.apply(op);
             }
             w.pump();

@@ -1094,3 +1094,162 @@ fn initiator_rekeys_at_120_s_and_sessions_end_at_180_s_default_timing() {
     assert!(p.b.open(p.now, &late, addr(A_ADDR)).is_err());
     assert!(p.b.open(p.now, &last.unwrap(), addr(A_ADDR)).is_err());
 }
+
+/// A pair whose side A has the smaller static key (`a_smaller`) or the larger one: the tie
+/// between crossing handshakes goes to the smaller key, so both cases are run.
+fn pair_ordered(a_smaller: bool) -> Pair {
+    loop {
+        let p = pair_with(false, Timing::default(), None);
+        let smaller = p.a.identity.public_key().as_bytes() < p.b.identity.public_key().as_bytes();
+        if smaller == a_smaller {
+            return p;
+        }
+    }
+}
+
+/// Data both ways past the grace period, with no new handshake wanted: both sides seal
+/// under a session the other still opens.
+fn assert_settled(p: &mut Pair, what: &str) {
+    for round in 0..3 {
+        // Both send before either receives, as busy peers do.
+        let to_b = p.a.seal(p.now, b"to b").unwrap();
+        let to_a = p.b.seal(p.now, b"to a").unwrap();
+        assert_eq!(
+            p.b.open(p.now, &to_b, addr(A_ADDR)).unwrap(),
+            b"to b",
+            "{what}: round {round}, A to B"
+        );
+        assert_eq!(
+            p.a.open(p.now, &to_a, addr(B_ADDR)).unwrap(),
+            b"to a",
+            "{what}: round {round}, B to A"
+        );
+        // Past the grace period (and short of the 15 s new-handshake time).
+        p.advance(Duration::from_secs(7));
+    }
+    assert!(!p.a.peer.wants_initiation(), "{what}: A wants a handshake");
+    assert!(!p.b.peer.wants_initiation(), "{what}: B wants a handshake");
+    assert_eq!(p.a.peer.stats().rejected, 0, "{what}");
+    assert_eq!(p.b.peer.stats().rejected, 0, "{what}");
+    assert_eq!(
+        p.a.peer.status(p.now).epoch,
+        p.b.peer.status(p.now).epoch,
+        "{what}: both sides on one session"
+    );
+}
+
+/// Both sides initiate at once (both had packets to send): each answers the other's
+/// initiation and completes its own. Both must settle on the same one of the two sessions
+/// (the one the smaller static key initiated); moving each onto the other's would leave
+/// both sealing under sessions the other drops after the grace period.
+#[test]
+fn simultaneous_initiations_settle_on_one_session() {
+    for a_smaller in [true, false] {
+        for established in [false, true] {
+            let mut p = pair_ordered(a_smaller);
+            if established {
+                p.handshake();
+                p.advance(Duration::from_secs(1));
+            }
+            let ia = p.a.initiation(p.now, p.wall);
+            let ib = p.b.initiation(p.now, p.wall);
+            let ra =
+                p.a.respond(p.now, &ib, addr(B_ADDR), &mut None)
+                    .unwrap()
+                    .unwrap();
+            let rb =
+                p.b.respond(p.now, &ia, addr(A_ADDR), &mut None)
+                    .unwrap()
+                    .unwrap();
+            p.a.take_response(p.now, &rb, addr(B_ADDR)).unwrap();
+            p.b.take_response(p.now, &ra, addr(A_ADDR)).unwrap();
+            let ka = p.a.seal(p.now, b"").unwrap();
+            let kb = p.b.seal(p.now, b"").unwrap();
+            p.b.open(p.now, &ka, addr(A_ADDR)).unwrap();
+            p.a.open(p.now, &kb, addr(B_ADDR)).unwrap();
+            assert_settled(
+                &mut p,
+                &format!("a_smaller {a_smaller}, established {established}"),
+            );
+        }
+    }
+}
+
+/// B starts a handshake after answering A's but before A's first packet under it arrived;
+/// A's confirming packet and A's answer to B reach B in any order, and B may send under
+/// its own new session before the confirmation arrives. B's handshake is the newer one (a
+/// higher epoch): both sides settle on it.
+#[test]
+fn an_initiation_before_key_confirmation_settles_on_one_session() {
+    for a_smaller in [true, false] {
+        for order in ["confirmation first", "response first", "B sends in between"] {
+            let mut p = pair_ordered(a_smaller);
+            let ia = p.a.initiation(p.now, p.wall);
+            let rb =
+                p.b.respond(p.now, &ia, addr(A_ADDR), &mut None)
+                    .unwrap()
+                    .unwrap();
+            p.advance(Duration::from_millis(30));
+            let ib = p.b.initiation(p.now, p.wall);
+            p.a.take_response(p.now, &rb, addr(B_ADDR)).unwrap();
+            let ka = p.a.seal(p.now, b"").unwrap();
+            let ra =
+                p.a.respond(p.now, &ib, addr(B_ADDR), &mut None)
+                    .unwrap()
+                    .unwrap();
+            match order {
+                "confirmation first" => {
+                    p.b.open(p.now, &ka, addr(A_ADDR)).unwrap();
+                    p.b.take_response(p.now, &ra, addr(A_ADDR)).unwrap();
+                }
+                "response first" => {
+                    p.b.take_response(p.now, &ra, addr(A_ADDR)).unwrap();
+                    p.b.open(p.now, &ka, addr(A_ADDR)).unwrap();
+                }
+                _ => {
+                    p.b.take_response(p.now, &ra, addr(A_ADDR)).unwrap();
+                    let early = p.b.seal(p.now, b"early").unwrap();
+                    assert_eq!(p.a.open(p.now, &early, addr(B_ADDR)).unwrap(), b"early");
+                    p.b.open(p.now, &ka, addr(A_ADDR)).unwrap();
+                }
+            }
+            assert_settled(&mut p, &format!("a_smaller {a_smaller}, {order}"));
+        }
+    }
+}
+
+/// A peer that lost its state (a restart) starts over at epoch 1, below the epoch of the
+/// session this side still has: its handshake still replaces that session, because that
+/// session was confirmed before the new one began.
+#[test]
+fn a_restarted_peer_with_a_lower_epoch_is_followed() {
+    let mut p = pair();
+    for _ in 0..5 {
+        p.handshake();
+        p.advance(Duration::from_secs(1));
+    }
+    let to_a = p.b.seal(p.now, b"before").unwrap();
+    p.a.open(p.now, &to_a, addr(B_ADDR)).unwrap();
+    // B restarts with the same key: a new Peer for A, epoch 0 again.
+    p.b.peer = Peer::new(
+        local(&p.b.identity, true, Timing::default()),
+        PeerConfig {
+            public_key: *p.a.identity.public_key(),
+            psk: None,
+            endpoint: Some(addr(A_ADDR)),
+            persistent_keepalive: None,
+        },
+        p.now,
+    )
+    .unwrap();
+    p.advance(Duration::from_secs(1));
+    let ib = p.b.initiation(p.now, p.wall);
+    let ra =
+        p.a.respond(p.now, &ib, addr(B_ADDR), &mut None)
+            .unwrap()
+            .unwrap();
+    p.b.take_response(p.now, &ra, addr(A_ADDR)).unwrap();
+    let kb = p.b.seal(p.now, b"").unwrap();
+    p.a.open(p.now, &kb, addr(B_ADDR)).unwrap();
+    assert_settled(&mut p, "after the restart");
+}

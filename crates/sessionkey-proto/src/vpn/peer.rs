@@ -14,6 +14,11 @@
 //!   under it arrives (key confirmation: the initiator surely has the keys), which makes it
 //!   current. An initiator's new session becomes current as soon as the response is read.
 //!
+//! When handshakes cross (both sides initiate at once, or one initiates while the other's
+//! new session awaits confirmation), both sides keep the same session: the one with the
+//! later epoch, or with equal epochs the one the smaller static key initiated
+//! (docs/PROTOCOL.md section 12.2).
+//!
 //! # Timers (WireGuard paper section 6, with a backoff)
 //!
 //! | timer | armed | fires |
@@ -21,7 +26,7 @@
 //! | retransmit | an initiation sent | a new initiation, after 1 s, 2 s, 4 s, 8 s, 8 s... plus up to 25% random jitter |
 //! | give up | the first initiation of an attempt | after 90 s without a response: stop; the next packet starts again |
 //! | keepalive | data received, nothing sent since | an empty packet after 10 s, so the sender knows the path works |
-//! | new handshake | data sent, nothing received since | a handshake after 15 s (keepalive + 5 s): the peer may have lost its keys or moved |
+//! | new handshake | data sent, nothing received under the current session since | a handshake after 15 s (keepalive + 5 s): the peer may have lost its keys or moved |
 //! | persistent keepalive | anything sent (if configured) | an empty packet after the configured interval, to keep NAT mappings |
 //!
 //! Rekeying: the side that initiated the current session starts a new handshake when it
@@ -230,18 +235,37 @@ struct Keypair {
     session: DatagramSession,
     created: Instant,
     initiator: bool,
-    /// For the previous session: when it stops opening packets.
+    /// The epoch its initiation proposed: with the initiator, it orders handshakes that
+    /// crossed (see [`Peer::outranks`]).
+    epoch: u8,
+    /// When the first packet under it opened here: the peer surely has it.
+    confirmed: Option<Instant>,
+    /// When it stops opening packets (sooner for a previous or superseded session).
     expires: Instant,
 }
 
 impl Keypair {
-    fn new(session: DatagramSession, now: Instant, initiator: bool, timing: &Timing) -> Self {
+    fn new(
+        session: DatagramSession,
+        now: Instant,
+        initiator: bool,
+        epoch: u8,
+        timing: &Timing,
+    ) -> Self {
         Self {
             session,
             created: now,
             initiator,
+            epoch,
+            confirmed: None,
             expires: now.checked_add(timing.reject_after).unwrap_or(now),
         }
+    }
+
+    /// Whether the peer had this session before `t`: it was confirmed no later than `t`.
+    /// A handshake started after that is a successor, not a crossing one.
+    fn confirmed_by(&self, t: Instant) -> bool {
+        self.confirmed.is_some_and(|c| c <= t)
     }
 
     /// Whether sealing under this session at `now` should start a new handshake: its age
@@ -262,6 +286,7 @@ struct Pending {
     state: HandshakeState,
     local_index: u32,
     epoch: u8,
+    sent: Instant,
 }
 
 /// Counters of one peer, for `vpn show`.
@@ -546,6 +571,7 @@ impl Peer {
             state,
             local_index,
             epoch,
+            sent: now,
         });
         if self.get(Timer::GiveUp).is_none() {
             self.set(
@@ -615,7 +641,7 @@ impl Peer {
             secrets.i2r,
             self.datagram_config(),
         )?;
-        self.next = Some(Keypair::new(session, now, false, &self.local.timing));
+        self.next = Some(Keypair::new(session, now, false, epoch, &self.local.timing));
         self.last_timestamp = Some(timestamp);
         self.last_initiation = Some(now);
         self.last_handshake = Some(now);
@@ -663,13 +689,22 @@ impl Peer {
             secrets.r2i,
             self.datagram_config(),
         )?;
-        self.install_current(now, Keypair::new(session, now, true, &self.local.timing));
+        let new = Keypair::new(session, now, true, pending.epoch, &self.local.timing);
+        // A session of the peer's, confirmed here after this initiation went out, crossed
+        // it: keep whichever of the two ranks higher, as the peer does. Otherwise each side
+        // would move to the other's session and both would end up on superseded ones.
+        let keep_current = self.current.as_ref().is_some_and(|c| {
+            !c.initiator && !c.confirmed_by(pending.sent) && self.outranks(c, &new)
+        });
+        if !keep_current {
+            self.install_current(now, new);
+            self.want_keepalive = true;
+        }
         self.set(Timer::Retransmit, None);
         self.set(Timer::GiveUp, None);
         self.attempt = 0;
         self.last_handshake = Some(now);
         self.endpoint = Some(source);
-        self.want_keepalive = true;
         self.stats.handshakes += 1;
         Ok(())
     }
@@ -691,6 +726,29 @@ impl Peer {
         DatagramConfig {
             grace: self.local.timing.grace,
             ..DatagramConfig::default()
+        }
+    }
+
+    /// Whether the static key of `a`'s initiator wins over `b`'s: sessions with the same
+    /// epoch come from handshakes that crossed, and the one the smaller key (as bytes)
+    /// initiated wins. Both sides compute the same answer.
+    fn outranks(&self, a: &Keypair, b: &Keypair) -> bool {
+        // Serial-number order: epochs wrap, and crossing ones are a few apart at most.
+        let ahead = a.epoch.wrapping_sub(b.epoch) as i8;
+        if ahead != 0 || a.initiator == b.initiator {
+            return ahead > 0;
+        }
+        let mine = self.local.identity.public_key().as_bytes() < self.public_key.as_bytes();
+        a.initiator == mine
+    }
+
+    /// Whether the peer's new session (`next`, just confirmed by a packet) replaces
+    /// `current`: always, unless `current` is ours and the two handshakes crossed (ours
+    /// was not yet confirmed when the peer's arrived), where the higher-ranked one stays.
+    fn promotes_next(&self) -> bool {
+        match (&self.current, &self.next) {
+            (Some(c), Some(n)) if c.initiator && !c.confirmed_by(n.created) => self.outranks(n, c),
+            _ => true,
         }
     }
 
@@ -775,12 +833,12 @@ impl Peer {
             k.as_ref()
                 .is_some_and(|k| k.session.local_index() == index && k.expires > now)
         };
-        let (slot, is_next) = if matches(&self.current) {
-            (&mut self.current, false)
+        let (slot, is_current, is_next) = if matches(&self.current) {
+            (&mut self.current, true, false)
         } else if matches(&self.next) {
-            (&mut self.next, true)
+            (&mut self.next, false, true)
         } else if matches(&self.previous) {
-            (&mut self.previous, false)
+            (&mut self.previous, false, false)
         } else {
             self.stats.rejected += 1;
             return Err(PeerMisbehaved::UnexpectedRecord("no live session for this index").into());
@@ -801,15 +859,30 @@ impl Peer {
                 return Err(e);
             }
         };
+        keypair.confirmed.get_or_insert(now);
+        let mut under_current = is_current;
         if is_next {
-            if let Some(next) = self.next.take() {
-                self.install_current(now, next);
+            if self.promotes_next() {
+                if let Some(next) = self.next.take() {
+                    self.install_current(now, next);
+                }
+                under_current = true;
+            } else if let Some(next) = self.next.as_mut() {
+                // A crossing handshake that lost: it opens what the peer sealed before it
+                // moved to ours, for the grace period.
+                next.expires = next
+                    .expires
+                    .min(now.checked_add(self.local.timing.grace).unwrap_or(now));
             }
         }
         self.endpoint = Some(source);
         self.stats.rx_packets += 1;
         self.stats.rx_bytes += payload.len() as u64;
-        self.set(Timer::NewHandshake, None);
+        if under_current {
+            // Only the current session proves the peer can read what we send: packets
+            // under a superseded one leave the new-handshake timer running.
+            self.set(Timer::NewHandshake, None);
+        }
         if !payload.is_empty() {
             self.arm_if_idle(
                 Timer::Keepalive,
