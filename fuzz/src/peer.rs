@@ -16,8 +16,8 @@
 //! | 7 | A (bit 7: B) starts a handshake now | |
 //! | 8 | the network empties, then time passes | tenths of a second (u16) |
 //!
-//! Honest inputs use only 0, 1, 7 and 8, with handshakes one at a time (the known
-//! cross-over of concurrent handshakes is documented in the test file).
+//! Honest inputs use only 0, 1, 7 and 8; their handshakes may cross (both sides initiate at
+//! once), and both sides must still settle on one session.
 //!
 //! Always: every payload opened is one the other side sealed, opened at most once. Honest:
 //! at the end, every sealed packet was opened and the counters agree each way.
@@ -71,9 +71,6 @@ struct World {
     /// Packets in flight towards A and towards B.
     to_a: VecDeque<Vec<u8>>,
     to_b: VecDeque<Vec<u8>>,
-    /// Handshakes one at a time: an initiation and its response are delivered before the
-    /// other side acts (see `concurrent_initiations_converge`).
-    serial: bool,
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -81,19 +78,16 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 impl Side {
-    /// Act on the timers, then send what they ask for into `out`. Returns whether an
-    /// initiation went out.
-    fn service(&mut self, now: Instant, wall: u64, out: &mut VecDeque<Vec<u8>>) -> bool {
+    /// Act on the timers, then send what they ask for into `out`.
+    fn service(&mut self, now: Instant, wall: u64, out: &mut VecDeque<Vec<u8>>) {
         self.peer.handle_timeout(now);
         let _ = self.peer.take_gave_up();
-        let initiated = self.peer.wants_initiation();
-        if initiated {
+        if self.peer.wants_initiation() {
             self.initiate(now, wall, out);
         }
         if self.peer.wants_keepalive() {
             self.seal(now, &[], out);
         }
-        initiated
     }
 
     fn initiate(&mut self, now: Instant, wall: u64, out: &mut VecDeque<Vec<u8>>) {
@@ -219,43 +213,13 @@ impl World {
             wall: 1_700_000_000_000_000_000,
             to_a: VecDeque::new(),
             to_b: VecDeque::new(),
-            serial: false,
         }
     }
 
-    /// Both sides act on their timers. With `serial`, a side's initiation is answered,
-    /// and its confirming packet delivered, before the other side acts.
+    /// Both sides act on their timers.
     fn service(&mut self) {
-        if self.a.service(self.now, self.wall, &mut self.to_b) && self.serial {
-            self.settle(true);
-        }
-        if self.b.service(self.now, self.wall, &mut self.to_a) && self.serial {
-            self.settle(false);
-        }
-    }
-
-    /// After side A's (`a`) or B's initiation: deliver it and the response, let the
-    /// initiator send its confirming packet, deliver that.
-    fn settle(&mut self, a: bool) {
-        self.flush();
-        if a {
-            self.a.service(self.now, self.wall, &mut self.to_b);
-        } else {
-            self.b.service(self.now, self.wall, &mut self.to_a);
-        }
-        self.flush();
-    }
-
-    /// Deliver everything in flight, first in first out, without acting on timers.
-    fn flush(&mut self) {
-        while !self.to_a.is_empty() || !self.to_b.is_empty() {
-            while !self.to_b.is_empty() {
-                self.deliver(false, 0);
-            }
-            while !self.to_a.is_empty() {
-                self.deliver(true, 0);
-            }
-        }
+        self.a.service(self.now, self.wall, &mut self.to_b);
+        self.b.service(self.now, self.wall, &mut self.to_a);
     }
 
     /// Deliver the packet at `index` in flight towards A (`to_a`) or B.
@@ -317,18 +281,8 @@ impl World {
                 self.advance(tenths);
             }
             Op::Delay(tenths) => self.advance(tenths),
-            Op::Rehandshake(true) => {
-                self.a.initiate(now, self.wall, &mut self.to_b);
-                if self.serial {
-                    self.settle(true);
-                }
-            }
-            Op::Rehandshake(false) => {
-                self.b.initiate(now, self.wall, &mut self.to_a);
-                if self.serial {
-                    self.settle(false);
-                }
-            }
+            Op::Rehandshake(true) => self.a.initiate(now, self.wall, &mut self.to_b),
+            Op::Rehandshake(false) => self.b.initiate(now, self.wall, &mut self.to_a),
             Op::Drop(to_a, i) => {
                 let pipe = self.pipe(to_a);
                 if !pipe.is_empty() {
@@ -366,7 +320,6 @@ pub fn run(data: &[u8]) {
     let honest = flags & 1 != 0;
     let suite = SUITES[usize::from(flags >> 3 & 3) % SUITES.len()];
     let mut w = World::new(suite, flags & 2 != 0, flags & 4 != 0);
-    w.serial = honest;
     for _ in 0..128 {
         if inp.is_empty() {
             break;
