@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod check;
 mod error;
+pub mod fleet;
 pub mod metrics;
 pub mod msg;
 pub mod status;

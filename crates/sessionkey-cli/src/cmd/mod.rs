@@ -6,6 +6,7 @@ pub(crate) mod demo;
 pub(crate) mod keygen;
 pub(crate) mod man;
 pub(crate) mod msg;
+pub(crate) mod peers;
 pub(crate) mod pipe;
 pub(crate) mod relay;
 pub(crate) mod service;
@@ -13,6 +14,8 @@ pub(crate) mod status;
 pub(crate) mod tunnel;
 pub(crate) mod vpn;
 
+use sessionkey::fleet::gateway::StartError;
+use sessionkey::fleet::FleetError;
 use sessionkey::proto::handshake::Refusal;
 use sessionkey::proto::{Error, KeyFileProblem};
 use sessionkey::tls::{rustls, TlsError};
@@ -40,6 +43,20 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
         }
         if cause.downcast_ref::<common::CannotCreate>().is_some() {
             return CANTCREAT;
+        }
+        if let Some(f) = cause.downcast_ref::<FleetError>() {
+            return match f {
+                FleetError::UnsupportedUrl(_) => USAGE,
+                f if f.is_unreachable() => UNAVAILABLE,
+                _ => SOFTWARE,
+            };
+        }
+        if let Some(s) = cause.downcast_ref::<StartError>() {
+            return match s {
+                s if s.is_unavailable() => UNAVAILABLE,
+                StartError::Cache(_) => CANTCREAT,
+                _ => SOFTWARE,
+            };
         }
         if let Some(code) = msg::exit_code(cause) {
             return code;

@@ -50,6 +50,7 @@ mod cert;
 mod keylog;
 mod stream;
 mod verify;
+pub(crate) use verify::utc;
 
 use std::io;
 use std::path::PathBuf;

@@ -403,7 +403,7 @@ fn plain_name(shown: &str) -> String {
 
 /// Seconds since 1970 as `YYYY-MM-DD HH:MM:SS UTC` (the civil-from-days algorithm of
 /// Howard Hinnant's date library).
-fn utc(secs: u64) -> String {
+pub(crate) fn utc(secs: u64) -> String {
     let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
     let rem = secs % 86_400;
     let z = days + 719_468;

@@ -1,0 +1,206 @@
+//! `sessionkey peers add|remove|list --database URL`: the authorized peers of a fleet of
+//! tunnel gateways, in PostgreSQL (docs/OPERATIONS.md, "A fleet of gateways").
+
+use anyhow::{Context, Result};
+use sessionkey::fleet::db::Added;
+use sessionkey::fleet::gateway::{check_group, CONNECT_TIMEOUT};
+use sessionkey::fleet::{FleetDb, PeerRecord, PeerSelector, DEFAULT_GROUP};
+use sessionkey::trust::PeerKey;
+
+use super::common::UsageError;
+use super::msg::escape_controls;
+
+/// `sessionkey peers ...`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Command {
+    /// Authorize a key on every gateway of a group (each admits it within a second).
+    ///
+    /// Example: sessionkey peers add "$(cat alice.pub)" --database postgres://admin@db/fleet
+    Add(AddArgs),
+    /// Remove a key: every gateway of the group closes its live sessions and refuses it
+    /// from then on, within a second.
+    ///
+    /// Example: sessionkey peers remove SHA256:3fGh... --database postgres://admin@db/fleet
+    Remove(RemoveArgs),
+    /// List the authorized keys of a group.
+    List(ListArgs),
+}
+
+/// The database and group every `peers` command takes.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Target {
+    /// The fleet's PostgreSQL database (postgres://USER:PASSWORD@HOST/DB); from
+    /// SESSIONKEY_PEERS_DATABASE when not given.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SESSIONKEY_PEERS_DATABASE",
+        hide_env_values = true
+    )]
+    database: String,
+    /// The group of peers (one database serves several tunnels, one group each).
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_GROUP)]
+    group: String,
+}
+
+/// `peers add` arguments.
+#[derive(Debug, clap::Args)]
+pub(crate) struct AddArgs {
+    /// The key as trust files hold it (`sessionkey-x25519 BASE64 [comment]` or
+    /// `tls-spki-sha256 BASE64 [comment]`), or a .pub file holding that line.
+    key: String,
+    /// What the key belongs to (default: the comment of the key line).
+    #[arg(long, value_name = "TEXT")]
+    comment: Option<String>,
+    /// Who adds it (default: the login name, $USER).
+    #[arg(long, value_name = "NAME")]
+    by: Option<String>,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// `peers remove` arguments.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RemoveArgs {
+    /// The key (as trust files hold it, or a .pub file), or its fingerprint `SHA256:...`
+    /// as logs and `peers list` show it.
+    key: String,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// `peers list` arguments.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ListArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    target: Target,
+}
+
+impl Target {
+    async fn open(&self) -> Result<FleetDb> {
+        check_group(&self.group).map_err(UsageError)?;
+        Ok(FleetDb::open(&self.database, CONNECT_TIMEOUT).await?)
+    }
+}
+
+/// A key argument: the line itself, or a file holding it.
+fn key_text(arg: &str) -> Result<String> {
+    let looks_like_file = !arg.contains(char::is_whitespace)
+        && (arg.ends_with(".pub") || arg.contains('/'))
+        && !arg.starts_with("SHA256:");
+    if looks_like_file {
+        return std::fs::read_to_string(arg)
+            .with_context(|| format!("cannot read the key file {arg}"));
+    }
+    Ok(arg.to_string())
+}
+
+/// Split `TYPE BASE64 [comment]` into the key and its comment.
+fn parse_line(text: &str) -> Result<(PeerKey, String)> {
+    let text = text.trim();
+    let key: PeerKey = text.parse().map_err(|e| {
+        UsageError(format!(
+            "{e} (from {text:?}); give the key as `sessionkey pubkey` prints it, or a .pub file"
+        ))
+    })?;
+    let comment = text
+        .split_whitespace()
+        .skip(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    Ok((key, comment))
+}
+
+fn login_name() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+pub(crate) async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Add(a) => {
+            let (key, line_comment) = parse_line(&key_text(&a.key)?)?;
+            let comment = a.comment.unwrap_or(line_comment);
+            let db = a.target.open().await?;
+            let by = a.by.unwrap_or_else(login_name);
+            match db.add_peer(&a.target.group, &key, &comment, &by).await? {
+                Added::New => println!(
+                    "added {} to group {} ({}); every gateway of the group admits it now",
+                    key.fingerprint(),
+                    a.target.group,
+                    db.url()
+                ),
+                Added::Already(p) => println!(
+                    "{} is already in group {} (added by {} on {}); nothing changed",
+                    key.fingerprint(),
+                    a.target.group,
+                    escape_controls(&p.added_by, false),
+                    sessionkey::fleet::db::utc(p.added_at)
+                ),
+            }
+        }
+        Command::Remove(a) => {
+            let text = key_text(&a.key)?;
+            let selector: PeerSelector = text.trim().parse().map_err(|e| {
+                UsageError(format!(
+                    "{e} (from {:?}); give the key's line, its .pub file, or its fingerprint \
+                     SHA256:... as `sessionkey peers list` shows it",
+                    text.trim()
+                ))
+            })?;
+            let db = a.target.open().await?;
+            let removed = db.remove_peer(&a.target.group, &selector).await?;
+            if removed.is_empty() {
+                return Err(UsageError(format!(
+                    "no such key in group {} of {}; `sessionkey peers list --group {}` shows \
+                     the keys there",
+                    a.target.group,
+                    db.url(),
+                    a.target.group
+                ))
+                .into());
+            }
+            for p in &removed {
+                println!(
+                    "removed {} from group {}; every gateway of the group closes its sessions \
+                     and refuses it now",
+                    p.fingerprint, a.target.group
+                );
+            }
+        }
+        Command::List(a) => {
+            let db = a.target.open().await?;
+            let peers = db.peers(&a.target.group).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&peers)?);
+            } else {
+                print_table(&peers, &a.target.group);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_table(peers: &[PeerRecord], group: &str) {
+    if peers.is_empty() {
+        println!("no peers in group {group}");
+        return;
+    }
+    println!(
+        "{:<52} {:<16} {:<23} comment",
+        "fingerprint", "added by", "added"
+    );
+    for p in peers {
+        println!(
+            "{:<52} {:<16} {:<23} {}",
+            p.fingerprint,
+            escape_controls(&p.added_by, false),
+            sessionkey::fleet::db::utc(p.added_at),
+            escape_controls(&p.comment, false)
+        );
+    }
+}
