@@ -14,7 +14,7 @@ use sessionkey::proto::suite::Suite;
 use sessionkey::tls::{
     CertSource, CertifiedKey, TlsClient, TlsClientOptions, TlsServer, TlsServerOptions, TlsTrust,
 };
-use sessionkey::trust::{AuthorizedPeers, KnownPeers, PeerKey, TLS_SPKI_TYPE};
+use sessionkey::trust::{AuthorizedPeers, KnownPeers, LivePeers, PeerKey, TLS_SPKI_TYPE};
 use sessionkey::tunnel::{ClientTransport, NativeClient, ServerTransport, ServerTrust};
 
 /// A configuration mistake: what is wrong and how to fix it.
@@ -220,7 +220,7 @@ pub(crate) fn responder(
         .unwrap_or_else(|| "--allow".into());
     let mut responder = Responder::new(policy, Some(identity), psk);
     if !insecure_anonymous {
-        let peers = Arc::new(peers);
+        let peers = LivePeers::from(&peers);
         // A peer chooses its key: without a budget, random keys would flood the log.
         let budget = sessionkey::admission::LogBudget::default();
         responder = responder.with_authorizer(Arc::new(move |key: &PublicKey| {
@@ -470,7 +470,7 @@ impl ServerTransportOpts {
         let server = TlsServer::new(TlsServerOptions {
             cert,
             client_ca: self.client_ca.clone(),
-            client_keys: (!peers.is_empty()).then_some((peers, source)),
+            client_keys: (!peers.is_empty()).then(|| (LivePeers::from(&peers), source)),
             keylog: self.keylog.clone(),
             suite: side.opts.suite(),
         })?;

@@ -69,7 +69,7 @@ pub use cert::{load_certs, load_roots, self_signed_paths, spki_pin, system_roots
 pub use keylog::KeyLogFile;
 pub use stream::{KeyUpdatePolicy, TlsInfo, TlsStatusCell, TlsStream, FINGERPRINT_LABEL};
 
-use crate::trust::{AuthorizedPeers, HostKey, KnownPeers, PeerKey, TrustError};
+use crate::trust::{HostKey, KnownPeers, LivePeers, PeerKey, TrustError};
 pub use verify::CertProblem;
 use verify::{CaServer, ClientAuth, Pin, PinnedServer};
 
@@ -160,9 +160,10 @@ pub struct TlsServerOptions {
     pub cert: CertSource,
     /// Mutual TLS: admit client certificates that chain to this CA file.
     pub client_ca: Option<PathBuf>,
-    /// Mutual TLS: admit client certificates whose key is listed (`tls-spki-sha256` lines),
-    /// and where the list came from (for messages).
-    pub client_keys: Option<(AuthorizedPeers, String)>,
+    /// Mutual TLS: admit client certificates whose key is in the set (`tls-spki-sha256`
+    /// lines), consulted at each handshake (it may change while the server runs), and where
+    /// the keys came from (for messages).
+    pub client_keys: Option<(LivePeers, String)>,
     /// Write session secrets here (NSS key log format). For debugging only.
     pub keylog: Option<PathBuf>,
     /// The preferred record suite.
@@ -188,7 +189,8 @@ pub struct TlsServer {
     config: Arc<rustls::ServerConfig>,
     pin: PeerKey,
     generated: bool,
-    mutual: bool,
+    /// The client-certificate check, when clients must present one.
+    client_auth: Option<Arc<ClientAuth>>,
 }
 
 impl TlsServer {
@@ -214,18 +216,20 @@ impl TlsServer {
             ),
             None => None,
         };
-        let (peers, source) = opts.client_keys.clone().unwrap_or_default();
-        let mutual = ca.is_some() || peers.tls_keys() > 0;
-        let builder = if mutual {
-            builder.with_client_cert_verifier(Arc::new(ClientAuth {
+        let mutual = ca.is_some() || opts.client_keys.is_some();
+        let client_auth = mutual.then(|| {
+            let (peers, source) = opts.client_keys.clone().unwrap_or_default();
+            Arc::new(ClientAuth {
                 ca,
                 peers,
                 source,
                 algorithms,
                 log_budget: Default::default(),
-            }))
-        } else {
-            builder.with_no_client_auth()
+            })
+        });
+        let builder = match &client_auth {
+            Some(auth) => builder.with_client_cert_verifier(auth.clone()),
+            None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_single_cert(certified.chain, certified.key)?;
         config.ignore_client_order = true;
@@ -237,7 +241,7 @@ impl TlsServer {
             config: Arc::new(config),
             pin,
             generated,
-            mutual,
+            client_auth,
         })
     }
 
@@ -258,7 +262,7 @@ impl TlsServer {
 
     /// Whether clients must present an admitted certificate.
     pub fn is_mutual(&self) -> bool {
-        self.mutual
+        self.client_auth.is_some()
     }
 
     /// Run the server side of a handshake over `io`, within the handshake timeout.
@@ -271,6 +275,24 @@ impl TlsServer {
         let stream = tokio::time::timeout(session.handshake_timeout, acceptor.accept(io))
             .await
             .map_err(|_| handshake_timeout(session))??;
+        let conn = stream.get_ref().1;
+        if let (Some(auth), Some(rustls::HandshakeKind::Resumed)) =
+            (&self.client_auth, conn.handshake_kind())
+        {
+            use rustls::server::danger::ClientCertVerifier;
+            // A resumed session skips the certificate check, but the client's key may have
+            // been removed since its ticket was issued: check the chain the ticket carried.
+            let chain = conn.peer_certificates().unwrap_or_default();
+            let checked = match chain.split_first() {
+                Some((leaf, rest)) => auth
+                    .verify_client_cert(leaf, rest, rustls::pki_types::UnixTime::now())
+                    .map(drop),
+                None => Err(rustls::Error::NoCertificatesPresented),
+            };
+            if let Err(e) = checked {
+                return Err(io::Error::new(io::ErrorKind::PermissionDenied, e));
+            }
+        }
         Ok(TlsStream::new(stream.into(), session.into()))
     }
 }
