@@ -121,6 +121,9 @@ const SERVER: &[&str] = &[
     "max_connections",
     "handshakes_per_second_per_source",
     "client_ca",
+    "peers_database",
+    "peers_group",
+    "fail_closed",
 ];
 /// Fields only a client takes.
 const CLIENT: &[&str] = &[
@@ -143,7 +146,13 @@ const COUNTS: &[&str] = &[
     "key_update_bytes",
 ];
 /// Booleans.
-const FLAGS: &[&str] = &["classic", "any_client", "insecure_anonymous", "accept_new"];
+const FLAGS: &[&str] = &[
+    "classic",
+    "any_client",
+    "insecure_anonymous",
+    "accept_new",
+    "fail_closed",
+];
 
 type SpannedTable = BTreeMap<Spanned<String>, Spanned<toml::Value>>;
 

@@ -305,11 +305,6 @@ impl AuthorizedPeers {
         self.keys.push((key, String::from("--allow")));
     }
 
-    /// The keys, in file order.
-    pub fn keys(&self) -> impl Iterator<Item = &PeerKey> {
-        self.keys.iter().map(|(k, _)| k)
-    }
-
     /// Whether `key` may connect.
     pub fn contains(&self, key: &PeerKey) -> bool {
         self.keys.iter().any(|(k, _)| k == key)

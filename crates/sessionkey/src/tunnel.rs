@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::admission::{self, Gate, Limits, Reporter};
 use crate::status::{Registry, SessionView};
 use crate::tls::{TlsClient, TlsServer, TlsStream};
-use crate::trust::{HostKey, KnownPeers, TrustError};
+use crate::trust::{HostKey, KnownPeers, LiveSessions, PeerKey, TrustError};
 use crate::SecureStream;
 
 /// Copy buffer per direction: a whole number of full records, so a full read never leaves
@@ -99,6 +99,9 @@ pub struct ServerConfig {
     pub transport: ServerTransport,
     /// Bounds on connections in their handshake and on established sessions.
     pub limits: Limits,
+    /// The established sessions by the key their client proved; [`LiveSessions::revoke`]
+    /// closes those of a key whose authorization was withdrawn.
+    pub sessions: LiveSessions,
 }
 
 /// A server's protocol on the wire.
@@ -150,6 +153,14 @@ impl Secure {
         match self {
             Self::Native(s) => s.get_ref(),
             Self::Tls(s) => s.get_ref(),
+        }
+    }
+
+    /// The key the peer proved: its sessionkey identity, or its certificate's key (TLS).
+    pub fn peer_key(&self) -> Option<PeerKey> {
+        match self {
+            Self::Native(s) => s.info().and_then(|i| i.peer).map(PeerKey::Native),
+            Self::Tls(s) => s.info().peer,
         }
     }
 
@@ -467,7 +478,10 @@ pub async fn run_server(
             let _ = target.set_nodelay(true);
             registry.count_handshake(&config.name, "ok", "none");
             let _reg = registry.register(&config.name, "server", from, secure.status_view());
-            forward(secure, target, &config.name).await;
+            match secure.peer_key().map(|k| config.sessions.register(k)) {
+                Some(live) => forward_until(secure, target, &config.name, live.revoked()).await,
+                None => forward(secure, target, &config.name).await,
+            }
         });
     }
 }
@@ -493,6 +507,17 @@ pub fn abort(tcp: TcpStream) {
 /// Carry bytes both ways until both directions end. On any session error both TCP
 /// connections are reset.
 pub async fn forward(secure: Secure, plain: TcpStream, name: &str) {
+    forward_until(secure, plain, name, std::future::pending()).await;
+}
+
+/// [`forward`], but when `stop` resolves first (the peer's key was revoked) both TCP
+/// connections are reset at once.
+pub async fn forward_until(
+    secure: Secure,
+    plain: TcpStream,
+    name: &str,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let (mut s_read, mut s_write) = tokio::io::split(secure);
     let (mut p_read, mut p_write) = plain.into_split();
     // plain -> secure: end of the plain input closes the session's sending direction.
@@ -505,7 +530,10 @@ pub async fn forward(secure: Secure, plain: TcpStream, name: &str) {
         copy(&mut s_read, &mut p_write).await?;
         p_write.shutdown().await
     };
-    let result = tokio::try_join!(up, down);
+    let result = tokio::select! {
+        r = async { tokio::try_join!(up, down) } => r.map(drop),
+        () = stop => Err(io::Error::new(io::ErrorKind::PermissionDenied, "the peer's key was revoked")),
+    };
     if let Err(e) = result {
         tracing::warn!(tunnel = %name, "session ended in error, resetting the connection: {e}");
         let plain = p_read.reunite(p_write).ok();

@@ -180,14 +180,26 @@ pub(crate) fn parse_key(s: &str) -> Result<PublicKey> {
         .map_err(|e| config_error(format!("{e} (from {s:?})")))
 }
 
-/// A server's responder: policy from the options, admitted keys from the file and --allow.
+/// Authorized peers kept by a fleet database ([`sessionkey::fleet`]): the live set its
+/// gateway fills, and how to name and add to it in messages.
+#[derive(Debug, Clone)]
+pub(crate) struct DatabasePeers {
+    pub(crate) peers: LivePeers,
+    /// `group G of the peers database URL`.
+    pub(crate) source: String,
+    /// The `--group` argument for `sessionkey peers add`.
+    pub(crate) group: String,
+}
+
+/// A server's responder: policy from the options, admitted keys from the file and --allow,
+/// or from the fleet database.
 pub(crate) fn responder(
     identity: Arc<Identity>,
     opts: &SessionOpts,
-    authorized: Option<&Path>,
-    allow: &[String],
-    insecure_anonymous: bool,
+    side: &ServerSide<'_>,
 ) -> Result<Arc<Responder>> {
+    let (authorized, allow, insecure_anonymous) =
+        (side.authorized, side.allow, side.insecure_anonymous);
     let mut peers = AuthorizedPeers::default();
     if let Some(path) = authorized {
         peers = AuthorizedPeers::load(path)?;
@@ -195,7 +207,7 @@ pub(crate) fn responder(
     for key in allow {
         peers.allow(parse_key(key)?.into());
     }
-    if peers.native_keys() == 0 && !insecure_anonymous {
+    if side.database.is_none() && peers.native_keys() == 0 && !insecure_anonymous {
         return Err(config_error(
             "no client key is authorized: give --authorized-peers FILE or --allow PUBKEY \
              (or --any-client to admit anyone)",
@@ -215,22 +227,36 @@ pub(crate) fn responder(
         policy.patterns.extend([Pattern::NK, Pattern::NN]);
     }
     let psk = opts.psk()?.map(Psk::from_bytes);
-    let source = authorized
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "--allow".into());
+    let (peers, source, group) = match &side.database {
+        Some(db) => (db.peers.clone(), db.source.clone(), Some(db.group.clone())),
+        None => (
+            LivePeers::from(&peers),
+            authorized
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "--allow".into()),
+            None,
+        ),
+    };
     let mut responder = Responder::new(policy, Some(identity), psk);
     if !insecure_anonymous {
-        let peers = LivePeers::from(&peers);
         // A peer chooses its key: without a budget, random keys would flood the log.
         let budget = sessionkey::admission::LogBudget::default();
         responder = responder.with_authorizer(Arc::new(move |key: &PublicKey| {
             let ok = peers.contains(&(*key).into());
             if !ok && budget.allow() {
-                tracing::warn!(
-                    "refused peer key {}: not in {source}; to admit it, add this line:\n  {}",
-                    key.fingerprint(),
-                    key.to_line("")
-                );
+                match &group {
+                    Some(group) => tracing::warn!(
+                        "refused peer key {}: not in {source}; to admit it, run:\n  \
+                         sessionkey peers add '{}' --group {group} --database URL",
+                        key.fingerprint(),
+                        key.to_line("")
+                    ),
+                    None => tracing::warn!(
+                        "refused peer key {}: not in {source}; to admit it, add this line:\n  {}",
+                        key.fingerprint(),
+                        key.to_line("")
+                    ),
+                }
             }
             ok
         }));
@@ -387,6 +413,8 @@ pub(crate) struct ServerSide<'a> {
     pub(crate) authorized: Option<&'a Path>,
     pub(crate) allow: &'a [String],
     pub(crate) insecure_anonymous: bool,
+    /// The peers come from a fleet database instead of `authorized` and `allow`.
+    pub(crate) database: Option<DatabasePeers>,
 }
 
 impl ServerTransportOpts {
@@ -402,11 +430,7 @@ impl ServerTransportOpts {
         if self.transport == Transport::Native {
             let identity = load_identity(need_key(side.key)?)?;
             return Ok(ServerTransport::Native(responder(
-                identity,
-                side.opts,
-                side.authorized,
-                side.allow,
-                side.insecure_anonymous,
+                identity, side.opts, &side,
             )?));
         }
         if side.opts.psk.is_some() {
@@ -414,6 +438,15 @@ impl ServerTransportOpts {
                 "--psk is for the native transport; TLS admits clients by certificate \
                  (--client-ca FILE or tls-spki-sha256 lines in --authorized-peers)",
             ));
+        }
+        if let Some(db) = &side.database {
+            if self.client_ca.is_some() {
+                return Err(config_error(
+                    "--client-ca and --peers-database both decide who is admitted; give one",
+                ));
+            }
+            side.opts.legacy_for(false)?;
+            return self.tls_server(side.opts, Some((db.peers.clone(), db.source.clone())));
         }
         let mut peers = AuthorizedPeers::default();
         if let Some(path) = side.authorized {
@@ -456,6 +489,19 @@ impl ServerTransportOpts {
             ),
             (true, false) => {}
         }
+        side.opts.legacy_for(false)?;
+        self.tls_server(
+            side.opts,
+            (!peers.is_empty()).then(|| (LivePeers::from(&peers), source)),
+        )
+    }
+
+    /// The TLS server, admitting the keys of `client_keys` (and `--client-ca`).
+    fn tls_server(
+        &self,
+        opts: &SessionOpts,
+        client_keys: Option<(LivePeers, String)>,
+    ) -> Result<ServerTransport> {
         let cert = match (&self.cert, &self.cert_key) {
             (Some(chain), Some(key)) => CertSource::Files {
                 chain: chain.clone(),
@@ -466,13 +512,12 @@ impl ServerTransportOpts {
         if let Some(path) = &self.keylog {
             warn_keylog(path);
         }
-        side.opts.legacy_for(false)?;
         let server = TlsServer::new(TlsServerOptions {
             cert,
             client_ca: self.client_ca.clone(),
-            client_keys: (!peers.is_empty()).then(|| (LivePeers::from(&peers), source)),
+            client_keys,
             keylog: self.keylog.clone(),
-            suite: side.opts.suite(),
+            suite: opts.suite(),
         })?;
         if server.generated() {
             let (cert, _) = sessionkey::tls::self_signed_paths(&state_dir());

@@ -157,6 +157,7 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
             session: SessionConfig::default(),
             transport: ServerTransport::Native(Arc::new(responder)),
             limits: sessionkey::admission::Limits::default(),
+            sessions: Default::default(),
         },
         registry.clone(),
     ));

@@ -89,8 +89,10 @@ pub(crate) async fn run(args: Args) -> Result<()> {
                     authorized: authorized_peers.as_deref(),
                     allow: &allow,
                     insecure_anonymous: any_client,
+                    database: None,
                 })?,
                 limits: Limits::default(),
+                sessions: Default::default(),
             };
             let listener = TcpListener::bind(&addr)
                 .await

@@ -9,8 +9,14 @@ use sessionkey::status::{self, Registry};
 use sessionkey::tunnel::{self, ClientConfig, ServerConfig, ServerTransport, TunnelError};
 use tokio::net::TcpListener;
 
+use sessionkey::fleet::db::redact_url;
+use sessionkey::fleet::gateway::{check_group, FleetPeers, PeersOptions};
+use sessionkey::fleet::DEFAULT_GROUP;
+use sessionkey::trust::{LivePeers, LiveSessions};
+
 use super::common::{
-    config_error, ClientSide, ClientTransportOpts, ServerSide, ServerTransportOpts, SessionOpts,
+    config_error, ClientSide, ClientTransportOpts, DatabasePeers, ServerSide, ServerTransportOpts,
+    SessionOpts,
 };
 
 /// Arguments of `sessionkey tunnel`.
@@ -62,6 +68,21 @@ pub(crate) struct ServerArgs {
     #[arg(long, value_name = "PUBKEY")]
     #[serde(default)]
     allow: Vec<String>,
+    /// Take the authorized peers from this PostgreSQL database (postgres://USER@HOST/DB;
+    /// a password may come from PGPASSWORD), shared by a fleet of gateways and kept with
+    /// `sessionkey peers`. Removed keys are refused and their sessions closed at once.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["authorized_peers", "allow", "any_client"])]
+    #[serde(default)]
+    peers_database: Option<String>,
+    /// The group of peers in --peers-database this tunnel admits (default: "default").
+    #[arg(long, value_name = "NAME", requires = "peers_database")]
+    #[serde(default)]
+    peers_group: Option<String>,
+    /// While --peers-database cannot be reached, refuse every new session (default:
+    /// fail-static, keep admitting the last list read; live sessions go on either way).
+    #[arg(long, requires = "peers_database")]
+    #[serde(default)]
+    fail_closed: bool,
     /// Admit any client, with or without a key or certificate. Anyone who can reach the
     /// listening address reaches the target.
     #[arg(long, visible_alias = "insecure-anonymous")]
@@ -162,7 +183,18 @@ struct ConfigFile {
 }
 
 impl ServerArgs {
-    pub(crate) fn build(&self) -> Result<ServerConfig> {
+    /// The configuration, admitting the keys of `peers` when the table names a peers
+    /// database (for `sessionkey check`: an empty set, nothing is connected).
+    pub(crate) fn build(&self, peers: LivePeers) -> Result<ServerConfig> {
+        let database = self.fleet_options()?.map(|o| DatabasePeers {
+            peers,
+            source: format!(
+                "group {} of the peers database {}",
+                o.group,
+                redact_url(&o.url)
+            ),
+            group: o.group,
+        });
         Ok(ServerConfig {
             name: self.name.clone(),
             target: self.to.clone(),
@@ -173,9 +205,41 @@ impl ServerArgs {
                 authorized: self.authorized_peers.as_deref(),
                 allow: &self.allow,
                 insecure_anonymous: self.any_client,
+                database,
             })?,
             limits: self.limits(),
+            sessions: LiveSessions::default(),
         })
+    }
+
+    /// Where the peers come from when `peers_database` is set.
+    fn fleet_options(&self) -> Result<Option<PeersOptions>> {
+        let Some(url) = &self.peers_database else {
+            if self.peers_group.is_some() || self.fail_closed {
+                return Err(config_error(
+                    "peers_group and fail_closed go with peers_database; add it or leave them out",
+                ));
+            }
+            return Ok(None);
+        };
+        if self.authorized_peers.is_some() || !self.allow.is_empty() || self.any_client {
+            return Err(config_error(
+                "peers_database decides who is admitted: leave out authorized_peers, allow \
+                 and any_client",
+            ));
+        }
+        let group = self
+            .peers_group
+            .clone()
+            .unwrap_or_else(|| DEFAULT_GROUP.into());
+        check_group(&group).map_err(config_error)?;
+        Ok(Some(PeersOptions {
+            url: url.clone(),
+            cache: PeersOptions::default_cache(&super::common::state_dir(), &group),
+            group,
+            fail_closed: self.fail_closed,
+            tunnel: self.name.clone(),
+        }))
     }
 
     /// The defaults for this process's open-files limit, with what the options change.
@@ -271,7 +335,7 @@ pub(crate) fn build_table(table: toml::Table, base: &Path) -> Result<()> {
         .map_err(|e: toml::de::Error| config_error(e.message().trim().to_string()))?;
     rebase_table(&mut table, base);
     match table {
-        TunnelTable::Server(s) => s.build().map(drop),
+        TunnelTable::Server(s) => s.build(LivePeers::default()).map(drop),
         TunnelTable::Client(c) => c.build().map(drop),
     }
 }
@@ -311,10 +375,16 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     }
     let mut tasks = tokio::task::JoinSet::new();
     let mut names = std::collections::HashMap::new();
+    // The gateways' database followers, kept as long as their tunnels run.
+    let mut fleets = Vec::new();
     for table in tables {
         match table {
             TunnelTable::Server(s) => {
-                let config = s.build()?;
+                let peers = LivePeers::default();
+                let config = s.build(peers.clone())?;
+                if let Some(options) = s.fleet_options()? {
+                    fleets.push(FleetPeers::start(options, peers, config.sessions.clone()).await?);
+                }
                 let listener = bind(&s.listen).await?;
                 let transport = match &config.transport {
                     ServerTransport::Native(_) => "native".to_string(),

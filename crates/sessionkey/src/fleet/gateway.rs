@@ -7,8 +7,9 @@
 //! it refuses every new session while the database is away instead.
 //!
 //! Changes arrive by `LISTEN`: each notice for the group makes the gateway read the whole
-//! list again; keys that left it are handed to the revocation hook (which closes their live
-//! sessions). After a reconnect the whole list is read before anything else is trusted.
+//! list again and put it in its [`LivePeers`] (consulted at each handshake); keys that left
+//! it go to [`LiveSessions::revoke`], which closes their live sessions. After a reconnect
+//! the whole list is read before anything else is trusted.
 
 use std::collections::HashSet;
 use std::io::Write as _;
@@ -20,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 use super::db::{FleetDb, FleetError, Notice, PeerRecord};
-use crate::trust::{AuthorizedPeers, PeerKey, TrustError};
+use crate::trust::{AuthorizedPeers, LivePeers, LiveSessions, PeerKey, TrustError};
 
 /// How long a gateway waits for the database at start before it tries its cache.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -69,29 +70,18 @@ pub fn check_group(group: &str) -> Result<(), String> {
     }
 }
 
-/// Why a key may or may not open a session now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    /// It is on the list.
-    Admitted,
-    /// It is not on the list.
-    NotListed,
-    /// The database is away and the gateway fails closed.
-    DatabaseDown,
-}
-
-/// Called with each key that left the list (or was kicked); returns how many live
-/// sessions it closed.
-pub type RevokeHook = Arc<dyn Fn(&PeerKey) -> usize + Send + Sync>;
-
 struct Shared {
     options: PeersOptions,
+    /// The last list read (from the database, or the cache at start).
     keys: RwLock<Arc<HashSet<PeerKey>>>,
+    /// What handshakes consult: the list, or nothing while a fail-closed gateway has lost
+    /// its database.
+    admitted: LivePeers,
+    sessions: LiveSessions,
     up: AtomicBool,
     /// Seconds since 1970 of the list in use: its read from the database, or the cache's
     /// modification time.
     loaded_at: AtomicU64,
-    revoke: RevokeHook,
 }
 
 impl std::fmt::Debug for Shared {
@@ -121,9 +111,15 @@ pub struct FleetPeers {
 }
 
 impl FleetPeers {
-    /// Read the list (from the database, else the cache) and start following changes.
-    /// Fails when the database cannot be reached and there is no usable cache.
-    pub async fn start(options: PeersOptions, revoke: RevokeHook) -> Result<Self, StartError> {
+    /// Read the list (from the database, else the cache) and start following changes:
+    /// the list goes into `admitted`, and the sessions of each key that leaves it (in
+    /// `sessions`) are closed. Fails when the database cannot be reached and there is no
+    /// usable cache.
+    pub async fn start(
+        options: PeersOptions,
+        admitted: LivePeers,
+        sessions: LiveSessions,
+    ) -> Result<Self, StartError> {
         let (db, keys, loaded_at) = match load_from_db(&options).await {
             Ok((db, records)) => {
                 let keys = key_set(&records);
@@ -167,12 +163,19 @@ impl FleetPeers {
             }
             Err(e) => return Err(StartError::Database(e)),
         };
+        let up = db.is_some();
+        admitted.replace(if up || !options.fail_closed {
+            keys.clone()
+        } else {
+            HashSet::new()
+        });
         let shared = Arc::new(Shared {
-            up: AtomicBool::new(db.is_some()),
+            up: AtomicBool::new(up),
             keys: RwLock::new(Arc::new(keys)),
+            admitted,
+            sessions,
             loaded_at: AtomicU64::new(loaded_at),
             options,
-            revoke,
         });
         let task = tokio::spawn(watch(shared.clone(), db));
         Ok(Self {
@@ -182,21 +185,8 @@ impl FleetPeers {
     }
 
     /// Whether `key` may open a session now.
-    pub fn check(&self, key: &PeerKey) -> Admission {
-        if self.shared.options.fail_closed && !self.is_up() {
-            return Admission::DatabaseDown;
-        }
-        let listed = self
-            .shared
-            .keys
-            .read()
-            .map(|k| k.contains(key))
-            .unwrap_or(false);
-        if listed {
-            Admission::Admitted
-        } else {
-            Admission::NotListed
-        }
+    pub fn admits(&self, key: &PeerKey) -> bool {
+        self.shared.admitted.contains(key)
     }
 
     /// Whether the database is reachable (as of the last attempt).
@@ -399,7 +389,7 @@ async fn watch(shared: Arc<Shared>, mut db: Option<FleetDb>) {
         let (conn, listener, records) = match connected {
             Ok(c) => c,
             Err(e) => {
-                shared.up.store(false, Ordering::Relaxed);
+                set_down(&shared);
                 attempts += 1;
                 let delay = backoff.next_delay();
                 // Every attempt at first, then one line in ten: an outage is visible without
@@ -437,7 +427,7 @@ async fn watch(shared: Arc<Shared>, mut db: Option<FleetDb>) {
         backoff = Backoff::new();
         attempts = 0;
         let lost = follow(&shared, &conn, listener).await;
-        shared.up.store(false, Ordering::Relaxed);
+        set_down(&shared);
         down_since = Some(SystemTime::now());
         tracing::warn!(
             tunnel = %options.tunnel,
@@ -507,18 +497,29 @@ fn is_for(payload: &str, schema: &str, group: &str) -> bool {
     }
 }
 
-/// Put a freshly read list in place; keys that left it are revoked.
+/// The database is away: a fail-closed gateway admits no one until it is back (live
+/// sessions go on).
+fn set_down(shared: &Shared) {
+    let was_up = shared.up.swap(false, Ordering::Relaxed);
+    if was_up && shared.options.fail_closed {
+        // Not revoked: the keys are not known to be removed, only unconfirmed.
+        shared.admitted.replace([]);
+    }
+}
+
+/// Put a freshly read list in place; the live sessions of keys that left it are closed.
 fn apply(shared: &Shared, records: &[PeerRecord]) {
     let new = Arc::new(key_set(records));
     let old = match shared.keys.write() {
         Ok(mut keys) => std::mem::replace(&mut *keys, new.clone()),
         Err(_) => return,
     };
+    shared.admitted.replace(new.iter().copied());
     shared
         .loaded_at
         .store(now_secs(SystemTime::now()), Ordering::Relaxed);
     for key in old.difference(&new) {
-        let closed = (shared.revoke)(key);
+        let closed = shared.sessions.revoke(key);
         tracing::warn!(
             tunnel = %shared.options.tunnel,
             group = %shared.options.group,
