@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::{Env, Output};
 
@@ -273,4 +273,613 @@ fn an_unreachable_database_is_unavailable_and_says_what_to_check() {
     let out = env.run(&["peers", "list", "--database", "sqlite://peers.db"]);
     assert_eq!(out.code, Some(64), "{out:?}");
     assert!(out.stderr.contains("must be PostgreSQL"), "{out:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Gateways, the balancer, clients.
+// ---------------------------------------------------------------------------------------
+
+/// Start a gateway (`tunnel server --peers-database`) with its own state directory.
+fn gateway(
+    env: &Env,
+    name: &str,
+    key: &support::Key,
+    target: std::net::SocketAddr,
+    url: &str,
+    extra: &[&str],
+) -> (support::Proc, u16) {
+    let state = env.path(&format!("state-{name}"));
+    env.start_listening(
+        name,
+        |port| {
+            let mut args = Env::server_args(name, port, key, target, &[]);
+            args.extend(
+                [
+                    "--state",
+                    state.to_str().expect("UTF-8 temp path"),
+                    "--peers-database",
+                    url,
+                ]
+                .map(String::from),
+            );
+            args.extend(extra.iter().map(|s| s.to_string()));
+            args
+        },
+        "tunnel server ready",
+    )
+}
+
+/// One round trip through a tunnel client's local port: true if the echo came back,
+/// false if the connection was refused, reset or ended.
+fn echo_once(port: u16) -> bool {
+    use std::io::{Read, Write};
+    // A refusal may reset the connection before connect() has even returned.
+    let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    if conn.write_all(b"ping").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 4];
+    conn.read_exact(&mut buf).is_ok() && &buf == b"ping"
+}
+
+/// Established sessions of `fingerprint` in a gateway's log.
+fn sessions_of(p: &support::Proc, fingerprint: &str) -> usize {
+    p.stderr()
+        .lines()
+        .filter(|l| l.contains("session established") && l.contains(fingerprint))
+        .count()
+}
+
+/// HAProxy in TCP mode on a loopback port, round robin over `backends`; killed on drop.
+struct Haproxy {
+    child: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Haproxy {
+    /// `None` (with a note) when HAProxy is not installed outside CI.
+    fn start(env: &Env, backends: &[u16]) -> Option<Self> {
+        let bin = [
+            "/usr/sbin/haproxy",
+            "/usr/bin/haproxy",
+            "/usr/local/sbin/haproxy",
+        ]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+        let Some(bin) = bin else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but haproxy is not installed; .ci/run installs it"
+            );
+            eprintln!("skipped: install haproxy (apt-get install haproxy) to run the fleet test");
+            return None;
+        };
+        let port = support::free_port();
+        let servers: String = backends
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("    server gw{} 127.0.0.1:{p}\n", i + 1))
+            .collect();
+        let config = format!(
+            "global\n    maxconn 512\n\
+             defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 120s\n    timeout server 120s\n\
+             frontend fleet\n    bind 127.0.0.1:{port}\n    default_backend gateways\n\
+             backend gateways\n    balance roundrobin\n{servers}"
+        );
+        let cfg = env.path("haproxy.cfg");
+        std::fs::write(&cfg, config).unwrap();
+        let log = env.path("haproxy.log");
+        let child = std::process::Command::new(bin)
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(env.path("haproxy.err")).unwrap())
+            .spawn()
+            .expect("start haproxy");
+        let mut h = Self { child, port, log };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = h.child.try_wait() {
+                panic!(
+                    "haproxy exited ({status}): {}",
+                    std::fs::read_to_string(env.path("haproxy.err")).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "haproxy does not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = &h.log;
+        h.port = port;
+        Some(h)
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn three_gateways_behind_haproxy_admit_and_revoke_together() {
+    let Some(schema) = Schema::new("haproxy") else {
+        return;
+    };
+    let env = Env::new("fleet-haproxy");
+    let target = support::echo_target();
+    let server_key = env.keygen("gateway");
+    let alice = env.keygen("alice");
+    let bob = env.keygen("bob");
+    assert_eq!(peers(&env, &schema, &["add", &alice.public]).code, Some(0));
+
+    let mut gateways: Vec<(support::Proc, u16)> = (1..=3)
+        .map(|i| {
+            gateway(
+                &env,
+                &format!("gw{i}"),
+                &server_key,
+                target.addr,
+                &schema.url,
+                &[],
+            )
+        })
+        .collect();
+    let ports: Vec<u16> = gateways.iter().map(|(_, p)| *p).collect();
+    let Some(balancer) = Haproxy::start(&env, &ports) else {
+        return;
+    };
+    let pin = ["--server-key", server_key.public.as_str()];
+    let (_alice_client, alice_port) = env.tunnel_client("alice", &alice, balancer.port, &pin);
+    let (_bob_client, bob_port) = env.tunnel_client("bob", &bob, balancer.port, &pin);
+
+    // Bob is not on the list: refused by whichever gateway the balancer picks.
+    for _ in 0..3 {
+        assert!(!echo_once(bob_port), "bob got in before he was added");
+    }
+    // Added: every gateway admits him (three connections in a row, one per gateway).
+    assert_eq!(peers(&env, &schema, &["add", &bob.public]).code, Some(0));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !echo_once(bob_port) {
+        assert!(
+            Instant::now() < deadline,
+            "bob is not admitted after peers add"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before: Vec<usize> = gateways
+        .iter()
+        .map(|(p, _)| sessions_of(p, &bob.fingerprint))
+        .collect();
+    for _ in 0..3 {
+        assert!(echo_once(bob_port), "a gateway refused bob after peers add");
+    }
+    // The last lines may still be on their way to the log files.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let served: Vec<usize> = gateways
+            .iter()
+            .zip(&before)
+            .map(|((p, _), b)| sessions_of(p, &bob.fingerprint) - b)
+            .collect();
+        if served.iter().all(|n| *n >= 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "each gateway should have served bob once: {served:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Live sessions of bob on all three gateways, and one of alice.
+    let before: Vec<usize> = gateways
+        .iter()
+        .map(|(p, _)| sessions_of(p, &bob.fingerprint))
+        .collect();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        use std::io::{Read, Write};
+        let mut conn = support::connect(bob_port);
+        conn.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        conn.read_exact(&mut buf).expect("bob's session echoes");
+        held.push(conn);
+    }
+    let mut alice_conn = support::connect(alice_port);
+    {
+        use std::io::{Read, Write};
+        alice_conn.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        alice_conn
+            .read_exact(&mut buf)
+            .expect("alice's session echoes");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gateways
+        .iter()
+        .zip(&before)
+        .any(|((p, _), b)| sessions_of(p, &bob.fingerprint) == *b)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "bob's three sessions are not on three gateways"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Removed: every gateway closes bob's session; measured from the end of `peers remove`
+    // (its transaction has committed, so the notice is out).
+    let watchers: Vec<_> = held
+        .into_iter()
+        .map(|mut conn| {
+            std::thread::spawn(move || {
+                use std::io::Read;
+                conn.set_read_timeout(Some(Duration::from_secs(30)))
+                    .unwrap();
+                let mut buf = [0u8; 64];
+                let ended = loop {
+                    match conn.read(&mut buf) {
+                        Ok(0) => break Ok(()),
+                        Ok(_) => continue,
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::WouldBlock
+                                || e.kind() == std::io::ErrorKind::TimedOut =>
+                        {
+                            break Err(e)
+                        }
+                        Err(_) => break Ok(()),
+                    }
+                };
+                (Instant::now(), ended)
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let out = peers(&env, &schema, &["remove", &bob.fingerprint]);
+    let committed = Instant::now();
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let mut latencies = Vec::new();
+    for w in watchers {
+        let (at, ended) = w.join().unwrap();
+        ended.expect("bob's session was not closed");
+        latencies.push(at.saturating_duration_since(committed));
+    }
+    let worst = latencies.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "revocation: bob's sessions on three gateways closed {:?} after `peers remove` \
+         committed ({:?} after it started)",
+        latencies,
+        committed.duration_since(started)
+    );
+    assert!(
+        worst <= Duration::from_secs(1),
+        "bob's sessions must close within one second of the removal: {latencies:?}"
+    );
+    for (p, _) in &mut gateways {
+        p.expect_log(&format!(
+            "peer key {} removed from the peers database",
+            bob.fingerprint
+        ));
+    }
+
+    // Refused from then on, on every gateway; alice's session carries on.
+    for _ in 0..3 {
+        assert!(!echo_once(bob_port), "bob got in after peers remove");
+    }
+    for (p, _) in &mut gateways {
+        p.expect_log(&format!("refused peer key {}", bob.fingerprint));
+    }
+    {
+        use std::io::{Read, Write};
+        alice_conn.write_all(b"pong").unwrap();
+        let mut buf = [0u8; 4];
+        alice_conn
+            .read_exact(&mut buf)
+            .expect("alice's session goes on");
+        assert_eq!(&buf, b"pong");
+    }
+}
+
+#[test]
+fn a_gateway_starts_from_its_cache_only_and_fails_closed_when_told() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(schema) = Schema::new("cache") else {
+        return;
+    };
+    let env = Env::new("fleet-cache");
+    let target = support::echo_target();
+    let server_key = env.keygen("gateway");
+    let alice = env.keygen("alice");
+    let bob = env.keygen("bob");
+    assert_eq!(peers(&env, &schema, &["add", &alice.public]).code, Some(0));
+    let pin = ["--server-key", server_key.public.as_str()];
+
+    // With the database: the list is cached, owner-only.
+    let (mut gw, _) = gateway(&env, "gw", &server_key, target.addr, &schema.url, &[]);
+    let cache = env.path("state-gw/fleet-peers-default.cache");
+    let text = std::fs::read_to_string(&cache).expect("the gateway caches the list");
+    assert!(text.contains(&alice.public), "{text}");
+    assert_eq!(
+        std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    gw.kill();
+
+    // Without it: the cached list admits alice, not bob.
+    let away = format!("postgres://gw:pw@127.0.0.1:{}/fleet", support::free_port());
+    let (mut gw, port) = gateway(&env, "gw", &server_key, target.addr, &away, &[]);
+    gw.expect_log("starting with the cached list of 1");
+    let (_alice_client, alice_port) = env.tunnel_client("alice", &alice, port, &pin);
+    let (_bob_client, bob_port) = env.tunnel_client("bob", &bob, port, &pin);
+    assert!(echo_once(alice_port), "the cached list admits alice");
+    assert!(!echo_once(bob_port), "bob is not on the cached list");
+    gw.kill();
+
+    // fail_closed: it starts (the cache is there) but admits no one while the database is away.
+    let (mut gw, port) = gateway(
+        &env,
+        "gw",
+        &server_key,
+        target.addr,
+        &away,
+        &["--fail-closed"],
+    );
+    gw.expect_log("no new session is admitted until the database is back");
+    let (_alice_client, alice_port) = env.tunnel_client("alice2", &alice, port, &pin);
+    assert!(
+        !echo_once(alice_port),
+        "fail_closed admitted alice without the database"
+    );
+    gw.kill();
+
+    // A cache others may write is not trusted; no cache at all: no start.
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let state = env.path("state-gw");
+    let port = support::free_port();
+    let mut args = Env::server_args("gw", port, &server_key, target.addr, &[]);
+    args.extend(
+        [
+            "--state",
+            state.to_str().unwrap(),
+            "--peers-database",
+            &away,
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = env.run(&args);
+    assert_eq!(out.code, Some(69), "{out:?}");
+    assert!(out.stderr.contains("chmod 600"), "{out:?}");
+    std::fs::remove_file(&cache).unwrap();
+    let out = env.run(&args);
+    assert_eq!(out.code, Some(69), "{out:?}");
+    assert!(
+        out.stderr.contains("cannot reach the peers database")
+            && out.stderr.contains("no usable cached list"),
+        "{out:?}"
+    );
+    assert!(
+        !out.stderr.contains(":pw@"),
+        "the password is not shown: {out:?}"
+    );
+}
+
+/// A TCP relay to PostgreSQL that the test can cut and restore: the database "goes away"
+/// for the gateways behind it without stopping the shared server.
+struct Cuttable {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Cuttable {
+    fn start(upstream: String) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::<std::net::TcpStream>::new()));
+        let (c, k) = (cut.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for down in listener.incoming() {
+                let Ok(down) = down else { continue };
+                if c.load(Ordering::SeqCst) {
+                    drop(down);
+                    continue;
+                }
+                let Ok(up) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let mut held = k.lock().unwrap();
+                held.push(down.try_clone().unwrap());
+                held.push(up.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                    (up, down),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Self { port, cut, conns }
+    }
+
+    /// Drop every connection and refuse new ones.
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Cuttable {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+/// `url` with its host and port replaced by 127.0.0.1:`port`.
+fn via(url: &str, port: u16) -> (String, String) {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (auth, rest) = rest.rsplit_once('@').map_or(("", rest), |(a, r)| (a, r));
+    let at = rest.find(['/', '?']).unwrap_or(rest.len());
+    let upstream = rest[..at].to_string();
+    let upstream = if upstream.contains(':') {
+        upstream
+    } else {
+        format!("{upstream}:5432")
+    };
+    let auth = if auth.is_empty() {
+        String::new()
+    } else {
+        format!("{auth}@")
+    };
+    (
+        format!("{scheme}://{auth}127.0.0.1:{port}{}", &rest[at..]),
+        upstream,
+    )
+}
+
+#[test]
+fn through_a_database_outage_sessions_go_on_and_a_removal_applies_on_reconnect() {
+    let Some(schema) = Schema::new("outage") else {
+        return;
+    };
+    let env = Env::new("fleet-outage");
+    let target = support::echo_target();
+    let server_key = env.keygen("gateway");
+    let alice = env.keygen("alice");
+    let bob = env.keygen("bob");
+    for k in [&alice, &bob] {
+        assert_eq!(peers(&env, &schema, &["add", &k.public]).code, Some(0));
+    }
+    let (_, upstream) = via(&schema.url, 1);
+    let relay = Cuttable::start(upstream);
+    let (url, _) = via(&schema.url, relay.port);
+    let pin = ["--server-key", server_key.public.as_str()];
+    let (mut open, open_port) = gateway(&env, "static", &server_key, target.addr, &url, &[]);
+    let (mut closed, closed_port) = gateway(
+        &env,
+        "closed",
+        &server_key,
+        target.addr,
+        &url,
+        &["--fail-closed"],
+    );
+    let (_a1, alice_open) = env.tunnel_client("alice-open", &alice, open_port, &pin);
+    let (_a2, alice_closed) = env.tunnel_client("alice-closed", &alice, closed_port, &pin);
+    let (_b, bob_open) = env.tunnel_client("bob-open", &bob, open_port, &pin);
+
+    // Live sessions of alice on both gateways and of bob on the fail-static one.
+    let live = |port: u16| {
+        use std::io::{Read, Write};
+        let mut c = support::connect(port);
+        c.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        c.read_exact(&mut buf).expect("echo");
+        c
+    };
+    let mut alice_open_conn = live(alice_open);
+    let mut alice_closed_conn = live(alice_closed);
+    let mut bob_conn = live(bob_open);
+
+    relay.cut();
+    let cut_at = Instant::now();
+    open.expect_log("lost the peers database");
+    closed.expect_log("lost the peers database");
+    eprintln!("outage noticed after {:?}", cut_at.elapsed());
+
+    // Sessions go on; the fail-static gateway admits new sessions from its last list, the
+    // fail-closed one refuses them.
+    for c in [&mut alice_open_conn, &mut alice_closed_conn, &mut bob_conn] {
+        use std::io::{Read, Write};
+        c.write_all(b"more").unwrap();
+        let mut buf = [0u8; 4];
+        c.read_exact(&mut buf)
+            .expect("a live session goes on through the outage");
+    }
+    assert!(
+        echo_once(alice_open),
+        "fail-static: the last list still admits alice"
+    );
+    assert!(
+        !echo_once(alice_closed),
+        "fail_closed admitted a new session without the database"
+    );
+
+    // Bob is removed while the gateways cannot hear it.
+    let out = peers(&env, &schema, &["remove", &bob.fingerprint]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    {
+        use std::io::{Read, Write};
+        bob_conn.write_all(b"stil").unwrap();
+        let mut buf = [0u8; 4];
+        bob_conn
+            .read_exact(&mut buf)
+            .expect("unheard: bob's session goes on during the outage");
+    }
+
+    // Back: each gateway reads the whole list again before anything else, so bob's session
+    // is closed, and the fail-closed gateway admits alice again.
+    relay.restore();
+    let restored = Instant::now();
+    open.expect_log("peers database reachable again");
+    let reconnected = Instant::now();
+    {
+        use std::io::Read;
+        bob_conn
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        match bob_conn.read(&mut buf) {
+            Ok(0) | Err(_) => {}
+            Ok(n) => panic!("bob's session carried {n} bytes after the reconnect"),
+        }
+    }
+    let closed_after = reconnected.elapsed();
+    eprintln!(
+        "database back: reconnect seen after {:?}, bob's session closed {closed_after:?} later",
+        reconnected.duration_since(restored)
+    );
+    assert!(
+        closed_after <= Duration::from_secs(1),
+        "the removal must apply within a second of the reconnect: {closed_after:?}"
+    );
+    open.expect_log(&format!(
+        "peer key {} removed from the peers database",
+        bob.fingerprint
+    ));
+    closed.expect_log("peers database reachable again");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !echo_once(alice_closed) {
+        assert!(
+            Instant::now() < deadline,
+            "the fail-closed gateway does not admit alice again"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !echo_once(bob_open),
+        "bob got in after his removal was read"
+    );
 }

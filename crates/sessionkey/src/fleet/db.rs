@@ -392,7 +392,7 @@ pub fn utc(secs: i64) -> String {
 }
 
 const PEER_COLUMNS: &str = "peer_group, key_line, fingerprint, comment, added_by, \
-    EXTRACT(EPOCH FROM added_at)::BIGINT AS added_at";
+    FLOOR(EXTRACT(EPOCH FROM added_at))::BIGINT AS added_at";
 
 fn peer_from_row(row: &sqlx::postgres::PgRow) -> Option<PeerRecord> {
     let parsed = (|| {

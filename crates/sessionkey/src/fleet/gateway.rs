@@ -228,10 +228,10 @@ impl FleetPeers {
 pub enum StartError {
     /// The database is away and there is no usable cache.
     #[error(
-        "{database}; and there is no usable cached list to start with ({}: {why}). A gateway \
+        "{database}; and there is no usable cached list to start with ({}). A gateway \
          starts without its database only from the list it cached the last time it could \
          reach it",
-        cache.display()
+        crate::tunnel::chain(why)
     )]
     NoDatabaseNoCache {
         /// The database's failure.
