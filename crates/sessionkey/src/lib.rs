@@ -6,9 +6,11 @@
 
 pub mod admission;
 pub mod check;
+pub mod config;
 mod error;
 pub mod metrics;
 pub mod msg;
+pub mod psk;
 pub mod status;
 mod stream;
 pub mod tls;
