@@ -6,10 +6,12 @@
 
 pub mod admission;
 pub mod check;
+pub mod config;
 mod error;
 pub mod fleet;
 pub mod metrics;
 pub mod msg;
+pub mod psk;
 pub mod status;
 mod stream;
 pub mod tls;

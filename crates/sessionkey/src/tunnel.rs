@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::admission::{self, Gate, Limits, Reporter};
 use crate::status::{Registry, SessionView};
 use crate::tls::{TlsClient, TlsServer, TlsStream};
-use crate::trust::{HostKey, KnownPeers, LiveSessions, PeerKey, TrustError};
+use crate::trust::{HostKey, KnownPeers, LivePeers, LiveSessions, PeerKey, TrustError};
 use crate::SecureStream;
 
 /// Copy buffer per direction: a whole number of full records, so a full read never leaves
@@ -99,6 +99,11 @@ pub struct ServerConfig {
     pub transport: ServerTransport,
     /// Bounds on connections in their handshake and on established sessions.
     pub limits: Limits,
+    /// The authorized keys the transport consults at each handshake (`None`: any client,
+    /// or only a TLS `--client-ca`). Replace its contents to change who may connect
+    /// ([`LivePeers::replace`] returns the removed keys, whose sessions
+    /// [`LiveSessions::revoke`] closes).
+    pub peers: Option<LivePeers>,
     /// The established sessions by the key their client proved; [`LiveSessions::revoke`]
     /// closes those of a key whose authorization was withdrawn.
     pub sessions: LiveSessions,

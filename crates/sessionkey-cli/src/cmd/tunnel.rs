@@ -1,23 +1,17 @@
 //! `sessionkey tunnel`: server and client sides, or several from a TOML file.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use sessionkey::admission::{self, Limits};
+use sessionkey::admission;
+use sessionkey::config::{ClientTable, ServerTable, TunnelFile, TunnelTable};
+use sessionkey::fleet::gateway::FleetPeers;
 use sessionkey::status::{self, Registry};
-use sessionkey::tunnel::{self, ClientConfig, ServerConfig, ServerTransport, TunnelError};
+use sessionkey::tunnel::{self, ServerTransport, TunnelError};
 use tokio::net::TcpListener;
 
-use sessionkey::fleet::db::redact_url;
-use sessionkey::fleet::gateway::{check_group, FleetPeers, PeersOptions};
-use sessionkey::fleet::DEFAULT_GROUP;
-use sessionkey::trust::{LivePeers, LiveSessions};
-
-use super::common::{
-    config_error, ClientSide, ClientTransportOpts, DatabasePeers, ServerSide, ServerTransportOpts,
-    SessionOpts,
-};
+use super::common::{config_error, state_dir};
 
 /// Arguments of `sessionkey tunnel`.
 #[derive(Debug, clap::Args)]
@@ -37,249 +31,9 @@ pub(crate) struct Args {
 #[derive(Debug, clap::Subcommand)]
 enum Side {
     /// Accept sessions and forward each authenticated connection to a target.
-    Server(ServerArgs),
+    Server(ServerTable),
     /// Listen locally; carry each connection through its own session to the server.
-    Client(ClientArgs),
-}
-
-/// `tunnel server` options (also the fields of a `role = "server"` table).
-#[derive(Debug, clap::Args, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ServerArgs {
-    /// A name for logs and status.
-    #[arg(long, default_value = "server")]
-    #[serde(default = "default_server_name")]
-    name: String,
-    /// Address to accept sessions on.
-    #[arg(long)]
-    listen: String,
-    /// Where to forward the plain bytes.
-    #[arg(long)]
-    to: String,
-    /// The server's private key (native transport).
-    #[arg(long)]
-    #[serde(default)]
-    key: Option<PathBuf>,
-    /// Keys allowed to connect, one `sessionkey-x25519 BASE64 comment` a line.
-    #[arg(long, value_name = "FILE")]
-    #[serde(default)]
-    authorized_peers: Option<PathBuf>,
-    /// A key allowed to connect (repeatable).
-    #[arg(long, value_name = "PUBKEY")]
-    #[serde(default)]
-    allow: Vec<String>,
-    /// Take the authorized peers from this PostgreSQL database (postgres://USER@HOST/DB;
-    /// a password may come from PGPASSWORD), shared by a fleet of gateways and kept with
-    /// `sessionkey peers`. Removed keys are refused and their sessions closed at once.
-    #[arg(long, value_name = "URL", conflicts_with_all = ["authorized_peers", "allow", "any_client"])]
-    #[serde(default)]
-    peers_database: Option<String>,
-    /// The group of peers in --peers-database this tunnel admits (default: "default").
-    #[arg(long, value_name = "NAME", requires = "peers_database")]
-    #[serde(default)]
-    peers_group: Option<String>,
-    /// While --peers-database cannot be reached, refuse every new session (default:
-    /// fail-static, keep admitting the last list read; live sessions go on either way).
-    #[arg(long, requires = "peers_database")]
-    #[serde(default)]
-    fail_closed: bool,
-    /// Admit any client, with or without a key or certificate. Anyone who can reach the
-    /// listening address reaches the target.
-    #[arg(long, visible_alias = "insecure-anonymous")]
-    #[serde(default, alias = "insecure_anonymous")]
-    any_client: bool,
-    /// Connections in their handshake at once; more are reset at once (default: from the
-    /// open-files limit, at most 1024).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    #[serde(default)]
-    max_handshakes: Option<u32>,
-    /// Connections in their handshake at once from one address (IPv6: one /64)
-    /// (default: a quarter of max-handshakes, at least 2).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    #[serde(default)]
-    max_handshakes_per_source: Option<u32>,
-    /// Established sessions at once; more are refused (default: no bound but the
-    /// open-files limit).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    #[serde(default)]
-    max_connections: Option<u32>,
-    /// New handshakes a second from one address, twice that at once; more are reset at
-    /// once (default: 200). Bounds what a replayed hello can make the server compute.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    #[serde(default)]
-    handshakes_per_second_per_source: Option<u32>,
-    #[command(flatten)]
-    #[serde(flatten)]
-    opts: SessionOpts,
-    #[command(flatten)]
-    #[serde(flatten)]
-    tls: ServerTransportOpts,
-}
-
-/// `tunnel client` options (also the fields of a `role = "client"` table).
-#[derive(Debug, clap::Args, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ClientArgs {
-    /// A name for logs and status.
-    #[arg(long, default_value = "client")]
-    #[serde(default = "default_client_name")]
-    name: String,
-    /// Local address to accept plain connections on.
-    #[arg(long)]
-    listen: String,
-    /// The tunnel server's address.
-    #[arg(long)]
-    server: String,
-    /// This client's private key (native transport; TLS clients need none).
-    #[arg(long)]
-    #[serde(default)]
-    key: Option<PathBuf>,
-    /// The server's public key (pins it; fastest handshake).
-    #[arg(long, value_name = "PUBKEY")]
-    #[serde(default)]
-    server_key: Option<String>,
-    /// Server keys by host, in ssh's known_hosts grammar.
-    #[arg(long, value_name = "FILE")]
-    #[serde(default)]
-    known_peers: Option<PathBuf>,
-    /// Learn an unknown server's key into --known-peers (trust on first use).
-    #[arg(long, requires = "known_peers")]
-    #[serde(default)]
-    accept_new: bool,
-    /// Do not check the server's key at all. Insecure.
-    #[arg(long)]
-    #[serde(default)]
-    insecure_anonymous: bool,
-    #[command(flatten)]
-    #[serde(flatten)]
-    opts: SessionOpts,
-    #[command(flatten)]
-    #[serde(flatten)]
-    tls: ClientTransportOpts,
-}
-
-fn default_server_name() -> String {
-    "server".into()
-}
-
-fn default_client_name() -> String {
-    "client".into()
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(tag = "role", rename_all = "lowercase")]
-enum TunnelTable {
-    Server(ServerArgs),
-    Client(ClientArgs),
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    /// Serve Prometheus metrics here, as `--metrics` (the flag wins).
-    #[serde(default)]
-    metrics: Option<String>,
-    tunnel: Vec<TunnelTable>,
-}
-
-impl ServerArgs {
-    /// The configuration, admitting the keys of `peers` when the table names a peers
-    /// database (for `sessionkey check`: an empty set, nothing is connected).
-    pub(crate) fn build(&self, peers: LivePeers) -> Result<ServerConfig> {
-        let database = self.fleet_options()?.map(|o| DatabasePeers {
-            peers,
-            source: format!(
-                "group {} of the peers database {}",
-                o.group,
-                redact_url(&o.url)
-            ),
-            group: o.group,
-        });
-        Ok(ServerConfig {
-            name: self.name.clone(),
-            target: self.to.clone(),
-            session: self.opts.session_config(),
-            transport: self.tls.build(ServerSide {
-                key: self.key.as_deref(),
-                opts: &self.opts,
-                authorized: self.authorized_peers.as_deref(),
-                allow: &self.allow,
-                insecure_anonymous: self.any_client,
-                database,
-            })?,
-            limits: self.limits(),
-            sessions: LiveSessions::default(),
-        })
-    }
-
-    /// Where the peers come from when `peers_database` is set.
-    fn fleet_options(&self) -> Result<Option<PeersOptions>> {
-        let Some(url) = &self.peers_database else {
-            if self.peers_group.is_some() || self.fail_closed {
-                return Err(config_error(
-                    "peers_group and fail_closed go with peers_database; add it or leave them out",
-                ));
-            }
-            return Ok(None);
-        };
-        if self.authorized_peers.is_some() || !self.allow.is_empty() || self.any_client {
-            return Err(config_error(
-                "peers_database decides who is admitted: leave out authorized_peers, allow \
-                 and any_client",
-            ));
-        }
-        let group = self
-            .peers_group
-            .clone()
-            .unwrap_or_else(|| DEFAULT_GROUP.into());
-        check_group(&group).map_err(config_error)?;
-        Ok(Some(PeersOptions {
-            url: url.clone(),
-            cache: PeersOptions::default_cache(&super::common::state_dir(), &group),
-            group,
-            fail_closed: self.fail_closed,
-            tunnel: self.name.clone(),
-        }))
-    }
-
-    /// The defaults for this process's open-files limit, with what the options change.
-    fn limits(&self) -> Limits {
-        let mut limits = Limits::default();
-        let n = |v: u32| usize::try_from(v).unwrap_or(usize::MAX);
-        if let Some(v) = self.max_handshakes {
-            limits.max_handshakes = n(v);
-            if self.max_handshakes_per_source.is_none() {
-                limits.max_handshakes_per_source = (n(v) / 4).max(2).min(n(v));
-            }
-        }
-        if let Some(v) = self.max_handshakes_per_source {
-            limits.max_handshakes_per_source = n(v);
-        }
-        limits.max_connections = self.max_connections.map(n);
-        if let Some(v) = self.handshakes_per_second_per_source {
-            limits.handshakes_per_second_per_source = v;
-        }
-        limits
-    }
-}
-
-impl ClientArgs {
-    pub(crate) fn build(&self) -> Result<ClientConfig> {
-        Ok(ClientConfig {
-            name: self.name.clone(),
-            server: self.server.clone(),
-            session: self.opts.session_config(),
-            transport: self.tls.build(ClientSide {
-                server: &self.server,
-                key: self.key.as_deref(),
-                opts: &self.opts,
-                server_key: self.server_key.as_deref(),
-                known_peers: self.known_peers.as_deref(),
-                accept_new: self.accept_new,
-                insecure_anonymous: self.insecure_anonymous,
-            })?,
-        })
-    }
+    Client(ClientTable),
 }
 
 async fn bind(addr: &str) -> Result<TcpListener> {
@@ -288,65 +42,13 @@ async fn bind(addr: &str) -> Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr}"))
 }
 
-/// Read a configuration file; its relative paths are made relative to its directory (as
-/// in a VPN configuration), not to the working directory.
-fn load_config(path: &Path) -> Result<ConfigFile> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut file: ConfigFile = toml::from_str(&text).map_err(|e| {
-        // The field checks of `sessionkey check` locate each mistake at its own line.
-        let problems = sessionkey::check::tunnel_file(path, &text).problems;
-        if problems.is_empty() {
-            return config_error(format!("{}: {e}", path.display()));
-        }
-        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        config_error(lines.join("\n"))
-    })?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    for table in &mut file.tunnel {
-        rebase_table(table, base);
-    }
-    Ok(file)
-}
-
-/// Make a table's relative paths relative to `base`, the configuration file's directory.
-fn rebase_table(table: &mut TunnelTable, base: &Path) {
-    match table {
-        TunnelTable::Server(s) => {
-            super::common::rebase(&mut s.key, base);
-            super::common::rebase(&mut s.authorized_peers, base);
-            s.opts.rebase(base);
-            s.tls.rebase(base);
-        }
-        TunnelTable::Client(c) => {
-            super::common::rebase(&mut c.key, base);
-            super::common::rebase(&mut c.known_peers, base);
-            c.opts.rebase(base);
-            c.tls.rebase(base);
-        }
-    }
-}
-
-/// Builds one `[[tunnel]]` table as `tunnel --config` does, without binding anything (for
-/// `sessionkey check`); relative paths are taken from `base`, the file's directory.
-pub(crate) fn build_table(table: toml::Table, base: &Path) -> Result<()> {
-    let mut table: TunnelTable = toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| config_error(e.message().trim().to_string()))?;
-    rebase_table(&mut table, base);
-    match table {
-        TunnelTable::Server(s) => s.build(LivePeers::default()).map(drop),
-        TunnelTable::Client(c) => c.build().map(drop),
-    }
-}
-
 pub(crate) async fn run(args: Args) -> Result<()> {
     let mut metrics = args.metrics.clone();
     let tables = match (args.side, args.config) {
         (Some(Side::Server(s)), None) => vec![TunnelTable::Server(s)],
         (Some(Side::Client(c)), None) => vec![TunnelTable::Client(c)],
         (None, Some(path)) => {
-            let file = load_config(&path)?;
+            let file = TunnelFile::load(&path)?;
             metrics = metrics.or(file.metrics);
             file.tunnel
         }
@@ -380,9 +82,10 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     for table in tables {
         match table {
             TunnelTable::Server(s) => {
-                let peers = LivePeers::default();
-                let config = s.build(peers.clone())?;
-                if let Some(options) = s.fleet_options()? {
+                let config = s.build(&state_dir())?;
+                if let (Some(options), Some(peers)) =
+                    (s.fleet_options(&state_dir())?, config.peers.clone())
+                {
                     fleets.push(FleetPeers::start(options, peers, config.sessions.clone()).await?);
                 }
                 let listener = bind(&s.listen).await?;
