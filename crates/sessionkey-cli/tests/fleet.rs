@@ -776,7 +776,16 @@ fn through_a_database_outage_sessions_go_on_and_a_removal_applies_on_reconnect()
     let relay = Cuttable::start(upstream);
     let (url, _) = via(&schema.url, relay.port);
     let pin = ["--server-key", server_key.public.as_str()];
-    let (mut open, open_port) = gateway(&env, "static", &server_key, target.addr, &url, &[]);
+    let metrics_port = support::free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let (mut open, open_port) = gateway(
+        &env,
+        "static",
+        &server_key,
+        target.addr,
+        &url,
+        &["--metrics", &metrics],
+    );
     let (mut closed, closed_port) = gateway(
         &env,
         "closed",
@@ -802,11 +811,25 @@ fn through_a_database_outage_sessions_go_on_and_a_removal_applies_on_reconnect()
     let mut alice_closed_conn = live(alice_closed);
     let mut bob_conn = live(bob_open);
 
+    assert_eq!(database_up(&env), vec![true, true]);
+    assert!(
+        scrape(metrics_port).contains("sessionkey_peers_database_up{tunnel=\"static\"} 1"),
+        "{}",
+        scrape(metrics_port)
+    );
     relay.cut();
     let cut_at = Instant::now();
     open.expect_log("lost the peers database");
     closed.expect_log("lost the peers database");
     eprintln!("outage noticed after {:?}", cut_at.elapsed());
+    // The outage shows in status and the metrics.
+    assert_eq!(database_up(&env), vec![false, false]);
+    let text = scrape(metrics_port);
+    assert!(
+        text.contains("sessionkey_peers_database_up{tunnel=\"static\"} 0")
+            && text.contains("sessionkey_peers_list_age_seconds{tunnel=\"static\"}"),
+        "{text}"
+    );
 
     // Sessions go on; the fail-static gateway admits new sessions from its last list, the
     // fail-closed one refuses them.
@@ -882,4 +905,35 @@ fn through_a_database_outage_sessions_go_on_and_a_removal_applies_on_reconnect()
         !echo_once(bob_open),
         "bob got in after his removal was read"
     );
+    assert_eq!(database_up(&env), vec![true, true]);
+}
+
+/// Whether each gateway of `env` (by tunnel name) reaches its database, from `status --json`.
+fn database_up(env: &Env) -> Vec<bool> {
+    let status = env.status();
+    let mut up: Vec<(String, bool)> = status
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["peers_databases"].as_array().cloned().unwrap_or_default())
+        .map(|f| {
+            (
+                f["tunnel"].as_str().unwrap_or_default().to_string(),
+                f["database_up"].as_bool().expect("database_up"),
+            )
+        })
+        .collect();
+    up.sort();
+    up.into_iter().map(|(_, u)| u).collect()
+}
+
+/// GET /metrics.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut c = support::connect(port);
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    out
 }

@@ -97,6 +97,38 @@ impl Collector for Sessions {
                 ConstCounter::new(n).encode(family.encode_family(&l)?)?;
             }
         }
+        {
+            let fleets = self.0.fleets();
+            let now = std::time::SystemTime::now();
+            type Get = fn(&crate::fleet::gateway::FleetPeers, std::time::SystemTime) -> i64;
+            let gauges: [(&str, &str, Get); 2] = [
+                (
+                    "sessionkey_peers_database_up",
+                    "Whether the fleet database the tunnel takes its peers from is reachable (1) or not (0).",
+                    |f, _| i64::from(f.is_up()),
+                ),
+                (
+                    "sessionkey_peers_list_age_seconds",
+                    "Age of the authorized-peers list in use (read from the fleet database, or its cache).",
+                    |f, now| i64::try_from(f.age(now).as_secs()).unwrap_or(i64::MAX),
+                ),
+            ];
+            for (name, help, get) in gauges {
+                if fleets.is_empty() {
+                    break;
+                }
+                let mut family = encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    ConstGauge::new(0i64).metric_type(),
+                )?;
+                for f in &fleets {
+                    let l = [("tunnel", f.tunnel().to_string())];
+                    ConstGauge::new(get(f, now)).encode(family.encode_family(&l)?)?;
+                }
+            }
+        }
         type Pair = fn(&Counts) -> (u64, u64);
         let by_direction: [(&str, &str, Pair); 2] = [
             (

@@ -67,6 +67,8 @@ pub struct Registry {
     ended: Arc<Mutex<BTreeMap<SeriesKey, Counts>>>,
     /// Handshakes by tunnel, result and reason (see [`Registry::count_handshake`]).
     handshakes: Arc<Mutex<BTreeMap<HandshakeKey, u64>>>,
+    /// The fleet databases servers take their peers from (see [`Registry::add_fleet`]).
+    fleets: Arc<Mutex<Vec<crate::fleet::gateway::FleetPeers>>>,
 }
 
 /// The labels of a handshake count: tunnel name, result (`ok`, `failed`, `refused`) and
@@ -190,6 +192,19 @@ impl Registry {
         }
     }
 
+    /// Show a server's fleet database (up or not, the age of its list) in status and
+    /// metrics.
+    pub fn add_fleet(&self, fleet: crate::fleet::gateway::FleetPeers) {
+        if let Ok(mut fleets) = self.fleets.lock() {
+            fleets.push(fleet);
+        }
+    }
+
+    /// The fleet databases servers take their peers from.
+    pub fn fleets(&self) -> Vec<crate::fleet::gateway::FleetPeers> {
+        self.fleets.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
     /// The handshake counts since start.
     pub fn handshakes(&self) -> Vec<(HandshakeKey, u64)> {
         self.handshakes
@@ -254,7 +269,21 @@ impl Registry {
                 v
             })
             .collect();
-        json!({ "pid": std::process::id(), "sessions": sessions })
+        let fleets: Vec<Value> = self
+            .fleets()
+            .iter()
+            .map(|f| {
+                json!({
+                    "tunnel": f.tunnel(),
+                    "group": f.group(),
+                    "database_up": f.is_up(),
+                    "list_age_secs": f.age(now).as_secs(),
+                    "peers": f.len(),
+                    "fail_closed": f.fail_closed(),
+                })
+            })
+            .collect();
+        json!({ "pid": std::process::id(), "sessions": sessions, "peers_databases": fleets })
     }
 }
 

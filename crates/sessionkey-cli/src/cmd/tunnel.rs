@@ -77,8 +77,6 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     }
     let mut tasks = tokio::task::JoinSet::new();
     let mut names = std::collections::HashMap::new();
-    // The gateways' database followers, kept as long as their tunnels run.
-    let mut fleets = Vec::new();
     for table in tables {
         match table {
             TunnelTable::Server(s) => {
@@ -86,7 +84,8 @@ pub(crate) async fn run(args: Args) -> Result<()> {
                 if let (Some(options), Some(peers)) =
                     (s.fleet_options(&state_dir())?, config.peers.clone())
                 {
-                    fleets.push(FleetPeers::start(options, peers, config.sessions.clone()).await?);
+                    let fleet = FleetPeers::start(options, peers, config.sessions.clone()).await?;
+                    registry.add_fleet(fleet);
                 }
                 let listener = bind(&s.listen).await?;
                 let transport = match &config.transport {

@@ -211,6 +211,11 @@ impl FleetPeers {
         self.len() == 0
     }
 
+    /// The tunnel's name.
+    pub fn tunnel(&self) -> &str {
+        &self.shared.options.tunnel
+    }
+
     /// The group.
     pub fn group(&self) -> &str {
         &self.shared.options.group
