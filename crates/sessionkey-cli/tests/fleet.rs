@@ -250,11 +250,11 @@ fn migrations_apply_once_and_record_their_version() {
     }
     assert_eq!(
         schema.scalar("SELECT COUNT(*) FROM sessionkey_fleet_migrations"),
-        1
+        2
     );
     assert_eq!(
         schema.scalar("SELECT MAX(version)::BIGINT FROM sessionkey_fleet_migrations"),
-        1
+        2
     );
 }
 
@@ -363,11 +363,16 @@ impl Haproxy {
         let servers: String = backends
             .iter()
             .enumerate()
-            .map(|(i, p)| format!("    server gw{} 127.0.0.1:{p}\n", i + 1))
+            .map(|(i, p)| {
+                format!(
+                    "    server gw{} 127.0.0.1:{p} check inter 500 fall 1 rise 1\n",
+                    i + 1
+                )
+            })
             .collect();
         let config = format!(
             "global\n    maxconn 512\n\
-             defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 120s\n    timeout server 120s\n\
+             defaults\n    mode tcp\n    retries 3\n    option redispatch\n    timeout connect 5s\n    timeout client 120s\n    timeout server 120s\n\
              frontend fleet\n    bind 127.0.0.1:{port}\n    default_backend gateways\n\
              backend gateways\n    balance roundrobin\n{servers}"
         );
@@ -482,6 +487,25 @@ fn three_gateways_behind_haproxy_admit_and_revoke_together() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
+    // Kicks: one session by its id, then every session of a key; the key stays authorized.
+    let mut alice_conn = held_session(alice_port);
+    let id = poll_census(&env, &schema, "alice's session in the fleet status", |c| {
+        sessions_in(c)
+            .into_iter()
+            .find(|(_, s)| s["peer"] == alice.fingerprint.as_str())
+            .map(|(_, s)| s["session"].as_str().unwrap().to_string())
+    });
+    let out = peers(&env, &schema, &["kick", &id]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_closed(&mut alice_conn, "alice's kicked session");
+    let mut alice_conn = held_session(alice_port);
+    let out = peers(&env, &schema, &["kick", &alice.fingerprint]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_closed(&mut alice_conn, "alice's sessions after her key was kicked");
+    assert!(echo_once(alice_port), "a kicked key may connect again");
+    let out = peers(&env, &schema, &["kick", "0123456789abcdef"]);
+    assert_eq!(out.code, Some(64), "no such session: {out:?}");
+
     // Live sessions of bob on all three gateways, and one of alice.
     let before: Vec<usize> = gateways
         .iter()
@@ -496,15 +520,7 @@ fn three_gateways_behind_haproxy_admit_and_revoke_together() {
         conn.read_exact(&mut buf).expect("bob's session echoes");
         held.push(conn);
     }
-    let mut alice_conn = support::connect(alice_port);
-    {
-        use std::io::{Read, Write};
-        alice_conn.write_all(b"ping").unwrap();
-        let mut buf = [0u8; 4];
-        alice_conn
-            .read_exact(&mut buf)
-            .expect("alice's session echoes");
-    }
+    let mut alice_conn = held_session(alice_port);
     let deadline = Instant::now() + Duration::from_secs(10);
     while gateways
         .iter()
@@ -517,6 +533,28 @@ fn three_gateways_behind_haproxy_admit_and_revoke_together() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+
+    // The fleet status lists bob's sessions on all three gateways (by their pids).
+    let pids: Vec<String> = gateways
+        .iter()
+        .map(|(p, _)| format!(":{}", p.pid()))
+        .collect();
+    poll_census(&env, &schema, "bob's sessions on all three gateways", |c| {
+        let holders: Vec<String> = sessions_in(c)
+            .into_iter()
+            .filter(|(_, s)| s["peer"] == bob.fingerprint.as_str())
+            .map(|(g, _)| g)
+            .collect();
+        pids.iter()
+            .all(|pid| holders.iter().any(|g| g.ends_with(pid.as_str())))
+            .then_some(())
+    });
+    let table = env.run(&["status", "--database", &schema.url]);
+    assert_eq!(table.code, Some(0), "{table:?}");
+    assert!(
+        table.stdout.contains(&bob.fingerprint[..16]) && table.stdout.contains("live"),
+        "{table:?}"
+    );
 
     // Removed: every gateway closes bob's session; measured from the end of `peers remove`
     // (its transaction has committed, so the notice is out).
@@ -589,6 +627,95 @@ fn three_gateways_behind_haproxy_admit_and_revoke_together() {
             .expect("alice's session goes on");
         assert_eq!(&buf, b"pong");
     }
+
+    // A gateway killed with -9: new sessions go to the others through the balancer; its
+    // rows in the fleet status go stale, then disappear.
+    let (mut killed, _) = gateways.remove(0);
+    let pid = format!(":{}", killed.pid());
+    killed.kill();
+    for i in 0..6 {
+        assert!(
+            echo_once(alice_port),
+            "connection {i} after the kill did not fail over"
+        );
+    }
+    let is_listed = |c: &serde_json::Value, stale: bool| {
+        c.as_array().into_iter().flatten().any(|g| {
+            g["gateway"]
+                .as_str()
+                .is_some_and(|n| n.ends_with(pid.as_str()))
+                && (!stale || g["stale"] == true)
+        })
+    };
+    poll_census(&env, &schema, "the killed gateway marked stale", |c| {
+        is_listed(c, true).then_some(())
+    });
+    let table = env.run(&["status", "--database", &schema.url]);
+    assert!(table.stdout.contains("stale"), "{table:?}");
+    poll_census(&env, &schema, "the killed gateway removed", |c| {
+        (!is_listed(c, false)).then_some(())
+    });
+}
+
+/// A session through a tunnel client's port, established (one echo), held open.
+fn held_session(port: u16) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut conn = support::connect(port);
+    conn.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    conn.read_exact(&mut buf).expect("the session echoes");
+    conn
+}
+
+/// The next read of a held session must end it (reset or end of stream), not time out.
+fn assert_closed(conn: &mut std::net::TcpStream, what: &str) {
+    use std::io::Read;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    match conn.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("{what}: not closed: {other:?}"),
+    }
+}
+
+/// `status --database --json`, polled until `found` returns something (bounded).
+fn poll_census<T>(
+    env: &Env,
+    schema: &Schema,
+    what: &str,
+    found: impl Fn(&serde_json::Value) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = env.run(&["status", "--database", &schema.url, "--json"]);
+        assert_eq!(out.code, Some(0), "{out:?}");
+        let census: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        if let Some(v) = found(&census) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not seen in {census}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// (gateway, session) pairs of a fleet status.
+fn sessions_in(census: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    census
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| {
+            let name = g["gateway"].as_str().unwrap_or_default().to_string();
+            g["sessions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |s| (name.clone(), s))
+        })
+        .collect()
 }
 
 #[test]

@@ -55,6 +55,14 @@ struct Entry {
     remote: SocketAddr,
     started: SystemTime,
     view: Arc<dyn SessionView>,
+    close: Arc<CloseRequest>,
+}
+
+/// An operator's request to close one session ([`Registry::close_session`]).
+#[derive(Debug, Default)]
+struct CloseRequest {
+    requested: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
 }
 
 /// The live sessions of this process.
@@ -124,6 +132,25 @@ pub struct Series {
 pub struct Registration {
     registry: Registry,
     key: u64,
+    close: Arc<CloseRequest>,
+}
+
+impl Registration {
+    /// Resolves once the session is asked to close ([`Registry::close_session`]); the
+    /// session's task waits on it beside its data.
+    pub async fn close_requested(&self) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let notified = self.close.notify.notified();
+            tokio::pin!(notified);
+            // A waiter before the flag is read: no request is missed.
+            notified.as_mut().enable();
+            if self.close.requested.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl Drop for Registration {
@@ -166,6 +193,7 @@ impl Registry {
         view: Arc<dyn SessionView>,
     ) -> Registration {
         let key = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let close = Arc::new(CloseRequest::default());
         if let Ok(mut map) = self.inner.lock() {
             map.insert(
                 key,
@@ -175,13 +203,36 @@ impl Registry {
                     remote,
                     started: SystemTime::now(),
                     view,
+                    close: close.clone(),
                 },
             );
         }
         Registration {
             registry: self.clone(),
             key,
+            close,
         }
+    }
+
+    /// Ask the live session whose id (as `status` shows it) is `id` to close; whether this
+    /// process has it.
+    pub fn close_session(&self, id: &str) -> bool {
+        let entries: Vec<Entry> = self
+            .inner
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        let mut found = false;
+        for e in entries {
+            if e.view.json().is_some_and(|v| v["session"] == id) {
+                e.close
+                    .requested
+                    .store(true, std::sync::atomic::Ordering::Release);
+                e.close.notify.notify_waiters();
+                found = true;
+            }
+        }
+        found
     }
 
     /// Count one handshake of `tunnel`: `result` and `reason` are fixed words, never a

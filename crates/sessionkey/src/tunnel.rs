@@ -482,11 +482,19 @@ pub async fn run_server(
             };
             let _ = target.set_nodelay(true);
             registry.count_handshake(&config.name, "ok", "none");
-            let _reg = registry.register(&config.name, "server", from, secure.status_view());
-            match secure.peer_key().map(|k| config.sessions.register(k)) {
-                Some(live) => forward_until(secure, target, &config.name, live.revoked()).await,
-                None => forward(secure, target, &config.name).await,
-            }
+            let reg = registry.register(&config.name, "server", from, secure.status_view());
+            let live = secure.peer_key().map(|k| config.sessions.register(k));
+            // Closed early when its key is revoked or an operator kicks it.
+            let stop = async {
+                match &live {
+                    Some(live) => tokio::select! {
+                        () = live.revoked() => {}
+                        () = reg.close_requested() => {}
+                    },
+                    None => reg.close_requested().await,
+                }
+            };
+            forward_until(secure, target, &config.name, stop).await;
         });
     }
 }
@@ -515,8 +523,8 @@ pub async fn forward(secure: Secure, plain: TcpStream, name: &str) {
     forward_until(secure, plain, name, std::future::pending()).await;
 }
 
-/// [`forward`], but when `stop` resolves first (the peer's key was revoked) both TCP
-/// connections are reset at once.
+/// [`forward`], but when `stop` resolves first (the peer's key was revoked, or the session
+/// kicked) both TCP connections are reset at once.
 pub async fn forward_until(
     secure: Secure,
     plain: TcpStream,
@@ -537,7 +545,7 @@ pub async fn forward_until(
     };
     let result = tokio::select! {
         r = async { tokio::try_join!(up, down) } => r.map(drop),
-        () = stop => Err(io::Error::new(io::ErrorKind::PermissionDenied, "the peer's key was revoked")),
+        () = stop => Err(io::Error::new(io::ErrorKind::PermissionDenied, "closed by the operator (key revoked or session kicked)")),
     };
     if let Err(e) = result {
         tracing::warn!(tunnel = %name, "session ended in error, resetting the connection: {e}");

@@ -2,7 +2,7 @@
 //! tunnel gateways, in PostgreSQL (docs/OPERATIONS.md, "A fleet of gateways").
 
 use anyhow::{Context, Result};
-use sessionkey::fleet::db::Added;
+use sessionkey::fleet::db::{Added, KickTarget};
 use sessionkey::fleet::gateway::{check_group, CONNECT_TIMEOUT};
 use sessionkey::fleet::{FleetDb, PeerRecord, PeerSelector, DEFAULT_GROUP};
 use sessionkey::trust::PeerKey;
@@ -24,6 +24,28 @@ pub(crate) enum Command {
     Remove(RemoveArgs),
     /// List the authorized keys of a group.
     List(ListArgs),
+    /// Close live sessions on every gateway: all of a key's (it stays authorized, so its
+    /// client may connect again), or one session by the id `status --database` shows.
+    ///
+    /// Example: sessionkey peers kick 1bfc33a749cf7b72 --database postgres://admin@db/fleet
+    Kick(KickArgs),
+}
+
+/// `peers kick` arguments.
+#[derive(Debug, clap::Args)]
+pub(crate) struct KickArgs {
+    /// A session id (16 hex digits, as `status --database` shows it), or a key (its line,
+    /// .pub file or fingerprint `SHA256:...`).
+    target: String,
+    /// The fleet's PostgreSQL database (postgres://USER:PASSWORD@HOST/DB); from
+    /// SESSIONKEY_PEERS_DATABASE when not given.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SESSIONKEY_PEERS_DATABASE",
+        hide_env_values = true
+    )]
+    database: String,
 }
 
 /// The database and group every `peers` command takes.
@@ -172,6 +194,7 @@ pub(crate) async fn run(command: Command) -> Result<()> {
                 );
             }
         }
+        Command::Kick(a) => kick(a).await?,
         Command::List(a) => {
             let db = a.target.open().await?;
             let peers = db.peers(&a.target.group).await?;
@@ -181,6 +204,62 @@ pub(crate) async fn run(command: Command) -> Result<()> {
                 print_table(&peers, &a.target.group);
             }
         }
+    }
+    Ok(())
+}
+
+async fn kick(a: KickArgs) -> Result<()> {
+    let is_session = a.target.len() == 16 && a.target.bytes().all(|b| b.is_ascii_hexdigit());
+    let target = if is_session {
+        KickTarget::Session(a.target.to_ascii_lowercase())
+    } else {
+        let text = key_text(&a.target)?;
+        let fingerprint = match text.trim().parse::<PeerSelector>() {
+            Ok(PeerSelector::Fingerprint(f)) => f,
+            Ok(PeerSelector::Key(k)) => k.fingerprint().to_string(),
+            Err(e) => {
+                return Err(UsageError(format!(
+                    "{e} (from {:?}); give a session id (16 hex digits, as `sessionkey status \
+                     --database` shows it), a key line, a .pub file or a fingerprint SHA256:...",
+                    text.trim()
+                ))
+                .into())
+            }
+        };
+        KickTarget::Key(fingerprint)
+    };
+    let db = FleetDb::open(&a.database, CONNECT_TIMEOUT).await?;
+    let census = db.census().await?;
+    let holders: Vec<&str> = census
+        .iter()
+        .filter(|g| {
+            g.sessions.iter().any(|s| match &target {
+                KickTarget::Session(id) => &s.session == id,
+                KickTarget::Key(f) => s.peer.as_deref() == Some(f.as_str()),
+            })
+        })
+        .map(|g| g.gateway.as_str())
+        .collect();
+    if let (KickTarget::Session(id), true) = (&target, holders.is_empty()) {
+        return Err(UsageError(format!(
+            "no gateway reports a live session {id} to {}; `sessionkey status --database URL` \
+             lists them",
+            db.url()
+        ))
+        .into());
+    }
+    db.kick(target.clone()).await?;
+    match target {
+        KickTarget::Session(id) => println!("session {id} closed on {}", holders.join(", ")),
+        KickTarget::Key(f) => println!(
+            "the sessions of {f} are closed on every gateway (reported on: {}); the key \
+             stays authorized (`sessionkey peers remove` revokes it)",
+            if holders.is_empty() {
+                "none".to_string()
+            } else {
+                holders.join(", ")
+            }
+        ),
     }
     Ok(())
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use sessionkey::admission;
 use sessionkey::config::{ClientTable, ServerTable, TunnelFile, TunnelTable};
+use sessionkey::fleet::census;
 use sessionkey::fleet::gateway::FleetPeers;
+use sessionkey::fleet::FleetDb;
 use sessionkey::status::{self, Registry};
 use sessionkey::tunnel::{self, ServerTransport, TunnelError};
 use tokio::net::TcpListener;
@@ -75,6 +77,8 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         Ok(c) => tracing::debug!(socket = %c.path().display(), "status on the control socket"),
         Err(e) => tracing::warn!("`sessionkey status` is disabled for this process: {e}"),
     }
+    // Databases this process reports its sessions to, to leave on a clean stop.
+    let mut fleet_urls: Vec<String> = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut names = std::collections::HashMap::new();
     for table in tables {
@@ -84,8 +88,17 @@ pub(crate) async fn run(args: Args) -> Result<()> {
                 if let (Some(options), Some(peers)) =
                     (s.fleet_options(&state_dir())?, config.peers.clone())
                 {
+                    let url = options.url.clone();
                     let fleet = FleetPeers::start(options, peers, config.sessions.clone()).await?;
+                    tokio::spawn(close_kicked(fleet.session_kicks(), registry.clone()));
                     registry.add_fleet(fleet);
+                    tokio::spawn(census::report(
+                        url.clone(),
+                        census::gateway_name(),
+                        config.name.clone(),
+                        registry.clone(),
+                    ));
+                    fleet_urls.push(url);
                 }
                 let listener = bind(&s.listen).await?;
                 let transport = match &config.transport {
@@ -173,10 +186,12 @@ pub(crate) async fn run(args: Args) -> Result<()> {
             }
             _ = tokio::signal::ctrl_c() => {
                 tracing::info!("interrupted; stopping");
+                leave_fleets(&fleet_urls).await;
                 return Ok(());
             }
             _ = terminate() => {
                 tracing::info!("terminated; stopping");
+                leave_fleets(&fleet_urls).await;
                 return Ok(());
             }
         }
@@ -184,6 +199,40 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     Err(anyhow::anyhow!(
         last_error.unwrap_or_else(|| "no tunnel is left".into())
     ))
+}
+
+/// Close the sessions `peers kick SESSION` names, if this process holds them.
+async fn close_kicked(mut kicks: tokio::sync::broadcast::Receiver<String>, registry: Registry) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match kicks.recv().await {
+            Ok(id) => {
+                if registry.close_session(&id) {
+                    tracing::warn!(session = %id, "session {id} kicked by the operator: closed");
+                }
+            }
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!("{n} session kicks arrived faster than they were read; skipped")
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Take this gateway's sessions out of the fleet status (best effort, bounded): a gateway
+/// that stops cleanly does not linger there as stale.
+async fn leave_fleets(urls: &[String]) {
+    let gateway = census::gateway_name();
+    for url in urls {
+        let left = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            let db = FleetDb::open(url, std::time::Duration::from_secs(2)).await?;
+            db.leave(&gateway).await
+        })
+        .await;
+        if let Ok(Err(e)) = left {
+            tracing::debug!("cannot take this gateway out of the fleet status: {e}");
+        }
+    }
 }
 
 /// Whether a tunnel task ended because the server's key was refused.

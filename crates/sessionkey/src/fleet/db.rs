@@ -29,9 +29,10 @@ const MIGRATION_LOCK: i64 = 0x5e55_f1ee;
 /// The schema, one step per version; a database records the versions it has applied in
 /// `sessionkey_fleet_migrations`, so a newer binary adds only the steps it lacks. Never
 /// edit a shipped step: append a new one.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE sessionkey_fleet_peers (
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE sessionkey_fleet_peers (
         peer_group TEXT NOT NULL,
         key_line TEXT NOT NULL,
         fingerprint TEXT NOT NULL,
@@ -41,7 +42,27 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         PRIMARY KEY (peer_group, key_line));
      CREATE INDEX sessionkey_fleet_peers_by_fingerprint
         ON sessionkey_fleet_peers (peer_group, fingerprint)",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE sessionkey_fleet_gateways (
+        gateway TEXT PRIMARY KEY,
+        heartbeat_at TIMESTAMPTZ NOT NULL);
+     CREATE TABLE sessionkey_fleet_sessions (
+        gateway TEXT NOT NULL REFERENCES sessionkey_fleet_gateways ON DELETE CASCADE,
+        tunnel TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        peer TEXT,
+        transport TEXT NOT NULL,
+        suite TEXT NOT NULL,
+        send_epoch BIGINT,
+        receive_epoch BIGINT,
+        bytes_sent BIGINT NOT NULL,
+        bytes_received BIGINT NOT NULL,
+        started_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (gateway, tunnel, session_id))",
+    ),
+];
 
 /// A fleet database failure, with what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -150,13 +171,31 @@ pub enum Notice {
         /// The group.
         group: String,
     },
+    /// Close live sessions on every gateway (the key stays authorized; its client may
+    /// connect again).
+    Kick {
+        /// The schema of the fleet's tables.
+        schema: String,
+        /// Which sessions.
+        target: KickTarget,
+    },
+}
+
+/// What `sessionkey peers kick` closes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KickTarget {
+    /// Every session of the key with this fingerprint (`SHA256:...`).
+    Key(String),
+    /// The session with this id (as `status` shows it).
+    Session(String),
 }
 
 impl Notice {
     /// The schema the notice is about.
     pub fn schema(&self) -> &str {
         match self {
-            Self::Peers { schema, .. } => schema,
+            Self::Peers { schema, .. } | Self::Kick { schema, .. } => schema,
         }
     }
 }
@@ -375,6 +414,18 @@ impl FleetDb {
             .bind(payload)
             .execute(&mut **tx)
             .await?;
+        Ok(())
+    }
+
+    /// Ask every gateway to close the sessions `target` names.
+    pub async fn kick(&self, target: KickTarget) -> Result<(), FleetError> {
+        let mut tx = self.pool.begin().await?;
+        let notice = Notice::Kick {
+            schema: self.schema.clone(),
+            target,
+        };
+        self.notify(&mut tx, &notice).await?;
+        tx.commit().await?;
         Ok(())
     }
 

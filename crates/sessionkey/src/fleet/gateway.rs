@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
-use super::db::{FleetDb, FleetError, Notice, PeerRecord};
+use super::db::{FleetDb, FleetError, KickTarget, Notice, PeerRecord};
 use crate::trust::{AuthorizedPeers, LivePeers, LiveSessions, PeerKey, TrustError};
 
 /// How long a gateway waits for the database at start before it tries its cache.
@@ -78,6 +78,8 @@ struct Shared {
     /// its database.
     admitted: LivePeers,
     sessions: LiveSessions,
+    /// Session ids kicked fleet-wide, for whoever holds the sessions' registry.
+    kicks: tokio::sync::broadcast::Sender<String>,
     up: AtomicBool,
     /// Seconds since 1970 of the list in use: its read from the database, or the cache's
     /// modification time.
@@ -174,6 +176,7 @@ impl FleetPeers {
             keys: RwLock::new(Arc::new(keys)),
             admitted,
             sessions,
+            kicks: tokio::sync::broadcast::channel(64).0,
             loaded_at: AtomicU64::new(loaded_at),
             options,
         });
@@ -187,6 +190,12 @@ impl FleetPeers {
     /// Whether `key` may open a session now.
     pub fn admits(&self, key: &PeerKey) -> bool {
         self.shared.admitted.contains(key)
+    }
+
+    /// Session ids `sessionkey peers kick SESSION` names, as they arrive (each gateway
+    /// closes the one it holds, if any).
+    pub fn session_kicks(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.shared.kicks.subscribe()
     }
 
     /// Whether the database is reachable (as of the last attempt).
@@ -468,7 +477,7 @@ async fn follow(shared: &Shared, db: &FleetDb, mut listener: sqlx::postgres::PgL
     loop {
         let reload = tokio::select! {
             payload = rx.recv() => match payload {
-                Some(p) => is_for(&p, db.schema(), &shared.options.group),
+                Some(p) => handle(shared, &p, db.schema()),
                 None => break,
             },
             _ = recheck.tick() => true,
@@ -488,16 +497,46 @@ async fn follow(shared: &Shared, db: &FleetDb, mut listener: sqlx::postgres::PgL
     reader.await.unwrap_or_else(|e| e.to_string())
 }
 
-/// Whether a notice's payload concerns this gateway's schema and group. A payload that
-/// does not parse is logged and read as a reason to reload (the recheck would anyway).
-fn is_for(payload: &str, schema: &str, group: &str) -> bool {
-    match serde_json::from_str::<Notice>(payload) {
-        Ok(n @ Notice::Peers { .. }) => {
-            n.schema() == schema && matches!(&n, Notice::Peers { group: g, .. } if g == group)
-        }
+/// Act on a notice; whether the list must be read again (a change to this gateway's
+/// schema and group). A payload that does not parse is logged and read as a reason to
+/// reload (the recheck would anyway).
+fn handle(shared: &Shared, payload: &str, schema: &str) -> bool {
+    let notice = match serde_json::from_str::<Notice>(payload) {
+        Ok(n) if n.schema() != schema => return false,
+        Ok(n) => n,
         Err(e) => {
             tracing::warn!("peers database: an unreadable notice ({e}); reading the list again");
-            true
+            return true;
+        }
+    };
+    match notice {
+        Notice::Peers { group, .. } => group == shared.options.group,
+        Notice::Kick {
+            target: KickTarget::Key(fingerprint),
+            ..
+        } => {
+            let keys = shared.keys.read().map(|k| k.clone()).unwrap_or_default();
+            for key in keys
+                .iter()
+                .filter(|k| k.fingerprint().to_string() == fingerprint)
+            {
+                let closed = shared.sessions.revoke(key);
+                tracing::warn!(
+                    tunnel = %shared.options.tunnel,
+                    key = %fingerprint,
+                    closed,
+                    "kicked: {closed} live session(s) of {fingerprint} closed (the key stays authorized)"
+                );
+            }
+            false
+        }
+        Notice::Kick {
+            target: KickTarget::Session(id),
+            ..
+        } => {
+            // No receiver: nothing holds sessions to close.
+            let _ = shared.kicks.send(id);
+            false
         }
     }
 }
@@ -567,18 +606,70 @@ mod tests {
         }
     }
 
+    fn shared(group: &str, keys: &[PeerKey]) -> Shared {
+        Shared {
+            options: PeersOptions {
+                url: String::new(),
+                group: group.into(),
+                cache: PathBuf::new(),
+                fail_closed: false,
+                tunnel: "t".into(),
+            },
+            keys: RwLock::new(Arc::new(keys.iter().copied().collect())),
+            admitted: LivePeers::from_keys(keys.iter().copied()),
+            sessions: LiveSessions::default(),
+            kicks: tokio::sync::broadcast::channel(4).0,
+            up: AtomicBool::new(true),
+            loaded_at: AtomicU64::new(0),
+        }
+    }
+
+    fn key(b: u8) -> PeerKey {
+        PeerKey::Native(sessionkey_proto::keys::PublicKey::from_bytes([b; 32]))
+    }
+
+    fn json(n: &Notice) -> String {
+        serde_json::to_string(n).unwrap()
+    }
+
     #[test]
     fn notices_of_other_schemas_and_groups_are_ignored() {
+        let s = shared("web", &[]);
         let n = |schema: &str, group: &str| {
-            serde_json::to_string(&Notice::Peers {
+            json(&Notice::Peers {
                 schema: schema.into(),
                 group: group.into(),
             })
-            .unwrap()
         };
-        assert!(is_for(&n("s1", "web"), "s1", "web"));
-        assert!(!is_for(&n("s2", "web"), "s1", "web"));
-        assert!(!is_for(&n("s1", "db"), "s1", "web"));
-        assert!(is_for("not json", "s1", "web"));
+        assert!(handle(&s, &n("s1", "web"), "s1"));
+        assert!(!handle(&s, &n("s2", "web"), "s1"));
+        assert!(!handle(&s, &n("s1", "db"), "s1"));
+        assert!(handle(&s, "not json", "s1"));
+    }
+
+    #[test]
+    fn a_kick_closes_the_sessions_of_its_key_or_names_its_session() {
+        let s = shared("web", &[key(1), key(2)]);
+        let (a, b) = (s.sessions.register(key(1)), s.sessions.register(key(2)));
+        let kick = |target| {
+            json(&Notice::Kick {
+                schema: "s1".into(),
+                target,
+            })
+        };
+        let fingerprint = key(1).fingerprint().to_string();
+        assert!(!handle(
+            &s,
+            &kick(KickTarget::Key(fingerprint.clone())),
+            "s2"
+        ));
+        assert!(!a.is_revoked(), "another schema's kick");
+        assert!(!handle(&s, &kick(KickTarget::Key(fingerprint)), "s1"));
+        assert!(a.is_revoked() && !b.is_revoked());
+        // Still authorized: a kick is not a removal.
+        assert!(s.admitted.contains(&key(1)));
+        let mut ids = s.kicks.subscribe();
+        assert!(!handle(&s, &kick(KickTarget::Session("00ff".into())), "s1"));
+        assert_eq!(ids.try_recv().unwrap(), "00ff");
     }
 }

@@ -1,5 +1,6 @@
 //! A fleet of tunnel gateways on one PostgreSQL database: the authorized peers by group
-//! ([`db`]), and each gateway's live copy of its group's list ([`gateway`]).
+//! ([`db`]), each gateway's live copy of its group's list ([`gateway`]), and every
+//! gateway's live sessions ([`census`]).
 //!
 //! ```text
 //!   sessionkey peers add|remove ──► PostgreSQL ──NOTIFY──► gateway 1, 2, 3 (LISTEN)
@@ -8,6 +9,7 @@
 //!
 //! docs/OPERATIONS.md, "A fleet of gateways", describes what is stored and the failure modes.
 
+pub mod census;
 pub mod db;
 pub mod gateway;
 
