@@ -1064,3 +1064,106 @@ fn scrape(port: u16) -> String {
     c.read_to_string(&mut out).unwrap();
     out
 }
+
+/// The issue's measurements, printed for the closing note: revocation latency over 100
+/// removals through three gateways behind HAProxy (each must stay within one second), and
+/// connections per second through the fleet beside one gateway reached directly.
+#[test]
+fn measure_revocation_latency_and_connection_rate() {
+    let Some(schema) = Schema::new("measure") else {
+        return;
+    };
+    let env = Env::new("fleet-measure");
+    let target = support::echo_target();
+    let server_key = env.keygen("gateway");
+    let bob = env.keygen("bob");
+    let gateways: Vec<(support::Proc, u16)> = (1..=3)
+        .map(|i| {
+            gateway(
+                &env,
+                &format!("gw{i}"),
+                &server_key,
+                target.addr,
+                &schema.url,
+                &[],
+            )
+        })
+        .collect();
+    let ports: Vec<u16> = gateways.iter().map(|(_, p)| *p).collect();
+    let Some(balancer) = Haproxy::start(&env, &ports) else {
+        return;
+    };
+    let pin = ["--server-key", server_key.public.as_str()];
+    let (_fleet_client, fleet_port) = env.tunnel_client("bob", &bob, balancer.port, &pin);
+    let (_one_client, one_port) = env.tunnel_client("bob-one", &bob, ports[0], &pin);
+
+    // 100 removals: add, open a session, remove, time until the session is closed.
+    let (mut latencies, mut from_start) = (Vec::with_capacity(100), Vec::with_capacity(100));
+    for round in 0..100 {
+        assert_eq!(peers(&env, &schema, &["add", &bob.public]).code, Some(0));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut conn = loop {
+            if let Some(c) = try_held_session(fleet_port) {
+                break c;
+            }
+            assert!(Instant::now() < deadline, "round {round}: bob not admitted");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let waiter = std::thread::spawn(move || {
+            assert_closed(&mut conn, "bob's session after peers remove");
+            Instant::now()
+        });
+        let started = Instant::now();
+        let out = peers(&env, &schema, &["remove", &bob.fingerprint]);
+        let committed = Instant::now();
+        assert_eq!(out.code, Some(0), "{out:?}");
+        let closed = waiter.join().expect("closed");
+        // Zero when the session closed before the command had exited.
+        latencies.push(closed.saturating_duration_since(committed));
+        from_start.push(closed.saturating_duration_since(started));
+    }
+    latencies.sort();
+    from_start.sort();
+    let (median, max) = (latencies[50], latencies[99]);
+    eprintln!(
+        "revocation latency over 100 removals, to the client's session closed: from `peers \
+         remove` exiting (committed): median {median:?}, max {max:?}; from its start \
+         (process start and database connection included): median {:?}, max {:?}",
+        from_start[50], from_start[99]
+    );
+    assert!(max <= Duration::from_secs(1), "{latencies:?}");
+
+    // Connections per second: 4 threads x 50 sequential connections, one echo each.
+    assert_eq!(peers(&env, &schema, &["add", &bob.public]).code, Some(0));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(echo_once(fleet_port) && echo_once(one_port)) {
+        assert!(Instant::now() < deadline, "bob not admitted again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rate = |port: u16| {
+        let t0 = Instant::now();
+        let threads: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(move || (0..50).filter(|_| echo_once(port)).count()))
+            .collect();
+        let ok: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(ok, 200, "connections that failed");
+        200.0 / t0.elapsed().as_secs_f64()
+    };
+    let one = rate(one_port);
+    let fleet = rate(fleet_port);
+    eprintln!(
+        "connections per second (debug build, 4 x 50, handshake + one echo each): one gateway \
+         {one:.0}/s, three gateways behind HAProxy {fleet:.0}/s"
+    );
+}
+
+/// [`held_session`], or `None` if the session was refused.
+fn try_held_session(port: u16) -> Option<std::net::TcpStream> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    conn.write_all(b"ping").ok()?;
+    let mut buf = [0u8; 4];
+    conn.read_exact(&mut buf).ok()?;
+    Some(conn)
+}
