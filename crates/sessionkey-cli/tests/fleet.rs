@@ -1167,3 +1167,149 @@ fn try_held_session(port: u16) -> Option<std::net::TcpStream> {
     conn.read_exact(&mut buf).ok()?;
     Some(conn)
 }
+
+/// A TLS gateway takes its client-certificate keys (`tls-spki-sha256` lines) from the
+/// database too: admitted once added, its session closed when removed.
+#[test]
+fn a_tls_gateway_admits_and_revokes_certificate_keys_from_the_database() {
+    let Some(schema) = Schema::new("tls") else {
+        return;
+    };
+    let env = Env::new("fleet-tls");
+    let target = support::echo_target();
+    // A self-signed client certificate: its key's pin is what the database lists.
+    let (crt, key) = (env.path("client.crt"), env.path("client.key"));
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        out.stdout
+    };
+    let p = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=fleet client",
+        "-keyout",
+        &p(&key),
+        "-out",
+        &p(&crt),
+    ]);
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let spki = {
+        let pem =
+            String::from_utf8(openssl(&["x509", "-in", &p(&crt), "-pubkey", "-noout"])).unwrap();
+        std::fs::write(env.path("client.pub.pem"), pem).unwrap();
+        openssl(&[
+            "pkey",
+            "-pubin",
+            "-in",
+            &p(&env.path("client.pub.pem")),
+            "-outform",
+            "der",
+        ])
+    };
+    let pin = {
+        use base64::Engine;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &spki);
+        format!(
+            "tls-spki-sha256 {}",
+            base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+        )
+    };
+
+    let state = env.path("state-tls");
+    let to = target.addr.to_string();
+    let (mut server, port) = env.start_listening(
+        "tls-gw",
+        |port| {
+            [
+                "--state",
+                &p(&state),
+                "tunnel",
+                "server",
+                "--transport",
+                "tls",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--to",
+                &to,
+                "--peers-database",
+                &schema.url,
+            ]
+            .map(String::from)
+            .to_vec()
+        },
+        "tunnel server ready",
+    );
+    let log = server.expect_log("tunnel server ready");
+    let at = log
+        .find("tls-spki-sha256 ")
+        .expect("the server prints its pin");
+    let server_pin: String = log[at..]
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_end_matches('\'')
+        .to_string();
+    let (_client, client_port) = env.start_listening(
+        "tls-client",
+        |lport| {
+            [
+                "tunnel",
+                "client",
+                "--transport",
+                "tls",
+                "--listen",
+                &format!("127.0.0.1:{lport}"),
+                "--server",
+                &format!("127.0.0.1:{port}"),
+                "--server-key",
+                &server_pin,
+                "--cert",
+                &p(&crt),
+                "--cert-key",
+                &p(&key),
+            ]
+            .map(String::from)
+            .to_vec()
+        },
+        "tunnel client ready",
+    );
+
+    assert!(
+        !echo_once(client_port),
+        "a certificate key not in the database got in"
+    );
+    assert_eq!(peers(&env, &schema, &["add", &pin]).code, Some(0));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut conn = loop {
+        if let Some(c) = try_held_session(client_port) {
+            break c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the added certificate key is not admitted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = peers(&env, &schema, &["remove", &pin]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_closed(&mut conn, "the TLS session of a removed certificate key");
+    assert!(
+        !echo_once(client_port),
+        "a removed certificate key got in again"
+    );
+}
