@@ -16,6 +16,7 @@ mod stream;
 pub mod tls;
 pub mod trust;
 pub mod tunnel;
+pub mod tunnels;
 pub mod vpn;
 
 pub use error::protocol_error;

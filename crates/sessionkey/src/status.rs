@@ -67,6 +67,8 @@ pub struct Registry {
     ended: Arc<Mutex<BTreeMap<SeriesKey, Counts>>>,
     /// Handshakes by tunnel, result and reason (see [`Registry::count_handshake`]).
     handshakes: Arc<Mutex<BTreeMap<HandshakeKey, u64>>>,
+    /// When the running configuration was loaded (at start, then at each reload).
+    loaded: Arc<Mutex<Option<SystemTime>>>,
 }
 
 /// The labels of a handshake count: tunnel name, result (`ok`, `failed`, `refused`) and
@@ -182,6 +184,18 @@ impl Registry {
         }
     }
 
+    /// Record when the running configuration was loaded (shown by `status`).
+    pub fn set_loaded(&self, at: SystemTime) {
+        if let Ok(mut loaded) = self.loaded.lock() {
+            *loaded = Some(at);
+        }
+    }
+
+    /// When the running configuration was loaded, if this process has one.
+    pub fn loaded(&self) -> Option<SystemTime> {
+        self.loaded.lock().ok().and_then(|l| *l)
+    }
+
     /// Count one handshake of `tunnel`: `result` and `reason` are fixed words, never a
     /// key or an address (they become metric labels).
     pub fn count_handshake(&self, tunnel: &str, result: &'static str, reason: &'static str) {
@@ -254,8 +268,38 @@ impl Registry {
                 v
             })
             .collect();
-        json!({ "pid": std::process::id(), "sessions": sessions })
+        let mut v = json!({ "pid": std::process::id(), "sessions": sessions });
+        if let Some(at) = self.loaded() {
+            let unix = at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            v["config_loaded_unix"] = json!(unix);
+            v["config_loaded"] = json!(utc_text(unix));
+        }
+        v
     }
+}
+
+/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (days to a civil date as in Howard
+/// Hinnant's `civil_from_days`).
+pub fn utc_text(unix: u64) -> String {
+    let (days, secs) = (unix / 86_400, unix % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 /// The directory of control sockets: `$XDG_RUNTIME_DIR/sessionkey`, else
@@ -386,4 +430,17 @@ pub async fn query_all() -> std::io::Result<Vec<Value>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_text_matches_known_dates() {
+        assert_eq!(utc_text(0), "1970-01-01T00:00:00Z");
+        // date -u -d @951782400: the leap day of a century divisible by 400.
+        assert_eq!(utc_text(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_text(1_796_526_045), "2026-12-06T03:00:45Z");
+    }
 }

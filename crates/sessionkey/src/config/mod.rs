@@ -46,6 +46,15 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// A listening address could not be bound (the cause says why: in use, not local).
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// An authorized-peers or known-peers file.
     #[error(transparent)]
     Trust(#[from] TrustError),
@@ -65,7 +74,7 @@ impl ConfigError {
             Self::Trust(e) => Some(e),
             Self::Key(e) => Some(e),
             Self::Tls(e) => Some(e),
-            Self::Invalid(_) | Self::Read { .. } => None,
+            Self::Invalid(_) | Self::Read { .. } | Self::Listen { .. } => None,
         }
     }
 }

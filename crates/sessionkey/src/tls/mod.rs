@@ -259,6 +259,11 @@ impl TlsServer {
         self.config.clone()
     }
 
+    /// Whether client certificates chaining to a `--client-ca` are admitted.
+    pub fn has_client_ca(&self) -> bool {
+        self.client_auth.as_ref().is_some_and(|a| a.ca.is_some())
+    }
+
     /// Whether clients must present an admitted certificate.
     pub fn is_mutual(&self) -> bool {
         self.client_auth.is_some()
