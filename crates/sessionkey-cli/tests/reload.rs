@@ -6,7 +6,10 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
+mod bounded;
 mod support;
+
+use std::process::{Command, Stdio};
 
 use support::*;
 
@@ -195,4 +198,107 @@ fn sighup_starts_added_tunnels_and_stops_removed_ones() {
     assert!(log.contains("tunnels.toml:3"), "{log}");
     round_trip(&mut conn, "still\n");
     assert!(TcpStream::connect(("127.0.0.1", c)).is_ok());
+}
+
+fn openssl(args: &[&str]) -> String {
+    let out = bounded::run_within(
+        Command::new("openssl").args(args).stdin(Stdio::null()),
+        EXIT_TIMEOUT,
+        &format!("openssl {args:?}"),
+    );
+    assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The first certificate the TLS server at `addr` presents, as PEM.
+fn presented_cert(addr: &str) -> String {
+    let text = openssl(&["s_client", "-connect", addr, "-showcerts"]);
+    let start = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .expect("a certificate");
+    let end = text[start..]
+        .find("-----END CERTIFICATE-----")
+        .expect("its end")
+        + start;
+    text[start..end].to_string()
+}
+
+#[test]
+fn sighup_makes_the_relay_serve_its_renewed_certificate() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new("reload-relay");
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    for name in ["first", "second"] {
+        let (key, crt) = (
+            env.path(&format!("{name}.key.pem")),
+            env.path(&format!("{name}.pem")),
+        );
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &s(&key),
+            "-out",
+            &s(&crt),
+        ]);
+    }
+    let pem = |name: &str| {
+        let text = std::fs::read_to_string(env.path(name)).unwrap();
+        let end = text.find("-----END CERTIFICATE-----").unwrap();
+        text[..end].to_string()
+    };
+    let (cert, key) = (env.path("relay.pem"), env.path("relay.key.pem"));
+    let install = |name: &str| {
+        std::fs::copy(env.path(&format!("{name}.pem")), &cert).unwrap();
+        std::fs::copy(env.path(&format!("{name}.key.pem")), &key).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    install("first");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let state = env.path("state");
+    let mut relay = env.spawn(
+        "relay",
+        &[
+            "--state",
+            &s(&state),
+            "relay",
+            "serve",
+            "--listen",
+            &addr,
+            "--cert",
+            &s(&cert),
+            "--key",
+            &s(&key),
+        ],
+        Stdio::null(),
+    );
+    wait_listening(port, &mut relay).unwrap();
+    assert_eq!(presented_cert(&addr), pem("first.pem"));
+
+    // A key file that does not parse: rejected, the certificate in use stays.
+    std::fs::write(&key, "not a key\n").unwrap();
+    hup(&relay);
+    let log = relay.expect_log("reload rejected, the certificate in use is kept");
+    assert!(
+        log.contains("relay.key.pem"),
+        "the error names the file:\n{log}"
+    );
+    assert_eq!(presented_cert(&addr), pem("first.pem"));
+
+    // The renewed pair: new connections get it.
+    install("second");
+    hup(&relay);
+    relay.expect_log("certificate reloaded with a new key");
+    assert_eq!(presented_cert(&addr), pem("second.pem"));
+    assert!(relay.try_exit().is_none());
 }

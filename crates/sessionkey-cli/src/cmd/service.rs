@@ -39,15 +39,3 @@ pub(crate) fn hangups(what: &'static str) -> tokio::sync::mpsc::Receiver<()> {
     }
     rx
 }
-
-/// From now on, SIGHUP is logged as changing nothing instead of killing the process (a
-/// stray `kill -HUP`, or a reload from an old unit), for a service that has nothing to
-/// reload. The handler is installed before this returns, so call it before [`ready`].
-pub(crate) fn ignore_hangups(what: &'static str) {
-    let mut hangups = hangups(what);
-    tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
-            tracing::warn!("{what}: SIGHUP received; it has nothing to reload, nothing changed");
-        }
-    });
-}
