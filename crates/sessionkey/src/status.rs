@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use prometheus_client::metrics::histogram::Histogram;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
@@ -43,6 +44,12 @@ impl SessionView for StatusCell {
         v["next_rehandshake_secs"] = json!(info.next_rehandshake.map(|t| t
             .saturating_duration_since(std::time::Instant::now())
             .as_secs()));
+        v["key_age_secs"] = json!(self.key_age().map(|a| a.as_secs_f64()));
+        v["failed_decryptions"] = json!(info.failed_decryptions);
+        v["forced_key_updates"] = json!(self.forced_updates());
+        // How much of the sending key's AEAD limit is used (it is replaced at half).
+        let limit = self.record_limit().unwrap_or(u64::MAX).max(1);
+        v["aead_limit_used"] = json!(info.send.records_this_key as f64 / limit as f64);
         Some(v)
     }
 }
@@ -69,6 +76,15 @@ pub struct Registry {
     handshakes: Arc<Mutex<BTreeMap<HandshakeKey, u64>>>,
     /// When the running configuration was loaded (at start, then at each reload).
     loaded: Arc<Mutex<Option<SystemTime>>>,
+    /// Failed `accept` calls by tunnel (out of descriptors, aborted connections).
+    accept_errors: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// Server handshake durations by tunnel and result (`ok`, `failed`).
+    handshake_durations: Arc<Mutex<BTreeMap<(String, &'static str), Histogram>>>,
+}
+
+/// Buckets of the handshake duration histogram, in seconds: 1 ms to about 8 s.
+fn duration_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 14)
 }
 
 /// The labels of a handshake count: tunnel name, result (`ok`, `failed`, `refused`) and
@@ -95,21 +111,35 @@ pub struct Counts {
     pub records_received: u64,
     /// Re-handshakes (native transport).
     pub rehandshakes: u64,
+    /// Sending-key updates (not counting re-handshakes).
+    pub key_updates_sent: u64,
+    /// Receiving-key updates (native transport; TLS does not tell).
+    pub key_updates_received: u64,
+    /// Sending-key updates forced by the AEAD usage limit.
+    pub forced_key_updates: u64,
+    /// Records that failed to decrypt (native transport; TLS ends the session at the first).
+    pub failed_decryptions: u64,
 }
 
 impl Counts {
     fn add_view(&mut self, v: &Value) {
         let n = |x: &Value| x.as_u64().unwrap_or(0);
+        let rehandshakes = n(&v["rehandshakes"]);
         self.bytes_sent += n(&v["send"]["bytes"]);
         self.bytes_received += n(&v["receive"]["bytes"]);
         self.records_sent += n(&v["send"]["records"]);
         self.records_received += n(&v["receive"]["records"]);
-        self.rehandshakes += n(&v["rehandshakes"]);
+        self.rehandshakes += rehandshakes;
+        // An epoch moves at each key update and each re-handshake.
+        self.key_updates_sent += n(&v["send"]["epoch"]).saturating_sub(rehandshakes);
+        self.key_updates_received += n(&v["receive"]["epoch"]).saturating_sub(rehandshakes);
+        self.forced_key_updates += n(&v["forced_key_updates"]);
+        self.failed_decryptions += n(&v["failed_decryptions"]);
     }
 }
 
 /// One series of [`Registry::series`]: live sessions and the totals since start.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Series {
     /// Tunnel, role, transport.
     pub key: SeriesKey,
@@ -117,6 +147,10 @@ pub struct Series {
     pub live: u64,
     /// Totals over live and ended sessions (its `sessions` field: ended sessions).
     pub totals: Counts,
+    /// The age of the oldest sending key among live sessions, in seconds.
+    pub oldest_key_secs: f64,
+    /// The largest share of its AEAD limit a live sending key has used (native).
+    pub aead_limit_used: f64,
 }
 
 /// Removes its session from the registry when dropped.
@@ -184,6 +218,39 @@ impl Registry {
         }
     }
 
+    /// Count a failed `accept` of `tunnel`.
+    pub fn count_accept_error(&self, tunnel: &str) {
+        if let Ok(mut map) = self.accept_errors.lock() {
+            *map.entry(tunnel.to_string()).or_default() += 1;
+        }
+    }
+
+    /// Failed `accept` calls by tunnel since start.
+    pub fn accept_errors(&self) -> Vec<(String, u64)> {
+        self.accept_errors
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Record how long a server handshake of `tunnel` took (once per handshake).
+    pub fn observe_handshake(&self, tunnel: &str, ok: bool, took: std::time::Duration) {
+        let result = if ok { "ok" } else { "failed" };
+        if let Ok(mut map) = self.handshake_durations.lock() {
+            map.entry((tunnel.to_string(), result))
+                .or_insert_with(|| Histogram::new(duration_buckets()))
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    /// The handshake duration histograms by tunnel and result (clones share the counts).
+    pub fn handshake_durations(&self) -> Vec<((String, &'static str), Histogram)> {
+        self.handshake_durations
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    }
+
     /// Record when the running configuration was loaded (shown by `status`).
     pub fn set_loaded(&self, at: SystemTime) {
         if let Ok(mut loaded) = self.loaded.lock() {
@@ -226,6 +293,8 @@ impl Registry {
                         key: key.clone(),
                         live: 0,
                         totals: *counts,
+                        oldest_key_secs: 0.0,
+                        aead_limit_used: 0.0,
                     },
                 );
             }
@@ -237,11 +306,16 @@ impl Registry {
                 key,
                 live: 0,
                 totals: Counts::default(),
+                oldest_key_secs: 0.0,
+                aead_limit_used: 0.0,
             });
             if let Some(v) = &view {
                 series.live += 1;
                 series.totals.established += 1;
                 series.totals.add_view(v);
+                let f = |x: &Value| x.as_f64().unwrap_or(0.0);
+                series.oldest_key_secs = series.oldest_key_secs.max(f(&v["key_age_secs"]));
+                series.aead_limit_used = series.aead_limit_used.max(f(&v["aead_limit_used"]));
             }
         }
         out.into_values().collect()

@@ -415,7 +415,7 @@ pub async fn serve_client(
     sessions: TunnelSessions,
     registry: Registry,
 ) -> io::Result<()> {
-    let report = Reporter::new(&config.name);
+    let report = Reporter::new(&config.name, registry.clone());
     let _ticker = report.start();
     let (refused_tx, mut refused_rx) = tokio::sync::mpsc::channel::<TunnelError>(1);
     loop {
@@ -481,7 +481,7 @@ pub async fn serve_server(
     registry: Registry,
 ) -> io::Result<()> {
     let gate = Gate::new(config.limits);
-    let report = Reporter::new(&config.name);
+    let report = Reporter::new(&config.name, registry.clone());
     let _ticker = report.start();
     loop {
         let (tcp, from) = admission::accept(&listener, &report).await;
@@ -501,7 +501,9 @@ pub async fn serve_server(
         let report = report.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
+            let started = std::time::Instant::now();
             let accepted = config.accept(tcp).await;
+            registry.observe_handshake(&config.name, accepted.is_ok(), started.elapsed());
             drop(slot);
             let mut secure = match accepted {
                 Ok(s) => s,
