@@ -1313,3 +1313,46 @@ fn a_tls_gateway_admits_and_revokes_certificate_keys_from_the_database() {
         "a removed certificate key got in again"
     );
 }
+
+/// SIGHUP on a gateway keeps its database follower: live sessions carry on through the
+/// reload, and a removal afterwards still closes them.
+#[test]
+fn a_reload_keeps_the_gateway_on_its_database() {
+    let Some(schema) = Schema::new("reload") else {
+        return;
+    };
+    let env = Env::new("fleet-reload");
+    let target = support::echo_target();
+    let server_key = env.keygen("gateway");
+    let alice = env.keygen("alice");
+    assert_eq!(peers(&env, &schema, &["add", &alice.public]).code, Some(0));
+    let (mut gw, port) = gateway(&env, "gw", &server_key, target.addr, &schema.url, &[]);
+    let pin = ["--server-key", server_key.public.as_str()];
+    let (_client, alice_port) = env.tunnel_client("alice", &alice, port, &pin);
+    let mut conn = held_session(alice_port);
+
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success());
+    gw.expect_log("configuration reloaded");
+    {
+        use std::io::{Read, Write};
+        conn.write_all(b"more").unwrap();
+        let mut buf = [0u8; 4];
+        conn.read_exact(&mut buf)
+            .expect("the session carries on through the reload");
+    }
+    assert!(
+        echo_once(alice_port),
+        "alice is still admitted after the reload"
+    );
+    let out = peers(&env, &schema, &["remove", &alice.fingerprint]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_closed(
+        &mut conn,
+        "alice's session after her removal, after a reload",
+    );
+    assert!(!echo_once(alice_port), "alice got in after her removal");
+}

@@ -599,11 +599,29 @@ fn vpn_between_two_namespaces() {
     );
     assert!(peer0(&b1, "rx_bytes") >= TOTAL as u64);
 
-    // 2b. `vpn syncconf` with B's original file removes C; A stays.
-    run(Command::new(BIN)
-        .args(["vpn", "syncconf", &lab.tun_b])
-        .arg(&config_b));
+    // 2b. SIGHUP to B reads its file again, as `vpn syncconf` would: C (added by `vpn
+    // set`, not in the file) is removed; A stays.
+    let loaded = lab.show(&lab.tun_b)["config_loaded_unix"].as_u64();
+    assert!(
+        loaded.is_some(),
+        "vpn show tells when the configuration was loaded"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(lab.vpns[1].id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    eventually("B reloads on SIGHUP", CMD_TIMEOUT, || {
+        lab.log("b.log").contains("configuration reloaded from")
+    });
+    assert!(
+        lab.log("b.log")
+            .contains("0 peer(s) added, 1 removed, 1 kept"),
+        "{}",
+        lab.log("b.log")
+    );
     let synced = lab.show(&lab.tun_b);
+    assert!(synced["config_loaded_unix"].as_u64() >= loaded);
     assert_eq!(
         synced["peers"].as_array().map(Vec::len),
         Some(1),
@@ -612,7 +630,7 @@ fn vpn_between_two_namespaces() {
     assert_eq!(synced["peers"][0]["public_key"], key_a.as_str());
     assert!(
         !lab.ping(&ns_c, &["-c", "1", "-W", "1", TUN_B]),
-        "the peer removed by syncconf still gets answers"
+        "the peer removed by the reload still gets answers"
     );
 
     // 2c. `vpn show NAME dump` in `wg show dump`'s format, parsed as wg's fields.
@@ -738,7 +756,29 @@ fn vpn_between_two_namespaces() {
         .to_string();
     assert_eq!(endpoint, format!("{VETH_A}:{new_port}"));
 
-    // 6a. A dropped root; syncconf still works on it (the CLI reads the root-only files
+    // 6a. A dropped root: SIGHUP cannot read its root-only files any more, and says what
+    // works instead; its peers are kept.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(lab.vpns[0].id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    eventually("A rejects the reload", CMD_TIMEOUT, || {
+        lab.log("a.log")
+            .contains("reload rejected, the running peers are kept")
+    });
+    assert!(
+        lab.log("a.log").contains(
+            "this VPN dropped root, so apply the file as root with: sessionkey vpn syncconf"
+        ),
+        "{}",
+        lab.log("a.log")
+    );
+    assert_eq!(
+        lab.show(&lab.tun_a)["peers"].as_array().map(Vec::len),
+        Some(1)
+    );
+    // syncconf still works on it (the CLI reads the root-only files
     // and passes the pre-shared key), and the handshakes after it (every 1.5 s while
     // traffic flows) succeed with the key it passed.
     let out = run(Command::new(BIN)

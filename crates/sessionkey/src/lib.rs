@@ -17,6 +17,7 @@ mod stream;
 pub mod tls;
 pub mod trust;
 pub mod tunnel;
+pub mod tunnels;
 pub mod vpn;
 
 pub use error::protocol_error;

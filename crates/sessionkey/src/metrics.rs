@@ -15,6 +15,8 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Unit;
 use tokio::net::TcpListener;
 
 use crate::status::{Counts, Registry};
@@ -51,8 +53,34 @@ impl Collector for Sessions {
                     .encode(family.encode_family(&l)?)?;
             }
         }
+        type Level = fn(&crate::status::Series) -> f64;
+        let levels: [(&str, &str, Level); 2] = [
+            (
+                "sessionkey_key_epoch_age_seconds",
+                "Age of the oldest sending key among live sessions.",
+                |s| s.oldest_key_secs,
+            ),
+            (
+                "sessionkey_aead_limit_used_ratio",
+                "Largest share of its AEAD usage limit a live sending key has used (keys are \
+                 replaced at 0.5; native transport).",
+                |s| s.aead_limit_used,
+            ),
+        ];
+        for (name, help, get) in levels {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstGauge::new(0.0f64).metric_type(),
+            )?;
+            for s in &series {
+                let l = labels(s);
+                ConstGauge::new(get(s)).encode(family.encode_family(&l)?)?;
+            }
+        }
         type Get = fn(&Counts) -> u64;
-        let counters: [(&str, &str, Get); 3] = [
+        let counters: [(&str, &str, Get); 5] = [
             (
                 "sessionkey_sessions_established",
                 "Sessions established since start (successful handshakes).",
@@ -67,6 +95,18 @@ impl Collector for Sessions {
                 "sessionkey_sessions_ended",
                 "Sessions ended since start.",
                 |c| c.sessions,
+            ),
+            (
+                "sessionkey_forced_key_updates",
+                "Sending-key updates forced by the AEAD usage limit (half of it) before the \
+                 configured interval.",
+                |c| c.forced_key_updates,
+            ),
+            (
+                "sessionkey_decryption_failures",
+                "Records that failed to decrypt (native transport; a TLS session ends at its \
+                 first).",
+                |c| c.failed_decryptions,
             ),
         ];
         for (name, help, get) in counters {
@@ -129,8 +169,32 @@ impl Collector for Sessions {
                 }
             }
         }
+        {
+            let mut family = encoder.encode_descriptor(
+                "sessionkey_accept_errors",
+                "Failed accepts on a tunnel's listener (out of descriptors, aborted \
+                 connections); retried after a pause.",
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for (tunnel, n) in self.0.accept_errors() {
+                ConstCounter::new(n).encode(family.encode_family(&[("tunnel", tunnel)])?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "sessionkey_handshake_duration",
+                "Server handshakes from the accepted connection to the session (or failure).",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for ((tunnel, result), histogram) in self.0.handshake_durations() {
+                let l = [("tunnel", tunnel), ("result", result.to_string())];
+                histogram.encode(family.encode_family(&l)?)?;
+            }
+        }
         type Pair = fn(&Counts) -> (u64, u64);
-        let by_direction: [(&str, &str, Pair); 2] = [
+        let by_direction: [(&str, &str, Pair); 3] = [
             (
                 "sessionkey_transferred_bytes",
                 "Plaintext bytes carried by sessions, by direction.",
@@ -140,6 +204,11 @@ impl Collector for Sessions {
                 "sessionkey_records",
                 "Encrypted records, by direction.",
                 |c| (c.records_sent, c.records_received),
+            ),
+            (
+                "sessionkey_key_updates",
+                "Key updates (not re-handshakes), by direction (receive: native transport).",
+                |c| (c.key_updates_sent, c.key_updates_received),
             ),
         ];
         for (name, help, get) in by_direction {

@@ -158,7 +158,6 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
             transport: ServerTransport::Native(Arc::new(responder)),
             limits: sessionkey::admission::Limits::default(),
             peers: None,
-            sessions: Default::default(),
         },
         registry.clone(),
     ));

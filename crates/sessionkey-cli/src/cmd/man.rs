@@ -130,6 +130,10 @@ fn examples(path: &str) -> &'static [(&'static str, &'static str)] {
             "Revoke a key everywhere (its live sessions close within a second):",
             "sessionkey peers remove SHA256:3fGh... --group web --database postgres://admin@db/fleet",
         )],
+        "peers kick" => &[(
+            "Close one session wherever it runs (its id from status --database):",
+            "sessionkey peers kick 1bfc33a749cf7b72 --database postgres://admin@db/fleet",
+        )],
         "peers list" => &[(
             "The keys of group web, as JSON:",
             "sessionkey peers list --group web --json --database postgres://admin@db/fleet",

@@ -97,7 +97,6 @@ pub(crate) async fn run(args: Args) -> Result<()> {
                 transport,
                 limits: Limits::default(),
                 peers,
-                sessions: Default::default(),
             };
             let listener = TcpListener::bind(&addr)
                 .await

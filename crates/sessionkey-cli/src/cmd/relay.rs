@@ -168,16 +168,44 @@ async fn serve(args: ServeArgs) -> Result<()> {
             running.local_addr
         );
     }
-    super::service::ignore_hangups("relay");
+    let mut hangups = super::service::hangups("relay");
     super::service::ready(&format!("relay listening on {}", running.local_addr));
-    tokio::select! {
-        () = running.wait() => {}
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
-        () = terminate() => tracing::info!("terminated; stopping"),
+    loop {
+        tokio::select! {
+            () = running.wait() => {}
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+            () = terminate() => tracing::info!("terminated; stopping"),
+            Some(()) = hangups.recv() => {
+                reload_certificate(&tls, pin);
+                continue;
+            }
+        }
+        break;
     }
     running.stop();
     storage.close().await;
     Ok(())
+}
+
+/// SIGHUP: the certificate and key files (`--cert`, `--key`) are read again and serve the
+/// next connections. The quotas and the database are flags: a restart changes them.
+fn reload_certificate(tls: &TlsServer, first: sessionkey::trust::PeerKey) {
+    match tls.reload_certificate() {
+        Ok(pin) if pin == first => tracing::info!(
+            "SIGHUP: certificate reloaded, same key {} (quotas and the database need a restart)",
+            pin.fingerprint()
+        ),
+        Ok(pin) => tracing::warn!(
+            "SIGHUP: certificate reloaded with a new key {} (was {}): clients that pinned the \
+             old one at `msg init` will refuse this relay until they pin the new one",
+            pin.fingerprint(),
+            first.fingerprint()
+        ),
+        Err(e) => tracing::error!(
+            "SIGHUP: reload rejected, the certificate in use is kept: {:#}",
+            anyhow::Error::new(e)
+        ),
+    }
 }
 
 async fn terminate() {

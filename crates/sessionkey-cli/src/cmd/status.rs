@@ -103,6 +103,22 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
         );
         return Ok(());
     }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    for p in &processes {
+        if let (Some(at), Some(unix)) = (
+            p["config_loaded"].as_str(),
+            p["config_loaded_unix"].as_u64(),
+        ) {
+            println!(
+                "pid {}: configuration loaded {at} ({}s ago)",
+                p["pid"],
+                now.saturating_sub(unix)
+            );
+        }
+    }
     println!(
         "{:<8} {:<10} {:<7} {:<22} {:<16} {:>6} {:<24} {:>5} {:>5} {:>12} {:>12} {:>9}",
         "pid",

@@ -186,10 +186,10 @@ pub(crate) fn exit_code(cause: &(dyn std::error::Error + 'static)) -> Option<u8>
 async fn up(args: UpArgs) -> Result<()> {
     let config = VpnConfig::load(&args.config).map_err(|e| config_error(e.to_string()))?;
     let name = config.name.clone();
-    super::service::ignore_hangups("vpn");
     let ready_name = name.clone();
     let ready = move || super::service::ready(&format!("vpn {ready_name} up"));
-    match vpn::run_with_ready(config, StopHandle::new(), ready).await {
+    // SIGHUP reads the file again (as `vpn syncconf`).
+    match vpn::run_reloadable(config, args.config.clone(), StopHandle::new(), ready).await {
         Ok(()) => Ok(()),
         Err(VpnError::Config(e)) => Err(config_error(e.to_string())),
         Err(e) => Err(e).with_context(|| format!("vpn {name}")),

@@ -46,6 +46,15 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// A listening address could not be bound (the cause says why: in use, not local).
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// An authorized-peers or known-peers file.
     #[error(transparent)]
     Trust(#[from] TrustError),
@@ -55,6 +64,9 @@ pub enum ConfigError {
     /// A certificate, its key, a CA file, or the TLS configuration.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// A gateway's peers database and its cache (`peers_database`).
+    #[error(transparent)]
+    Fleet(Box<crate::fleet::gateway::StartError>),
 }
 
 impl ConfigError {
@@ -65,7 +77,8 @@ impl ConfigError {
             Self::Trust(e) => Some(e),
             Self::Key(e) => Some(e),
             Self::Tls(e) => Some(e),
-            Self::Invalid(_) | Self::Read { .. } => None,
+            Self::Fleet(e) => Some(e.as_ref()),
+            Self::Invalid(_) | Self::Read { .. } | Self::Listen { .. } => None,
         }
     }
 }

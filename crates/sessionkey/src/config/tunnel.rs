@@ -10,7 +10,7 @@ use crate::admission::Limits;
 use crate::fleet::db::redact_url;
 use crate::fleet::gateway::{check_group, PeersOptions};
 use crate::fleet::DEFAULT_GROUP;
-use crate::trust::{LivePeers, LiveSessions};
+use crate::trust::LivePeers;
 use crate::tunnel::{ClientConfig, ServerConfig};
 
 /// `tunnel server` options (also the fields of a `role = "server"` table).
@@ -262,12 +262,22 @@ impl ServerTable {
     /// Load its keys and trust files and build the server's configuration; a self-signed
     /// TLS certificate is made in (or read from) `state_dir`.
     ///
-    /// With `peers_database` the admitted keys start empty: a
-    /// [`FleetPeers`](crate::fleet::gateway::FleetPeers) started on the configuration's
-    /// `peers` and `sessions` ([`ServerTable::fleet_options`]) fills them.
+    /// With `peers_database` the admitted keys start empty (as `sessionkey check` builds
+    /// a table); [`ServerTable::build_with`] gives them.
     pub fn build(&self, state_dir: &Path) -> Result<ServerConfig, ConfigError> {
+        self.build_with(state_dir, LivePeers::default())
+    }
+
+    /// [`ServerTable::build`], admitting the keys of `database_peers` when the table names
+    /// a peers database (the set a running [`FleetPeers`](crate::fleet::gateway::FleetPeers)
+    /// keeps).
+    pub fn build_with(
+        &self,
+        state_dir: &Path,
+        database_peers: LivePeers,
+    ) -> Result<ServerConfig, ConfigError> {
         let database = self.fleet_options(state_dir)?.map(|o| DatabasePeers {
-            peers: LivePeers::default(),
+            peers: database_peers,
             source: format!(
                 "group {} of the peers database {}",
                 o.group,
@@ -291,7 +301,6 @@ impl ServerTable {
             transport,
             limits: self.limits(),
             peers,
-            sessions: LiveSessions::default(),
         })
     }
 

@@ -20,7 +20,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
+use super::census;
 use super::db::{FleetDb, FleetError, KickTarget, Notice, PeerRecord};
+use crate::status::Registry;
 use crate::trust::{AuthorizedPeers, LivePeers, LiveSessions, PeerKey, TrustError};
 
 /// How long a gateway waits for the database at start before it tries its cache.
@@ -31,7 +33,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const RECHECK: Duration = Duration::from_secs(5);
 
 /// What a gateway needs to take its peers from the database.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeersOptions {
     /// `postgres://...`.
     pub url: String,
@@ -95,7 +97,7 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-/// Stops the watcher when the last handle goes.
+/// Stops a task when dropped.
 #[derive(Debug)]
 struct StopOnDrop(tokio::task::AbortHandle);
 
@@ -105,22 +107,25 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// A gateway's authorized peers from the fleet database (cheap to clone).
+/// A gateway's authorized peers from the fleet database (cheap to clone). Its tasks (the
+/// follower of the database, the status heartbeat, the kicks) stop with the last handle.
 #[derive(Debug, Clone)]
 pub struct FleetPeers {
     shared: Arc<Shared>,
-    _watcher: Arc<StopOnDrop>,
+    _tasks: Arc<[StopOnDrop; 3]>,
 }
 
 impl FleetPeers {
     /// Read the list (from the database, else the cache) and start following changes:
     /// the list goes into `admitted`, and the sessions of each key that leaves it (in
-    /// `sessions`) are closed. Fails when the database cannot be reached and there is no
-    /// usable cache.
+    /// `sessions`) are closed. The tunnel's live sessions in `registry` are reported to the
+    /// fleet status, and `sessionkey peers kick SESSION` closes them there. Fails when the
+    /// database cannot be reached and there is no usable cache.
     pub async fn start(
         options: PeersOptions,
         admitted: LivePeers,
         sessions: LiveSessions,
+        registry: Registry,
     ) -> Result<Self, StartError> {
         let (db, keys, loaded_at) = match load_from_db(&options).await {
             Ok((db, records)) => {
@@ -180,22 +185,44 @@ impl FleetPeers {
             loaded_at: AtomicU64::new(loaded_at),
             options,
         });
-        let task = tokio::spawn(watch(shared.clone(), db));
+        let kicks = shared.kicks.subscribe();
+        let watcher = tokio::spawn(watch(shared.clone(), db));
+        let heartbeat = tokio::spawn(census::report(
+            shared.options.url.clone(),
+            census::gateway_name(),
+            shared.options.tunnel.clone(),
+            registry.clone(),
+        ));
+        let kicker = tokio::spawn(close_kicked(kicks, registry));
         Ok(Self {
             shared,
-            _watcher: Arc::new(StopOnDrop(task.abort_handle())),
+            _tasks: Arc::new([watcher, heartbeat, kicker].map(|t| StopOnDrop(t.abort_handle()))),
         })
+    }
+
+    /// The set handshakes consult (filled from the database).
+    pub fn peers(&self) -> &LivePeers {
+        &self.shared.admitted
+    }
+
+    /// The sessions by key that a removal or a kick closes.
+    pub fn sessions(&self) -> &LiveSessions {
+        &self.shared.sessions
+    }
+
+    /// What it was started with.
+    pub fn options(&self) -> &PeersOptions {
+        &self.shared.options
+    }
+
+    /// The database URL.
+    pub fn url(&self) -> &str {
+        &self.shared.options.url
     }
 
     /// Whether `key` may open a session now.
     pub fn admits(&self, key: &PeerKey) -> bool {
         self.shared.admitted.contains(key)
-    }
-
-    /// Session ids `sessionkey peers kick SESSION` names, as they arrive (each gateway
-    /// closes the one it holds, if any).
-    pub fn session_kicks(&self) -> tokio::sync::broadcast::Receiver<String> {
-        self.shared.kicks.subscribe()
     }
 
     /// Whether the database is reachable (as of the last attempt).
@@ -233,6 +260,24 @@ impl FleetPeers {
     /// Whether new sessions are refused while the database is away.
     pub fn fail_closed(&self) -> bool {
         self.shared.options.fail_closed
+    }
+}
+
+/// Close the sessions `peers kick SESSION` names, if this process holds them.
+async fn close_kicked(mut kicks: tokio::sync::broadcast::Receiver<String>, registry: Registry) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match kicks.recv().await {
+            Ok(id) => {
+                if registry.close_session(&id) {
+                    tracing::warn!(session = %id, "session {id} kicked by the operator: closed");
+                }
+            }
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!("{n} session kicks arrived faster than they were read; skipped")
+            }
+            Err(RecvError::Closed) => return,
+        }
     }
 }
 

@@ -187,10 +187,32 @@ impl TlsServerOptions {
 #[derive(Debug, Clone)]
 pub struct TlsServer {
     config: Arc<rustls::ServerConfig>,
-    pin: PeerKey,
+    /// The certificate served, replaceable ([`TlsServer::reload_certificate`]).
+    cert: Arc<LiveCert>,
+    source: CertSource,
+    provider: Arc<CryptoProvider>,
     generated: bool,
     /// The client-certificate check, when clients must present one.
     client_auth: Option<Arc<ClientAuth>>,
+}
+
+/// The certificate a server presents, and its key's pin; swapped by a reload.
+#[derive(Debug)]
+struct LiveCert(std::sync::RwLock<(Arc<rustls::sign::CertifiedKey>, PeerKey)>);
+
+impl LiveCert {
+    fn get(&self) -> (Arc<rustls::sign::CertifiedKey>, PeerKey) {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for LiveCert {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.get().0)
+    }
 }
 
 impl TlsServer {
@@ -202,6 +224,14 @@ impl TlsServer {
         };
         let pin = certified.pin()?;
         let provider = provider(opts.suite, false);
+        let cert = Arc::new(LiveCert(std::sync::RwLock::new((
+            Arc::new(rustls::sign::CertifiedKey::from_der(
+                certified.chain,
+                certified.key,
+                &provider,
+            )?),
+            pin,
+        ))));
         let algorithms = provider.signature_verification_algorithms;
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?;
@@ -231,7 +261,7 @@ impl TlsServer {
             Some(auth) => builder.with_client_cert_verifier(auth.clone()),
             None => builder.with_no_client_auth(),
         };
-        let mut config = builder.with_single_cert(certified.chain, certified.key)?;
+        let mut config = builder.with_cert_resolver(cert.clone());
         config.ignore_client_order = true;
         config.ticketer = provider::Ticketer::new()?;
         if let Some(path) = &opts.keylog {
@@ -239,7 +269,9 @@ impl TlsServer {
         }
         Ok(Self {
             config: Arc::new(config),
-            pin,
+            cert,
+            source: opts.cert,
+            provider,
             generated,
             client_auth,
         })
@@ -247,7 +279,23 @@ impl TlsServer {
 
     /// The pin of the server certificate's public key (for clients' `--server-key`).
     pub fn pin(&self) -> PeerKey {
-        self.pin
+        self.cert.get().1
+    }
+
+    /// Read the certificate chain and key files again and serve them to the next
+    /// handshakes (SIGHUP; sessions under way keep theirs); returns the pin of the new
+    /// certificate's key. A self-signed certificate is kept as it is. On an error the
+    /// certificate in use stays.
+    pub fn reload_certificate(&self) -> Result<PeerKey, TlsError> {
+        let CertSource::Files { chain, key } = &self.source else {
+            return Ok(self.pin());
+        };
+        let certified = CertifiedKey::load(chain, key)?;
+        let pin = certified.pin()?;
+        let key =
+            rustls::sign::CertifiedKey::from_der(certified.chain, certified.key, &self.provider)?;
+        *self.cert.0.write().unwrap_or_else(|p| p.into_inner()) = (Arc::new(key), pin);
+        Ok(pin)
     }
 
     /// Whether the self-signed certificate was made just now.
@@ -258,6 +306,11 @@ impl TlsServer {
     /// The rustls configuration, for servers built on other stacks (an HTTPS server).
     pub fn rustls_config(&self) -> Arc<rustls::ServerConfig> {
         self.config.clone()
+    }
+
+    /// Whether client certificates chaining to a `--client-ca` are admitted.
+    pub fn has_client_ca(&self) -> bool {
+        self.client_auth.as_ref().is_some_and(|a| a.ca.is_some())
     }
 
     /// Whether clients must present an admitted certificate.
