@@ -199,6 +199,93 @@ impl Collector for Sessions {
     }
 }
 
+/// A VPN's metrics, from its `vpn show` snapshot (read at scrape time: the packet threads
+/// keep these counters anyway). Per peer they carry the names of the WireGuard exporters
+/// (`wireguard_latest_handshake_seconds`, `wireguard_sent_bytes_total`,
+/// `wireguard_received_bytes_total`) under `sessionkey_vpn_`, labelled by the interface and
+/// the peer's fingerprint prefix (`SHA256:` and 11 characters), never its key.
+#[derive(Debug)]
+struct Vpn(serde_json::Value);
+
+impl Collector for Vpn {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let v = &self.0;
+        let interface = v["interface"].as_str().unwrap_or_default().to_string();
+        let peers: Vec<&serde_json::Value> = v["peers"].as_array().into_iter().flatten().collect();
+        let n = |x: &serde_json::Value| x.as_u64().unwrap_or(0);
+        {
+            let mut family = encoder.encode_descriptor(
+                "sessionkey_vpn_peers",
+                "Peers of the interface.",
+                None,
+                ConstGauge::new(0i64).metric_type(),
+            )?;
+            ConstGauge::new(i64::try_from(peers.len()).unwrap_or(i64::MAX))
+                .encode(family.encode_family(&[("interface", interface.clone())])?)?;
+        }
+        let peer_labels = |p: &serde_json::Value| {
+            let fingerprint = p["fingerprint"].as_str().unwrap_or_default();
+            [
+                ("interface", interface.clone()),
+                ("peer", fingerprint.chars().take(7 + 11).collect::<String>()),
+            ]
+        };
+        {
+            let mut family = encoder.encode_descriptor(
+                "sessionkey_vpn_latest_handshake_seconds",
+                "When the latest handshake with the peer completed, in seconds since the Unix \
+                 epoch; 0 for never (wireguard_latest_handshake_seconds).",
+                None,
+                ConstGauge::new(0i64).metric_type(),
+            )?;
+            for p in &peers {
+                let at = i64::try_from(n(&p["latest_handshake_unix"])).unwrap_or(i64::MAX);
+                ConstGauge::new(at).encode(family.encode_family(&peer_labels(p))?)?;
+            }
+        }
+        type Field = (&'static str, &'static str, &'static str);
+        let counters: [Field; 4] = [
+            (
+                "sessionkey_vpn_sent_bytes",
+                "Bytes sent to the peer (wireguard_sent_bytes_total).",
+                "tx_bytes",
+            ),
+            (
+                "sessionkey_vpn_received_bytes",
+                "Bytes received from the peer (wireguard_received_bytes_total).",
+                "rx_bytes",
+            ),
+            (
+                "sessionkey_vpn_handshakes",
+                "Completed handshakes with the peer.",
+                "handshakes",
+            ),
+            (
+                "sessionkey_vpn_rejected_packets",
+                "Data packets from the peer that failed to open (replay, forgery, expired key).",
+                "rejected",
+            ),
+        ];
+        for (name, help, field) in counters {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for p in &peers {
+                ConstCounter::new(n(&p[field])).encode(family.encode_family(&peer_labels(p))?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A VPN's metrics in the Prometheus text format, from its `vpn show` snapshot.
+pub(crate) fn render_vpn(snapshot: serde_json::Value) -> String {
+    encode(Box::new(Vpn(snapshot)))
+}
+
 /// A failed server handshake as a fixed word for the `reason` label.
 pub(crate) fn failure_reason(e: &std::io::Error) -> &'static str {
     use sessionkey_proto::handshake::Refusal;
@@ -227,8 +314,12 @@ pub(crate) fn failure_reason(e: &std::io::Error) -> &'static str {
 
 /// The metrics of `registry` in the Prometheus text format.
 pub fn render(registry: &Registry) -> String {
+    encode(Box::new(Sessions(registry.clone())))
+}
+
+fn encode(collector: Box<dyn Collector>) -> String {
     let mut r = prometheus_client::registry::Registry::default();
-    r.register_collector(Box::new(Sessions(registry.clone())));
+    r.register_collector(collector);
     let mut out = String::new();
     if prometheus_client::encoding::prometheus_text::encode(&mut out, &r).is_err() {
         out.clear();
@@ -239,6 +330,15 @@ pub fn render(registry: &Registry) -> String {
 
 /// Serves `GET /metrics` on `listener` until the task is dropped; other paths get 404.
 pub async fn serve(listener: TcpListener, registry: Registry) {
+    serve_with(listener, move || render(&registry)).await
+}
+
+/// Serves `GET /metrics` on `listener`, the body made by `render` at each scrape.
+pub async fn serve_with(
+    listener: TcpListener,
+    render: impl Fn() -> String + Send + Sync + 'static,
+) {
+    let render = std::sync::Arc::new(render);
     loop {
         let (stream, _): (_, SocketAddr) = match listener.accept().await {
             Ok(conn) => conn,
@@ -248,11 +348,11 @@ pub async fn serve(listener: TcpListener, registry: Registry) {
                 continue;
             }
         };
-        let registry = registry.clone();
+        let render = render.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let registry = registry.clone();
-                async move { Ok::<_, std::convert::Infallible>(respond(&req, &registry)) }
+                let render = render.clone();
+                async move { Ok::<_, std::convert::Infallible>(respond(&req, &*render)) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let conn = hyper::server::conn::http1::Builder::new()
@@ -266,10 +366,10 @@ pub async fn serve(listener: TcpListener, registry: Registry) {
     }
 }
 
-fn respond<B>(req: &Request<B>, registry: &Registry) -> Response<Full<Bytes>> {
+fn respond<B>(req: &Request<B>, render: &dyn Fn() -> String) -> Response<Full<Bytes>> {
     let (status, content_type, body) =
         if req.method() == Method::GET && req.uri().path() == "/metrics" {
-            (StatusCode::OK, CONTENT_TYPE, render(registry))
+            (StatusCode::OK, CONTENT_TYPE, render())
         } else {
             (
                 StatusCode::NOT_FOUND,
