@@ -286,6 +286,135 @@ pub(crate) fn render_vpn(snapshot: serde_json::Value) -> String {
     encode(Box::new(Vpn(snapshot)))
 }
 
+/// What a relay's metrics show: its counters since start and what it holds now. Nothing in
+/// it names a user or an address.
+#[derive(Debug, Clone, Default)]
+pub struct RelayMetrics {
+    /// Devices registered or updated since start.
+    pub registrations: u64,
+    /// One-time prekeys stored since start.
+    pub prekeys_uploaded: u64,
+    /// Bundles handed out since start.
+    pub bundles: u64,
+    /// Messages accepted into a queue since start.
+    pub messages_queued: u64,
+    /// Messages handed to their recipient since start (each fetch counts).
+    pub messages_fetched: u64,
+    /// Messages delivered: acknowledged by the recipient and deleted, since start.
+    pub messages_delivered: u64,
+    /// Messages deleted unfetched at the expiry time, since start.
+    pub messages_expired: u64,
+    /// Requests refused for authentication since start.
+    pub auth_refused: u64,
+    /// Requests refused by a rate limit or quota since start.
+    pub rate_limited: u64,
+    /// Registered devices now (`None`: the database did not answer).
+    pub devices: Option<u64>,
+    /// Messages waiting for their recipient now (`None`: the database did not answer).
+    pub messages_waiting: Option<u64>,
+    /// Devices by one-time prekeys available: (kind, bucket such as `10-99`, devices).
+    pub prekeys: Vec<(&'static str, String, u64)>,
+}
+
+impl Collector for RelayMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let none: [(&str, &str); 0] = [];
+        let counters = [
+            (
+                "sessionkey_relay_registrations",
+                "Devices registered or updated.",
+                self.registrations,
+            ),
+            (
+                "sessionkey_relay_prekeys_uploaded",
+                "One-time prekeys stored.",
+                self.prekeys_uploaded,
+            ),
+            (
+                "sessionkey_relay_bundles",
+                "Prekey bundles handed out.",
+                self.bundles,
+            ),
+            (
+                "sessionkey_relay_messages_queued",
+                "Messages accepted into a queue.",
+                self.messages_queued,
+            ),
+            (
+                "sessionkey_relay_messages_fetched",
+                "Messages handed to their recipient (each fetch counts).",
+                self.messages_fetched,
+            ),
+            (
+                "sessionkey_relay_messages_delivered",
+                "Messages acknowledged by their recipient and deleted.",
+                self.messages_delivered,
+            ),
+            (
+                "sessionkey_relay_messages_expired",
+                "Messages deleted unfetched at the expiry time.",
+                self.messages_expired,
+            ),
+            (
+                "sessionkey_relay_auth_refused",
+                "Requests refused for authentication.",
+                self.auth_refused,
+            ),
+            (
+                "sessionkey_relay_rate_limited",
+                "Requests refused by a rate limit or quota.",
+                self.rate_limited,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            ConstCounter::new(value).encode(family.encode_family(&none)?)?;
+        }
+        let gauges = [
+            (
+                "sessionkey_relay_devices",
+                "Registered devices.",
+                self.devices,
+            ),
+            (
+                "sessionkey_relay_messages_waiting",
+                "Messages waiting for their recipient.",
+                self.messages_waiting,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let Some(value) = value else { continue };
+            let mut family =
+                encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+            ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX))
+                .encode(family.encode_family(&none)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "sessionkey_relay_prekeys_available_devices",
+            "Devices by the one-time prekeys they have left, by kind (x25519, mlkem) and \
+             bucket (0, 1-9, 10-99, 100-999, 1000+); never by device.",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for (kind, bucket, devices) in &self.prekeys {
+            let l = [("kind", kind.to_string()), ("available", bucket.clone())];
+            ConstGauge::new(i64::try_from(*devices).unwrap_or(i64::MAX))
+                .encode(family.encode_family(&l)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// A relay's metrics in the Prometheus text format.
+pub fn render_relay(metrics: RelayMetrics) -> String {
+    encode(Box::new(metrics))
+}
+
 /// A failed server handshake as a fixed word for the `reason` label.
 pub(crate) fn failure_reason(e: &std::io::Error) -> &'static str {
     use sessionkey_proto::handshake::Refusal;
@@ -330,14 +459,15 @@ fn encode(collector: Box<dyn Collector>) -> String {
 
 /// Serves `GET /metrics` on `listener` until the task is dropped; other paths get 404.
 pub async fn serve(listener: TcpListener, registry: Registry) {
-    serve_with(listener, move || render(&registry)).await
+    serve_with(listener, move || std::future::ready(render(&registry))).await
 }
 
 /// Serves `GET /metrics` on `listener`, the body made by `render` at each scrape.
-pub async fn serve_with(
-    listener: TcpListener,
-    render: impl Fn() -> String + Send + Sync + 'static,
-) {
+pub async fn serve_with<F, Fut>(listener: TcpListener, render: F)
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = String> + Send + 'static,
+{
     let render = std::sync::Arc::new(render);
     loop {
         let (stream, _): (_, SocketAddr) = match listener.accept().await {
@@ -352,7 +482,11 @@ pub async fn serve_with(
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let render = render.clone();
-                async move { Ok::<_, std::convert::Infallible>(respond(&req, &*render)) }
+                async move {
+                    let wanted = req.method() == Method::GET && req.uri().path() == "/metrics";
+                    let body = if wanted { Some(render().await) } else { None };
+                    Ok::<_, std::convert::Infallible>(respond(body))
+                }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let conn = hyper::server::conn::http1::Builder::new()
@@ -366,17 +500,17 @@ pub async fn serve_with(
     }
 }
 
-fn respond<B>(req: &Request<B>, render: &dyn Fn() -> String) -> Response<Full<Bytes>> {
-    let (status, content_type, body) =
-        if req.method() == Method::GET && req.uri().path() == "/metrics" {
-            (StatusCode::OK, CONTENT_TYPE, render())
-        } else {
-            (
-                StatusCode::NOT_FOUND,
-                "text/plain; charset=utf-8",
-                "not found: metrics are at GET /metrics\n".to_string(),
-            )
-        };
+/// The metrics for `GET /metrics`, else 404.
+fn respond(metrics: Option<String>) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = if let Some(metrics) = metrics {
+        (StatusCode::OK, CONTENT_TYPE, metrics)
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found: metrics are at GET /metrics\n".to_string(),
+        )
+    };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {

@@ -160,9 +160,11 @@ async fn run_inner(
         let dev = Arc::downgrade(&dev);
         tokio::spawn(crate::metrics::serve_with(listener, move || {
             // A weak reference: the interface goes away with the last strong one.
-            dev.upgrade()
-                .map(|d| crate::metrics::render_vpn(d.snapshot()))
-                .unwrap_or_default()
+            std::future::ready(
+                dev.upgrade()
+                    .map(|d| crate::metrics::render_vpn(d.snapshot()))
+                    .unwrap_or_default(),
+            )
         }))
     });
     // Everything privileged is done: the interface, its routes, the sockets.
