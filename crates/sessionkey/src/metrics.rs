@@ -231,6 +231,222 @@ impl Collector for Sessions {
     }
 }
 
+/// A VPN's metrics, from its `vpn show` snapshot (read at scrape time: the packet threads
+/// keep these counters anyway). Per peer they carry the names of the WireGuard exporters
+/// (`wireguard_latest_handshake_seconds`, `wireguard_sent_bytes_total`,
+/// `wireguard_received_bytes_total`) under `sessionkey_vpn_`, labelled by the interface and
+/// the peer's fingerprint prefix (`SHA256:` and 11 characters), never its key.
+#[derive(Debug)]
+struct Vpn(serde_json::Value);
+
+impl Collector for Vpn {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let v = &self.0;
+        let interface = v["interface"].as_str().unwrap_or_default().to_string();
+        let peers: Vec<&serde_json::Value> = v["peers"].as_array().into_iter().flatten().collect();
+        let n = |x: &serde_json::Value| x.as_u64().unwrap_or(0);
+        {
+            let mut family = encoder.encode_descriptor(
+                "sessionkey_vpn_peers",
+                "Peers of the interface.",
+                None,
+                ConstGauge::new(0i64).metric_type(),
+            )?;
+            ConstGauge::new(i64::try_from(peers.len()).unwrap_or(i64::MAX))
+                .encode(family.encode_family(&[("interface", interface.clone())])?)?;
+        }
+        let peer_labels = |p: &serde_json::Value| {
+            let fingerprint = p["fingerprint"].as_str().unwrap_or_default();
+            [
+                ("interface", interface.clone()),
+                ("peer", fingerprint.chars().take(7 + 11).collect::<String>()),
+            ]
+        };
+        {
+            let mut family = encoder.encode_descriptor(
+                "sessionkey_vpn_latest_handshake_seconds",
+                "When the latest handshake with the peer completed, in seconds since the Unix \
+                 epoch; 0 for never (wireguard_latest_handshake_seconds).",
+                None,
+                ConstGauge::new(0i64).metric_type(),
+            )?;
+            for p in &peers {
+                let at = i64::try_from(n(&p["latest_handshake_unix"])).unwrap_or(i64::MAX);
+                ConstGauge::new(at).encode(family.encode_family(&peer_labels(p))?)?;
+            }
+        }
+        type Field = (&'static str, &'static str, &'static str);
+        let counters: [Field; 4] = [
+            (
+                "sessionkey_vpn_sent_bytes",
+                "Bytes sent to the peer (wireguard_sent_bytes_total).",
+                "tx_bytes",
+            ),
+            (
+                "sessionkey_vpn_received_bytes",
+                "Bytes received from the peer (wireguard_received_bytes_total).",
+                "rx_bytes",
+            ),
+            (
+                "sessionkey_vpn_handshakes",
+                "Completed handshakes with the peer.",
+                "handshakes",
+            ),
+            (
+                "sessionkey_vpn_rejected_packets",
+                "Data packets from the peer that failed to open (replay, forgery, expired key).",
+                "rejected",
+            ),
+        ];
+        for (name, help, field) in counters {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for p in &peers {
+                ConstCounter::new(n(&p[field])).encode(family.encode_family(&peer_labels(p))?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A VPN's metrics in the Prometheus text format, from its `vpn show` snapshot.
+pub(crate) fn render_vpn(snapshot: serde_json::Value) -> String {
+    encode(Box::new(Vpn(snapshot)))
+}
+
+/// What a relay's metrics show: its counters since start and what it holds now. Nothing in
+/// it names a user or an address.
+#[derive(Debug, Clone, Default)]
+pub struct RelayMetrics {
+    /// Devices registered or updated since start.
+    pub registrations: u64,
+    /// One-time prekeys stored since start.
+    pub prekeys_uploaded: u64,
+    /// Bundles handed out since start.
+    pub bundles: u64,
+    /// Messages accepted into a queue since start.
+    pub messages_queued: u64,
+    /// Messages handed to their recipient since start (each fetch counts).
+    pub messages_fetched: u64,
+    /// Messages delivered: acknowledged by the recipient and deleted, since start.
+    pub messages_delivered: u64,
+    /// Messages deleted unfetched at the expiry time, since start.
+    pub messages_expired: u64,
+    /// Requests refused for authentication since start.
+    pub auth_refused: u64,
+    /// Requests refused by a rate limit or quota since start.
+    pub rate_limited: u64,
+    /// Registered devices now (`None`: the database did not answer).
+    pub devices: Option<u64>,
+    /// Messages waiting for their recipient now (`None`: the database did not answer).
+    pub messages_waiting: Option<u64>,
+    /// Devices by one-time prekeys available: (kind, bucket such as `10-99`, devices).
+    pub prekeys: Vec<(&'static str, String, u64)>,
+}
+
+impl Collector for RelayMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let none: [(&str, &str); 0] = [];
+        let counters = [
+            (
+                "sessionkey_relay_registrations",
+                "Devices registered or updated.",
+                self.registrations,
+            ),
+            (
+                "sessionkey_relay_prekeys_uploaded",
+                "One-time prekeys stored.",
+                self.prekeys_uploaded,
+            ),
+            (
+                "sessionkey_relay_bundles",
+                "Prekey bundles handed out.",
+                self.bundles,
+            ),
+            (
+                "sessionkey_relay_messages_queued",
+                "Messages accepted into a queue.",
+                self.messages_queued,
+            ),
+            (
+                "sessionkey_relay_messages_fetched",
+                "Messages handed to their recipient (each fetch counts).",
+                self.messages_fetched,
+            ),
+            (
+                "sessionkey_relay_messages_delivered",
+                "Messages acknowledged by their recipient and deleted.",
+                self.messages_delivered,
+            ),
+            (
+                "sessionkey_relay_messages_expired",
+                "Messages deleted unfetched at the expiry time.",
+                self.messages_expired,
+            ),
+            (
+                "sessionkey_relay_auth_refused",
+                "Requests refused for authentication.",
+                self.auth_refused,
+            ),
+            (
+                "sessionkey_relay_rate_limited",
+                "Requests refused by a rate limit or quota.",
+                self.rate_limited,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            ConstCounter::new(value).encode(family.encode_family(&none)?)?;
+        }
+        let gauges = [
+            (
+                "sessionkey_relay_devices",
+                "Registered devices.",
+                self.devices,
+            ),
+            (
+                "sessionkey_relay_messages_waiting",
+                "Messages waiting for their recipient.",
+                self.messages_waiting,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let Some(value) = value else { continue };
+            let mut family =
+                encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+            ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX))
+                .encode(family.encode_family(&none)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "sessionkey_relay_prekeys_available_devices",
+            "Devices by the one-time prekeys they have left, by kind (x25519, mlkem) and \
+             bucket (0, 1-9, 10-99, 100-999, 1000+); never by device.",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for (kind, bucket, devices) in &self.prekeys {
+            let l = [("kind", kind.to_string()), ("available", bucket.clone())];
+            ConstGauge::new(i64::try_from(*devices).unwrap_or(i64::MAX))
+                .encode(family.encode_family(&l)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// A relay's metrics in the Prometheus text format.
+pub fn render_relay(metrics: RelayMetrics) -> String {
+    encode(Box::new(metrics))
+}
+
 /// A failed server handshake as a fixed word for the `reason` label.
 pub(crate) fn failure_reason(e: &std::io::Error) -> &'static str {
     use sessionkey_proto::handshake::Refusal;
@@ -259,8 +475,12 @@ pub(crate) fn failure_reason(e: &std::io::Error) -> &'static str {
 
 /// The metrics of `registry` in the Prometheus text format.
 pub fn render(registry: &Registry) -> String {
+    encode(Box::new(Sessions(registry.clone())))
+}
+
+fn encode(collector: Box<dyn Collector>) -> String {
     let mut r = prometheus_client::registry::Registry::default();
-    r.register_collector(Box::new(Sessions(registry.clone())));
+    r.register_collector(collector);
     let mut out = String::new();
     if prometheus_client::encoding::prometheus_text::encode(&mut out, &r).is_err() {
         out.clear();
@@ -271,6 +491,16 @@ pub fn render(registry: &Registry) -> String {
 
 /// Serves `GET /metrics` on `listener` until the task is dropped; other paths get 404.
 pub async fn serve(listener: TcpListener, registry: Registry) {
+    serve_with(listener, move || std::future::ready(render(&registry))).await
+}
+
+/// Serves `GET /metrics` on `listener`, the body made by `render` at each scrape.
+pub async fn serve_with<F, Fut>(listener: TcpListener, render: F)
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = String> + Send + 'static,
+{
+    let render = std::sync::Arc::new(render);
     loop {
         let (stream, _): (_, SocketAddr) = match listener.accept().await {
             Ok(conn) => conn,
@@ -280,11 +510,15 @@ pub async fn serve(listener: TcpListener, registry: Registry) {
                 continue;
             }
         };
-        let registry = registry.clone();
+        let render = render.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let registry = registry.clone();
-                async move { Ok::<_, std::convert::Infallible>(respond(&req, &registry)) }
+                let render = render.clone();
+                async move {
+                    let wanted = req.method() == Method::GET && req.uri().path() == "/metrics";
+                    let body = if wanted { Some(render().await) } else { None };
+                    Ok::<_, std::convert::Infallible>(respond(body))
+                }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let conn = hyper::server::conn::http1::Builder::new()
@@ -298,17 +532,17 @@ pub async fn serve(listener: TcpListener, registry: Registry) {
     }
 }
 
-fn respond<B>(req: &Request<B>, registry: &Registry) -> Response<Full<Bytes>> {
-    let (status, content_type, body) =
-        if req.method() == Method::GET && req.uri().path() == "/metrics" {
-            (StatusCode::OK, CONTENT_TYPE, render(registry))
-        } else {
-            (
-                StatusCode::NOT_FOUND,
-                "text/plain; charset=utf-8",
-                "not found: metrics are at GET /metrics\n".to_string(),
-            )
-        };
+/// The metrics for `GET /metrics`, else 404.
+fn respond(metrics: Option<String>) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = if let Some(metrics) = metrics {
+        (StatusCode::OK, CONTENT_TYPE, metrics)
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found: metrics are at GET /metrics\n".to_string(),
+        )
+    };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {

@@ -110,7 +110,7 @@ pub async fn run_with_ready(
     stop: StopHandle,
     ready: impl FnOnce() + Send,
 ) -> Result<(), VpnError> {
-    run_inner(config, None, stop, ready).await
+    run_inner(config, None, None, stop, ready).await
 }
 
 /// [`run_with_ready`] for the configuration read from `path`: SIGHUP reads it again and
@@ -118,18 +118,23 @@ pub async fn run_with_ready(
 /// are not changed). A file that does not load is rejected with its error logged, and the
 /// running peers kept. A VPN that dropped root may not be able to read the file (or its
 /// key files) any more; the log then says to run `vpn syncconf` as root.
+///
+/// With `metrics`, Prometheus text is served there at `/metrics` (see
+/// [`crate::metrics`]): per peer the latest handshake and bytes, by fingerprint prefix.
 pub async fn run_reloadable(
     config: VpnConfig,
     path: PathBuf,
+    metrics: Option<tokio::net::TcpListener>,
     stop: StopHandle,
     ready: impl FnOnce() + Send,
 ) -> Result<(), VpnError> {
-    run_inner(config, Some(path), stop, ready).await
+    run_inner(config, Some(path), metrics, stop, ready).await
 }
 
 async fn run_inner(
     config: VpnConfig,
     source: Option<PathBuf>,
+    metrics: Option<tokio::net::TcpListener>,
     stop: StopHandle,
     ready: impl FnOnce() + Send,
 ) -> Result<(), VpnError> {
@@ -151,6 +156,17 @@ async fn run_inner(
     let control = control::serve(&dev, stop.0.clone())
         .await
         .map_err(VpnError::Io)?;
+    let metrics = metrics.map(|listener| {
+        let dev = Arc::downgrade(&dev);
+        tokio::spawn(crate::metrics::serve_with(listener, move || {
+            // A weak reference: the interface goes away with the last strong one.
+            std::future::ready(
+                dev.upgrade()
+                    .map(|d| crate::metrics::render_vpn(d.snapshot()))
+                    .unwrap_or_default(),
+            )
+        }))
+    });
     // Everything privileged is done: the interface, its routes, the sockets.
     match privileges::drop_to(&user) {
         Ok(privileges::Dropped::To { user, uid }) => {
@@ -250,6 +266,9 @@ async fn run_inner(
         tracing::warn!("vpn {name}: {e}");
     }
     dev.remove_routes();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     // The last reference: closing the TUN device removes the interface.
     drop(dev);
     drop(control);
