@@ -250,11 +250,11 @@ fn migrations_apply_once_and_record_their_version() {
     }
     assert_eq!(
         schema.scalar("SELECT COUNT(*) FROM sessionkey_fleet_migrations"),
-        2
+        3
     );
     assert_eq!(
         schema.scalar("SELECT MAX(version)::BIGINT FROM sessionkey_fleet_migrations"),
-        2
+        3
     );
 }
 
@@ -1178,56 +1178,8 @@ fn a_tls_gateway_admits_and_revokes_certificate_keys_from_the_database() {
     let env = Env::new("fleet-tls");
     let target = support::echo_target();
     // A self-signed client certificate: its key's pin is what the database lists.
-    let (crt, key) = (env.path("client.crt"), env.path("client.key"));
-    let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("run openssl");
-        assert!(out.status.success(), "openssl {args:?}: {out:?}");
-        out.stdout
-    };
+    let (crt, key, pin) = self_signed(&env, "client");
     let p = |p: &std::path::Path| p.to_str().unwrap().to_string();
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=fleet client",
-        "-keyout",
-        &p(&key),
-        "-out",
-        &p(&crt),
-    ]);
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let spki = {
-        let pem =
-            String::from_utf8(openssl(&["x509", "-in", &p(&crt), "-pubkey", "-noout"])).unwrap();
-        std::fs::write(env.path("client.pub.pem"), pem).unwrap();
-        openssl(&[
-            "pkey",
-            "-pubin",
-            "-in",
-            &p(&env.path("client.pub.pem")),
-            "-outform",
-            "der",
-        ])
-    };
-    let pin = {
-        use base64::Engine;
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &spki);
-        format!(
-            "tls-spki-sha256 {}",
-            base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
-        )
-    };
 
     let state = env.path("state-tls");
     let to = target.addr.to_string();
@@ -1355,4 +1307,224 @@ fn a_reload_keeps_the_gateway_on_its_database() {
         "alice's session after her removal, after a reload",
     );
     assert!(!echo_once(alice_port), "alice got in after her removal");
+}
+
+fn openssl(args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run openssl");
+    assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    out.stdout
+}
+
+/// A self-signed P-256 certificate for localhost and 127.0.0.1 in `env`: (certificate,
+/// key mode 0600, `tls-spki-sha256 BASE64` pin of its key).
+fn self_signed(env: &Env, name: &str) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let (crt, key, public) = (
+        env.path(&format!("{name}.crt")),
+        env.path(&format!("{name}.key")),
+        env.path(&format!("{name}.pub.pem")),
+    );
+    let p = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={name}"),
+        "-addext",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        "-keyout",
+        &p(&key),
+        "-out",
+        &p(&crt),
+    ]);
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let pem = openssl(&["x509", "-in", &p(&crt), "-pubkey", "-noout"]);
+    std::fs::write(&public, pem).unwrap();
+    let spki = openssl(&["pkey", "-pubin", "-in", &p(&public), "-outform", "der"]);
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &spki);
+    use base64::Engine;
+    let pin = format!(
+        "tls-spki-sha256 {}",
+        base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+    );
+    (crt, key, pin)
+}
+
+/// Gateways' log lines of TLS sessions of `peer` (its fingerprint), resumed or not.
+fn tls_sessions(p: &support::Proc, resumed: bool) -> usize {
+    let want = format!("resumed={resumed}");
+    p.stderr()
+        .lines()
+        .filter(|l| l.contains("TLS session established") && l.contains(&want))
+        .count()
+}
+
+/// Three TLS gateways behind HAProxy share their session-ticket keys through the database
+/// (sealed under the key in a 0600 file): a client's second connection, sent by the
+/// balancer to another gateway than its first, resumes there.
+#[test]
+fn a_tls_client_resumes_on_another_gateway_of_the_fleet() {
+    let Some(schema) = Schema::new("tickets") else {
+        return;
+    };
+    let env = Env::new("fleet-tickets");
+    let target = support::echo_target();
+    let p = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (server_crt, server_key, server_pin) = self_signed(&env, "gateway");
+    let (client_crt, client_key, client_pin) = self_signed(&env, "client");
+    assert_eq!(peers(&env, &schema, &["add", &client_pin]).code, Some(0));
+    let kek = env.path("ticket.kek");
+    {
+        use base64::Engine;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut bytes = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut bytes).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&kek)
+            .unwrap();
+        std::io::Write::write_all(
+            &mut f,
+            base64::engine::general_purpose::STANDARD
+                .encode(bytes)
+                .as_bytes(),
+        )
+        .unwrap();
+    }
+    let to = target.addr.to_string();
+    let mut gateways: Vec<(support::Proc, u16)> = (1..=3)
+        .map(|i| {
+            let state = env.path(&format!("state-gw{i}"));
+            env.start_listening(
+                &format!("gw{i}"),
+                |port| {
+                    [
+                        "--state",
+                        &p(&state),
+                        "tunnel",
+                        "server",
+                        "--name",
+                        &format!("gw{i}"),
+                        "--transport",
+                        "tls",
+                        "--listen",
+                        &format!("127.0.0.1:{port}"),
+                        "--to",
+                        &to,
+                        "--cert",
+                        &p(&server_crt),
+                        "--cert-key",
+                        &p(&server_key),
+                        "--peers-database",
+                        &schema.url,
+                        "--ticket-key-file",
+                        &p(&kek),
+                    ]
+                    .map(String::from)
+                    .to_vec()
+                },
+                "tunnel server ready",
+            )
+        })
+        .collect();
+    let ports: Vec<u16> = gateways.iter().map(|(_, p)| *p).collect();
+    let Some(balancer) = Haproxy::start(&env, &ports) else {
+        return;
+    };
+    let (_client, client_port) = env.start_listening(
+        "tls-client",
+        |lport| {
+            [
+                "tunnel",
+                "client",
+                "--transport",
+                "tls",
+                "--listen",
+                &format!("127.0.0.1:{lport}"),
+                "--server",
+                &format!("127.0.0.1:{}", balancer.port),
+                "--server-key",
+                &server_pin,
+                "--cert",
+                &p(&client_crt),
+                "--cert-key",
+                &p(&client_key),
+            ]
+            .map(String::from)
+            .to_vec()
+        },
+        "tunnel client ready",
+    );
+
+    // The first connection: a full handshake on one gateway, which sends tickets.
+    assert!(echo_once(client_port), "the first TLS session failed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        if let Some(i) = gateways
+            .iter()
+            .position(|(g, _)| tls_sessions(g, false) == 1)
+        {
+            break i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no gateway logged the first session"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The next ones go round the other gateways: each resumes there.
+    for _ in 0..2 {
+        assert!(echo_once(client_port), "a later TLS session failed");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resumed: Vec<usize> = gateways
+            .iter()
+            .map(|(g, _)| tls_sessions(g, true))
+            .collect();
+        let others = (0..3).filter(|i| *i != first).all(|i| resumed[i] >= 1);
+        if others {
+            eprintln!(
+                "first session on gw{}; resumed sessions by gateway: {resumed:?}",
+                first + 1
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the other gateways did not resume the client's sessions: {resumed:?} (first on gw{})",
+            first + 1
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The database holds the ticket key only sealed: 12-byte nonce, 32-byte key, 16-byte tag.
+    assert_eq!(
+        schema
+            .scalar("SELECT COUNT(*) FROM sessionkey_fleet_ticket_keys WHERE length(sealed) = 60"),
+        schema.scalar("SELECT COUNT(*) FROM sessionkey_fleet_ticket_keys"),
+    );
+    assert_eq!(
+        schema.scalar("SELECT COUNT(*) FROM sessionkey_fleet_ticket_keys"),
+        1
+    );
+    // A removed key cannot come back on a ticket, on any gateway.
+    assert_eq!(peers(&env, &schema, &["remove", &client_pin]).code, Some(0));
+    for (g, _) in &mut gateways {
+        g.expect_log("removed from the peers database");
+    }
+    for _ in 0..3 {
+        assert!(!echo_once(client_port), "a removed key resumed on a ticket");
+    }
 }

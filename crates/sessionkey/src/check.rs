@@ -123,6 +123,7 @@ const SERVER: &[&str] = &[
     "peers_database",
     "peers_group",
     "fail_closed",
+    "ticket_key_file",
 ];
 /// Fields only a client takes.
 const CLIENT: &[&str] = &[

@@ -121,7 +121,9 @@ impl Tunnels {
                     None => Built::Server(s.build(&self.state_dir)?, None),
                     Some(options) => {
                         let fleet = self.fleet_for(&name, options).await?;
-                        let config = s.build_with(&self.state_dir, fleet.peers().clone())?;
+                        let ticketer = fleet.ticketer().map(|t| t as Arc<_>);
+                        let config =
+                            s.build_with(&self.state_dir, fleet.peers().clone(), ticketer)?;
                         Built::Server(config, Some(fleet))
                     }
                 },

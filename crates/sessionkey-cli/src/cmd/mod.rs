@@ -70,6 +70,7 @@ fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
         return Some(match s {
             s if s.is_unavailable() => UNAVAILABLE,
             StartError::Cache(_) => CANTCREAT,
+            StartError::TicketKey(_) => CONFIG,
             _ => SOFTWARE,
         });
     }

@@ -203,6 +203,8 @@ pub struct DatabasePeers {
     pub source: String,
     /// The group (for the `sessionkey peers add` hint).
     pub group: String,
+    /// TLS: the fleet's shared session-ticket keys.
+    pub ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
 }
 
 /// A client's server check from the options.
@@ -379,6 +381,7 @@ impl ServerTransportOpts {
             client_keys: live.clone().map(|l| (l, source)),
             keylog: self.keylog.clone(),
             suite: side.opts.suite(),
+            ticketer: side.database.and_then(|db| db.ticketer.clone()),
         })?;
         if server.generated() {
             let (cert, _) = crate::tls::self_signed_paths(side.state_dir);

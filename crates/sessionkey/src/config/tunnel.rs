@@ -2,6 +2,7 @@
 //! the fields of `tunnel server` and `tunnel client`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::ServerSide;
 use super::{invalid, rebase, ClientSide, ClientTransportOpts, ConfigError, DatabasePeers};
@@ -67,6 +68,15 @@ pub struct ServerTable {
     #[cfg_attr(feature = "clap", arg(long, requires = "peers_database"))]
     #[serde(default)]
     pub fail_closed: bool,
+    /// TLS: share session-ticket keys with the other gateways through --peers-database,
+    /// sealed under the key-encryption key in FILE (32 random bytes in base64, mode 0600,
+    /// the same file on every gateway), so a client resumes on any of them.
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, value_name = "FILE", requires = "peers_database")
+    )]
+    #[serde(default)]
+    pub ticket_key_file: Option<PathBuf>,
     /// Connections in their handshake at once; more are reset at once (default: from the
     /// open-files limit, at most 1024).
     #[cfg_attr(
@@ -232,6 +242,7 @@ impl TunnelTable {
             Self::Server(s) => {
                 rebase(&mut s.key, base);
                 rebase(&mut s.authorized_peers, base);
+                rebase(&mut s.ticket_key_file, base);
                 s.opts.rebase(base);
                 s.tls.rebase(base);
             }
@@ -265,16 +276,17 @@ impl ServerTable {
     /// With `peers_database` the admitted keys start empty (as `sessionkey check` builds
     /// a table); [`ServerTable::build_with`] gives them.
     pub fn build(&self, state_dir: &Path) -> Result<ServerConfig, ConfigError> {
-        self.build_with(state_dir, LivePeers::default())
+        self.build_with(state_dir, LivePeers::default(), None)
     }
 
     /// [`ServerTable::build`], admitting the keys of `database_peers` when the table names
     /// a peers database (the set a running [`FleetPeers`](crate::fleet::gateway::FleetPeers)
-    /// keeps).
+    /// keeps), and (TLS) issuing tickets with `ticketer`.
     pub fn build_with(
         &self,
         state_dir: &Path,
         database_peers: LivePeers,
+        ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
     ) -> Result<ServerConfig, ConfigError> {
         let database = self.fleet_options(state_dir)?.map(|o| DatabasePeers {
             peers: database_peers,
@@ -284,6 +296,7 @@ impl ServerTable {
                 redact_url(&o.url)
             ),
             group: o.group,
+            ticketer,
         });
         let (transport, peers) = self.tls.build(ServerSide {
             key: self.key.as_deref(),
@@ -321,6 +334,11 @@ impl ServerTable {
                  and any_client",
             ));
         }
+        if self.ticket_key_file.is_some() && self.tls.transport != super::Transport::Tls {
+            return Err(invalid(
+                "ticket_key_file shares TLS session tickets: it goes with transport = \"tls\"",
+            ));
+        }
         let group = self
             .peers_group
             .clone()
@@ -332,6 +350,7 @@ impl ServerTable {
             group,
             fail_closed: self.fail_closed,
             tunnel: self.name.clone(),
+            ticket_key_file: self.ticket_key_file.clone(),
         }))
     }
 

@@ -62,6 +62,13 @@ const MIGRATIONS: &[(i32, &str)] = &[
         started_at TIMESTAMPTZ NOT NULL,
         PRIMARY KEY (gateway, tunnel, session_id))",
     ),
+    (
+        3,
+        "CREATE TABLE sessionkey_fleet_ticket_keys (
+        key_id BIGINT PRIMARY KEY,
+        sealed BYTEA NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    ),
 ];
 
 /// A fleet database failure, with what to do about it.

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use super::census;
 use super::db::{FleetDb, FleetError, KickTarget, Notice, PeerRecord};
+use super::tickets::{FleetTicketer, Kek};
 use crate::status::Registry;
 use crate::trust::{AuthorizedPeers, LivePeers, LiveSessions, PeerKey, TrustError};
 
@@ -45,6 +46,9 @@ pub struct PeersOptions {
     pub fail_closed: bool,
     /// The tunnel's name, for logs.
     pub tunnel: String,
+    /// TLS: share session-ticket keys with the fleet, sealed under the key-encryption key
+    /// in this file ([`super::tickets`]).
+    pub ticket_key_file: Option<PathBuf>,
 }
 
 impl PeersOptions {
@@ -112,7 +116,8 @@ impl Drop for StopOnDrop {
 #[derive(Debug, Clone)]
 pub struct FleetPeers {
     shared: Arc<Shared>,
-    _tasks: Arc<[StopOnDrop; 3]>,
+    ticketer: Option<Arc<FleetTicketer>>,
+    _tasks: Arc<Vec<StopOnDrop>>,
 }
 
 impl FleetPeers {
@@ -185,6 +190,26 @@ impl FleetPeers {
             loaded_at: AtomicU64::new(loaded_at),
             options,
         });
+        let mut tasks = Vec::new();
+        let mut ticketer = None;
+        if let Some(path) = &shared.options.ticket_key_file {
+            let kek = Kek::read(path).map_err(StartError::TicketKey)?;
+            let shared_tickets = Arc::new(FleetTicketer::default());
+            if let Some(db) = &db {
+                let n = shared_tickets
+                    .refresh(db, &kek)
+                    .await
+                    .map_err(StartError::Database)?;
+                tracing::info!(tunnel = %shared.options.tunnel, keys = n, "TLS ticket keys read from the peers database");
+            }
+            let task = tokio::spawn(refresh_tickets(
+                shared.options.clone(),
+                shared_tickets.clone(),
+                kek,
+            ));
+            tasks.push(StopOnDrop(task.abort_handle()));
+            ticketer = Some(shared_tickets);
+        }
         let kicks = shared.kicks.subscribe();
         let watcher = tokio::spawn(watch(shared.clone(), db));
         let heartbeat = tokio::spawn(census::report(
@@ -194,10 +219,17 @@ impl FleetPeers {
             registry.clone(),
         ));
         let kicker = tokio::spawn(close_kicked(kicks, registry));
+        tasks.extend([watcher, heartbeat, kicker].map(|t| StopOnDrop(t.abort_handle())));
         Ok(Self {
             shared,
-            _tasks: Arc::new([watcher, heartbeat, kicker].map(|t| StopOnDrop(t.abort_handle()))),
+            ticketer,
+            _tasks: Arc::new(tasks),
         })
+    }
+
+    /// The TLS ticketer shared with the fleet, when `ticket_key_file` is set.
+    pub fn ticketer(&self) -> Option<Arc<FleetTicketer>> {
+        self.ticketer.clone()
     }
 
     /// The set handshakes consult (filled from the database).
@@ -263,6 +295,28 @@ impl FleetPeers {
     }
 }
 
+/// Read the fleet's ticket keys every [`REFRESH`](super::tickets::REFRESH), rotating when
+/// due; a failure keeps the keys in hand and is retried.
+async fn refresh_tickets(options: PeersOptions, ticketer: Arc<FleetTicketer>, kek: Kek) {
+    let mut db: Option<FleetDb> = None;
+    let mut tick = tokio::time::interval(super::tickets::REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if db.is_none() {
+            db = FleetDb::open(&options.url, CONNECT_TIMEOUT).await.ok();
+        }
+        let Some(conn) = &db else { continue };
+        if let Err(e) = ticketer.refresh(conn, &kek).await {
+            tracing::warn!(tunnel = %options.tunnel, "cannot read the fleet's TLS ticket keys: {e}; keeping those in hand");
+            if e.is_unreachable() {
+                db = None;
+            }
+        }
+    }
+}
+
 /// Close the sessions `peers kick SESSION` names, if this process holds them.
 async fn close_kicked(mut kicks: tokio::sync::broadcast::Receiver<String>, registry: Registry) {
     use tokio::sync::broadcast::error::RecvError;
@@ -306,6 +360,9 @@ pub enum StartError {
     /// The cache file could not be written.
     #[error("cannot write the peers cache: {0}")]
     Cache(TrustError),
+    /// The TLS ticket key-encryption key file is missing, open to others or malformed.
+    #[error("{0}")]
+    TicketKey(String),
 }
 
 impl StartError {
@@ -314,7 +371,7 @@ impl StartError {
         match self {
             Self::NoDatabaseNoCache { .. } => true,
             Self::Database(e) => e.is_unreachable(),
-            Self::Cache(_) => false,
+            Self::Cache(_) | Self::TicketKey(_) => false,
         }
     }
 }
@@ -659,6 +716,7 @@ mod tests {
                 cache: PathBuf::new(),
                 fail_closed: false,
                 tunnel: "t".into(),
+                ticket_key_file: None,
             },
             keys: RwLock::new(Arc::new(keys.iter().copied().collect())),
             admitted: LivePeers::from_keys(keys.iter().copied()),

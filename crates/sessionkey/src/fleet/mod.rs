@@ -1,6 +1,6 @@
 //! A fleet of tunnel gateways on one PostgreSQL database: the authorized peers by group
 //! ([`db`]), each gateway's live copy of its group's list ([`gateway`]), and every
-//! gateway's live sessions ([`census`]).
+//! gateway's live sessions ([`census`]), and the TLS ticket keys they share ([`tickets`]).
 //!
 //! ```text
 //!   sessionkey peers add|remove ──► PostgreSQL ──NOTIFY──► gateway 1, 2, 3 (LISTEN)
@@ -12,5 +12,6 @@
 pub mod census;
 pub mod db;
 pub mod gateway;
+pub mod tickets;
 
 pub use db::{FleetDb, FleetError, PeerRecord, PeerSelector, DEFAULT_GROUP};

@@ -168,6 +168,9 @@ pub struct TlsServerOptions {
     pub keylog: Option<PathBuf>,
     /// The preferred record suite.
     pub suite: Suite,
+    /// Session tickets from this ticketer (a fleet's shared keys) instead of keys of this
+    /// process alone.
+    pub ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
 }
 
 impl TlsServerOptions {
@@ -179,6 +182,7 @@ impl TlsServerOptions {
             client_keys: None,
             keylog: None,
             suite: Suite::default_for_this_cpu(),
+            ticketer: None,
         }
     }
 }
@@ -263,7 +267,10 @@ impl TlsServer {
         };
         let mut config = builder.with_cert_resolver(cert.clone());
         config.ignore_client_order = true;
-        config.ticketer = provider::Ticketer::new()?;
+        config.ticketer = match opts.ticketer.clone() {
+            Some(shared) => shared,
+            None => provider::Ticketer::new()?,
+        };
         if let Some(path) = &opts.keylog {
             config.key_log = Arc::new(KeyLogFile::open(path)?);
         }
