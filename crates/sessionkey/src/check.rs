@@ -136,7 +136,7 @@ const CLIENT: &[&str] = &[
     "sni",
 ];
 /// Fields whose value is a file that must exist and be readable.
-const READABLE_FILES: &[&str] = &["cert", "cert_key", "client_ca", "ca"];
+const READABLE_FILES: &[&str] = &["cert", "cert_key", "client_ca", "ca", "ticket_key_file"];
 /// Positive integers.
 const COUNTS: &[&str] = &[
     "max_handshakes",

@@ -110,9 +110,10 @@ impl Target {
 
 /// A key argument: the line itself, or a file holding it.
 fn key_text(arg: &str) -> Result<String> {
+    // Base64 may hold '/', never '.': a key is a file only if it names one or ends in .pub.
     let looks_like_file = !arg.contains(char::is_whitespace)
-        && (arg.ends_with(".pub") || arg.contains('/'))
-        && !arg.starts_with("SHA256:");
+        && !arg.starts_with("SHA256:")
+        && (arg.ends_with(".pub") || std::path::Path::new(arg).is_file());
     if looks_like_file {
         return std::fs::read_to_string(arg)
             .with_context(|| format!("cannot read the key file {arg}"));
@@ -280,6 +281,24 @@ fn print_table(peers: &[PeerRecord], group: &str) {
             escape_controls(&p.added_by, false),
             sessionkey::fleet::db::utc(p.added_at),
             escape_controls(&p.comment, false)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_text;
+
+    #[test]
+    fn a_key_with_a_slash_is_a_key_not_a_file() {
+        let bare = "gpvQldPukpNFNJ3BYjq7RWsX7OR0yu9o/OU11eSHAgU=";
+        assert_eq!(key_text(bare).unwrap(), bare);
+        assert_eq!(key_text("SHA256:a/b").unwrap(), "SHA256:a/b");
+        // A .pub name that does not exist is a file that cannot be read, said as such.
+        let e = key_text("/nonexistent/alice.pub").unwrap_err();
+        assert!(
+            format!("{e:#}").contains("cannot read the key file"),
+            "{e:#}"
         );
     }
 }

@@ -132,6 +132,13 @@ impl FleetPeers {
         sessions: LiveSessions,
         registry: Registry,
     ) -> Result<Self, StartError> {
+        // A bad key file is a configuration mistake, found before anything is connected.
+        let kek = options
+            .ticket_key_file
+            .as_deref()
+            .map(Kek::read)
+            .transpose()
+            .map_err(StartError::TicketKey)?;
         let (db, keys, loaded_at) = match load_from_db(&options).await {
             Ok((db, records)) => {
                 let keys = key_set(&records);
@@ -192,8 +199,7 @@ impl FleetPeers {
         });
         let mut tasks = Vec::new();
         let mut ticketer = None;
-        if let Some(path) = &shared.options.ticket_key_file {
-            let kek = Kek::read(path).map_err(StartError::TicketKey)?;
+        if let Some(kek) = kek {
             let shared_tickets = Arc::new(FleetTicketer::default());
             if let Some(db) = &db {
                 let n = shared_tickets
