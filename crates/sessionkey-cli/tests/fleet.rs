@@ -1528,3 +1528,205 @@ fn a_tls_client_resumes_on_another_gateway_of_the_fleet() {
         assert!(!echo_once(client_port), "a removed key resumed on a ticket");
     }
 }
+
+/// A PostgreSQL server of the test's own (initdb as the `postgres` user, on a free loopback
+/// port), which the test can stop and start again; stopped and removed on drop.
+struct PrivatePostgres {
+    bin: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    /// `None` (with a note) without PostgreSQL's server binaries or root outside CI.
+    fn start(env: &Env) -> Option<Self> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|d| d.flatten().map(|e| e.path().join("bin")).max())
+            .filter(|b| b.join("initdb").exists());
+        let root = nix::unistd::geteuid().is_root();
+        let (Some(bin), true) = (bin, root) else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run the PostgreSQL stop test (as root, with postgresql installed)"
+            );
+            eprintln!("skipped: needs root and PostgreSQL's server binaries");
+            return None;
+        };
+        let dir = env.path("pg");
+        std::fs::create_dir_all(&dir).unwrap();
+        let pg = Self {
+            bin,
+            dir,
+            port: support::free_port(),
+        };
+        pg.as_postgres(&["chown", "-R", "postgres", &pg.dir_str()], false);
+        pg.as_postgres(
+            &[
+                &pg.tool("initdb"),
+                "-D",
+                &pg.dir_str(),
+                "-A",
+                "trust",
+                "-U",
+                "sessionkey",
+            ],
+            true,
+        );
+        pg.up();
+        Some(pg)
+    }
+
+    fn tool(&self, name: &str) -> String {
+        self.bin.join(name).to_str().unwrap().to_string()
+    }
+
+    fn dir_str(&self) -> String {
+        self.dir.to_str().unwrap().to_string()
+    }
+
+    /// Run `args` (as `postgres` when `su` is set), bounded, and insist on success.
+    fn as_postgres(&self, args: &[&str], su: bool) {
+        let mut cmd = if su {
+            let mut c = std::process::Command::new("su");
+            c.args(["postgres", "-s", "/bin/sh", "-c", &args.join(" ")]);
+            c
+        } else {
+            let mut c = std::process::Command::new(args[0]);
+            c.args(&args[1..]);
+            c
+        };
+        let out = cmd
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run a PostgreSQL tool");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+
+    fn up(&self) {
+        let opts = format!("'-p {} -k {} -h 127.0.0.1'", self.port, self.dir_str());
+        self.as_postgres(
+            &[
+                &self.tool("pg_ctl"),
+                "-D",
+                &self.dir_str(),
+                "-o",
+                &opts,
+                "-l",
+                &format!("{}/log", self.dir_str()),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            true,
+        );
+    }
+
+    fn down(&self) {
+        self.as_postgres(
+            &[
+                &self.tool("pg_ctl"),
+                "-D",
+                &self.dir_str(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+            true,
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://sessionkey@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("su")
+            .args([
+                "postgres",
+                "-s",
+                "/bin/sh",
+                "-c",
+                &format!(
+                    "{} -D {} -m immediate -w stop",
+                    self.tool("pg_ctl"),
+                    self.dir_str()
+                ),
+            ])
+            .output();
+    }
+}
+
+/// PostgreSQL itself stopped while a gateway runs: sessions go on, status shows the
+/// outage, and a removal made once it is back applies within a second of the gateway's
+/// reconnect.
+#[test]
+fn postgresql_stopped_and_started_again_under_a_running_gateway() {
+    let env = Env::new("fleet-pgstop");
+    let Some(pg) = PrivatePostgres::start(&env) else {
+        return;
+    };
+    let url = pg.url();
+    let target = support::echo_target();
+    let server_key = env.keygen("gateway");
+    let alice = env.keygen("alice");
+    let bob = env.keygen("bob");
+    for k in [&alice, &bob] {
+        let out = env.run(&["peers", "add", &k.public, "--database", &url]);
+        assert_eq!(out.code, Some(0), "{out:?}");
+    }
+    let (mut gw, port) = gateway(&env, "gw", &server_key, target.addr, &url, &[]);
+    let pin = ["--server-key", server_key.public.as_str()];
+    let (_a, alice_port) = env.tunnel_client("alice", &alice, port, &pin);
+    let (_b, bob_port) = env.tunnel_client("bob", &bob, port, &pin);
+    let mut alice_conn = held_session(alice_port);
+    let mut bob_conn = held_session(bob_port);
+
+    pg.down();
+    gw.expect_log("lost the peers database");
+    assert_eq!(database_up(&env), vec![false]);
+    {
+        use std::io::{Read, Write};
+        alice_conn.write_all(b"more").unwrap();
+        let mut buf = [0u8; 4];
+        alice_conn
+            .read_exact(&mut buf)
+            .expect("a session goes on while PostgreSQL is down");
+    }
+    assert!(
+        echo_once(alice_port),
+        "fail-static: alice is still admitted"
+    );
+
+    pg.up();
+    let out = env.run(&["peers", "remove", &bob.fingerprint, "--database", &url]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let removed = Instant::now();
+    gw.expect_log("peers database reachable again");
+    let reconnected = Instant::now();
+    assert_closed(&mut bob_conn, "bob's session after his removal");
+    let closed = Instant::now();
+    // From the later of the removal and the reconnect (whichever came last, the other one
+    // had to happen first for the removal to be seen).
+    let after = closed.saturating_duration_since(removed.max(reconnected));
+    eprintln!(
+        "PostgreSQL back: gateway reconnect seen {:?} after the removal, bob's session closed \
+         {after:?} after the later of the two",
+        reconnected.saturating_duration_since(removed)
+    );
+    assert!(after <= Duration::from_secs(1), "{after:?}");
+    assert_eq!(database_up(&env), vec![true]);
+    assert!(!echo_once(bob_port), "bob got in after his removal");
+    {
+        use std::io::{Read, Write};
+        alice_conn.write_all(b"last").unwrap();
+        let mut buf = [0u8; 4];
+        alice_conn
+            .read_exact(&mut buf)
+            .expect("alice's session survived it all");
+    }
+}
