@@ -314,15 +314,6 @@ impl FleetDb {
         Ok(result?)
     }
 
-    /// The schema version this database is at.
-    pub async fn schema_version(&self) -> Result<i32, FleetError> {
-        Ok(
-            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM sessionkey_fleet_migrations")
-                .fetch_one(&self.pool)
-                .await?,
-        )
-    }
-
     /// Authorize `key` in `group`, and tell every gateway of the group.
     pub async fn add_peer(
         &self,
