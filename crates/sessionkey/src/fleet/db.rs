@@ -122,17 +122,35 @@ pub(crate) fn is_connection_error(e: &sqlx::Error) -> bool {
         .is_some_and(|c| c.starts_with("08") || c.starts_with("57P"))
 }
 
-/// `url` with its password replaced by `***`, for messages and logs.
+/// `url` with its password (in the authority or a `password=` parameter) replaced by
+/// `***`, for messages and logs.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
     };
-    let Some((auth, host)) = rest.rsplit_once('@') else {
-        return url.to_string();
+    let base = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((auth, host)) => match auth.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => base.to_string(),
+            },
+            None => base.to_string(),
+        },
+        None => base.to_string(),
     };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
+    match query {
+        Some(q) => {
+            let params: Vec<String> = q
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => kv.to_string(),
+                })
+                .collect();
+            format!("{base}?{}", params.join("&"))
+        }
+        None => base,
     }
 }
 
@@ -514,6 +532,14 @@ mod tests {
             "postgres://gw@db/fleet"
         );
         assert_eq!(redact_url("postgres://db/fleet"), "postgres://db/fleet");
+        assert_eq!(
+            redact_url("postgres://gw@db/fleet?sslmode=require&password=s3cret"),
+            "postgres://gw@db/fleet?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redact_url("postgres://gw:a@b@db/f?options[search_path]=x"),
+            "postgres://gw:***@db/f?options[search_path]=x"
+        );
     }
 
     #[test]
