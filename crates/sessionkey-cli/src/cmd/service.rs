@@ -17,8 +17,8 @@ pub(crate) fn ready(status: &str) {
 
 /// SIGHUPs, from now on (the handler is installed before this returns, so call it before
 /// [`ready`]): each one asks `what` to reload its configuration. Without a handler (it
-/// could not be installed, which is logged) the channel never yields, and SIGHUP keeps its
-/// default action.
+/// could not be installed, which is logged) the channel is closed at once, and SIGHUP
+/// keeps its default action.
 pub(crate) fn hangups(what: &'static str) -> tokio::sync::mpsc::Receiver<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let (tx, rx) = tokio::sync::mpsc::channel(1);
@@ -31,11 +31,7 @@ pub(crate) fn hangups(what: &'static str) -> tokio::sync::mpsc::Receiver<()> {
                 }
             });
         }
-        Err(e) => {
-            tracing::warn!("{what}: cannot handle SIGHUP ({e}); it will stop the process");
-            // Keep the sender so the receiver waits forever instead of ending.
-            std::mem::forget(tx);
-        }
+        Err(e) => tracing::warn!("{what}: cannot handle SIGHUP ({e}); it will stop the process"),
     }
     rx
 }

@@ -23,8 +23,9 @@ pub(crate) struct Args {
     /// Run every tunnel of a TOML file (see docs/CONFIG.md).
     #[arg(long, value_name = "FILE.toml")]
     config: Option<PathBuf>,
-    /// Serve Prometheus metrics at http://ADDR/metrics (sessions, handshakes, bytes and
-    /// records by tunnel; never keys or addresses). Bind it to a private address.
+    /// Serve Prometheus metrics at http://ADDR/metrics (sessions, handshakes and their
+    /// duration, bytes, records, key updates and key ages by tunnel; never keys or
+    /// addresses). Bind it to a private address.
     #[arg(long, value_name = "ADDR", global = true)]
     metrics: Option<String>,
 }
