@@ -40,6 +40,32 @@ fn kek(dir: &std::path::Path, name: &str, byte: u8) -> Kek {
     Kek::read(&path).unwrap()
 }
 
+/// Drops the test's schema when the test ends, passed or failed.
+struct DropSchema {
+    admin: String,
+    schema: String,
+}
+
+impl Drop for DropSchema {
+    fn drop(&mut self) {
+        let (admin, schema) = (self.admin.clone(), self.schema.clone());
+        // A runtime of its own on another thread: this one may be inside the test's.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&admin).await.ok()?;
+                conn.execute(format!("DROP SCHEMA IF EXISTS {schema} CASCADE").as_str())
+                    .await
+                    .ok()
+            });
+            Ok::<_, std::io::Error>(())
+        })
+        .join();
+    }
+}
+
 fn id_of(ticket: &[u8]) -> [u8; 8] {
     ticket[..8].try_into().unwrap()
 }
@@ -56,6 +82,10 @@ async fn ticket_keys_are_shared_sealed_rotated_and_erased() {
     )
     .await
     .unwrap();
+    let _cleanup = DropSchema {
+        admin: admin.clone(),
+        schema: schema.clone(),
+    };
     let sep = if admin.contains('?') { '&' } else { '?' };
     let url = format!("{admin}{sep}options[search_path]={schema}");
     let dir = std::env::temp_dir().join(format!("sessionkey-tickets-{}", std::process::id()));
@@ -132,8 +162,5 @@ async fn ticket_keys_are_shared_sealed_rotated_and_erased() {
         .unwrap();
     assert_eq!(left, 1);
 
-    conn.execute(format!("DROP SCHEMA {schema} CASCADE").as_str())
-        .await
-        .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
