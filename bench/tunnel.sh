@@ -26,6 +26,9 @@
 #   SK_TLS=1               also measure the TLS transport (row "sessionkey tunnel, tls ...",
 #                          and a line tls-ratio-stunnel4: sessionkey TLS / stunnel4)
 #   SK_CLASSIC=0      1: --classic (X25519 only; only the handshake differs)
+#   SK_METRICS=1      also measure the headline suite with --metrics on both ends, scraped
+#                     every second during the run (row "..., metrics scraped every 1 s", and
+#                     a line metrics-ratio-on-off: with metrics / without, same rounds)
 #   SK_BASE_PORT=25210     sessionkey uses ports +1 (iperf3), +2 (server), +3 (client)
 #   SESSIONKEY_BIN=   use this binary instead of building target/release/sessionkey
 #   SHARED=           the shared/ folder (default: ../../shared from this script)
@@ -41,6 +44,7 @@ SK_SUITE=${SK_SUITE:-aes-256-gcm}
 SK_EXTRA_SUITES=${SK_EXTRA_SUITES:-}
 SK_TLS=${SK_TLS:-1}
 SK_CLASSIC=${SK_CLASSIC:-0}
+SK_METRICS=${SK_METRICS:-1}
 SK_BASE_PORT=${SK_BASE_PORT:-25210}
 OUT_MD=${OUT_MD:-}
 OUT_TSV=${OUT_TSV:-}
@@ -63,6 +67,8 @@ CLASSIC_TAG=""
 PS=$((SK_BASE_PORT + 1)) # iperf3 server
 PB=$((SK_BASE_PORT + 2)) # sessionkey tunnel server (exit)
 PA=$((SK_BASE_PORT + 3)) # sessionkey tunnel client (entry)
+PMS=$((SK_BASE_PORT + 4)) # metrics of the tunnel server (SK_METRICS=1)
+PMC=$((SK_BASE_PORT + 5)) # metrics of the tunnel client
 
 # ---------------------------------------------------------------- cleanup
 WORK=$(mktemp -d -t sk-tunnel-bench.XXXXXX)
@@ -224,23 +230,32 @@ sk_iperf() {
 	log "SK | $label | round $round | $gbps Gbit/s | tunnel CPU ${tcpu}% | sys ${syscpu}%/$(($(nproc) * 100))% | steal ${steal}%"
 }
 
-# one sessionkey measurement: fresh iperf3 server and tunnel pair, then stop them
+# one sessionkey measurement: fresh iperf3 server and tunnel pair, then stop them;
+# METRICS=1: both ends serve --metrics and a loop scrapes both every second
 sk_round() {
-	local round=$1 suite=$2 p
+	local round=$1 suite=$2 metrics=${3:-0} p
 	for p in $PS $PB $PA; do port_busy "$p" && die "port $p busy (set SK_BASE_PORT)"; done
-	local classic=()
+	local classic=() msrv=() mcli=() tag=""
 	[ "$SK_CLASSIC" = 1 ] && classic=(--classic)
+	if [ "$metrics" = 1 ]; then
+		msrv=(--metrics "127.0.0.1:$PMS")
+		mcli=(--metrics "127.0.0.1:$PMC")
+		tag=", metrics scraped every 1 s"
+	fi
 	start_bg sk-iperf3-srv iperf3 -s -B 127.0.0.1 -p "$PS"
 	wait_listen "$PS" || die "iperf3 server did not start: $(tail -3 "$WORK/sk-iperf3-srv.log")"
 	start_bg sk-server "$SK" -q tunnel server --listen "127.0.0.1:$PB" --to "127.0.0.1:$PS" \
-		--key "$KEYS/server.key" --allow "$CLIENT_PUB" --suite "$suite" "${classic[@]}"
+		--key "$KEYS/server.key" --allow "$CLIENT_PUB" --suite "$suite" "${classic[@]}" "${msrv[@]}"
 	local srv=$LAST_PID
 	wait_listen "$PB" || die "sessionkey tunnel server did not start: $(tail -3 "$WORK/sk-server.log")"
 	start_bg sk-client "$SK" -q tunnel client --listen "127.0.0.1:$PA" --server "127.0.0.1:$PB" \
-		--key "$KEYS/client.key" --server-key "$SERVER_PUB" --suite "$suite" "${classic[@]}"
+		--key "$KEYS/client.key" --server-key "$SERVER_PUB" --suite "$suite" "${classic[@]}" "${mcli[@]}"
 	local cli=$LAST_PID
 	wait_listen "$PA" || die "sessionkey tunnel client did not start: $(tail -3 "$WORK/sk-client.log")"
-	sk_iperf "sessionkey tunnel, $suite$CLASSIC_TAG" "$round" "$cli" "$srv"
+	if [ "$metrics" = 1 ]; then
+		start_bg sk-scrape bash -c "while :; do for p in $PMS $PMC; do curl -sf http://127.0.0.1:\$p/metrics >/dev/null || echo scrape failed \$p; done; sleep 1; done"
+	fi
+	sk_iperf "sessionkey tunnel, $suite$CLASSIC_TAG$tag" "$round" "$cli" "$srv"
 	stop_all
 }
 
@@ -293,6 +308,10 @@ for round in $(seq 1 "$N"); do
 		log "round $round/$N: sessionkey, $suite"
 		sk_round "$round" "$suite"
 	done
+	if [ "$SK_METRICS" = 1 ]; then
+		log "round $round/$N: sessionkey, $SK_SUITE, metrics scraped every 1 s"
+		sk_round "$round" "$SK_SUITE" 1
+	fi
 	if [ "$SK_TLS" = 1 ]; then
 		log "round $round/$N: sessionkey over TLS, $SK_SUITE"
 		sk_tls_round "$round"
@@ -378,6 +397,11 @@ TABLE=$WORK/table.md
 		stunnel_g=$(awk -F'\t' '$2 ~ /stunnel/ && $3 != "FAIL" { print $3; exit }' "$SUMMARY")
 		echo "sessionkey over TLS ($SK_SUITE): ${tls_g:-FAIL} Gbit/s; stunnel4: ${stunnel_g:-none} Gbit/s"
 		echo "tls-ratio-stunnel4: $(ratio "${tls_g:-0}" "${stunnel_g:-0}")"
+	fi
+	if [ "$SK_METRICS" = 1 ]; then
+		metrics_g=$(awk -F'\t' -v l="$HEADLINE, metrics scraped every 1 s" '$2 == l { print $3 }' "$SUMMARY")
+		echo "sessionkey ($SK_SUITE) with metrics scraped every 1 s: ${metrics_g:-FAIL} Gbit/s; without: $SK_G Gbit/s"
+		echo "metrics-ratio-on-off: $(ratio "${metrics_g:-0}" "$SK_G")"
 	fi
 	echo "total wall time: ${SECONDS}s"
 } >"$TABLE"

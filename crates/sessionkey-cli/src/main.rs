@@ -102,6 +102,10 @@ enum Command {
     /// The messaging relay: `relay serve --listen ADDR [--database URL]`.
     #[command(subcommand)]
     Relay(cmd::relay::Command),
+    /// The authorized peers of a fleet of tunnel gateways in PostgreSQL:
+    /// `peers add | remove | list --database URL [--group NAME]`.
+    #[command(subcommand)]
+    Peers(cmd::peers::Command),
     /// Check a tunnel or VPN configuration file without starting anything: every problem
     /// as FILE:LINE: field: what and the fix; exit 0 when clean, 78 otherwise.
     Check(cmd::check::Args),
@@ -174,6 +178,7 @@ fn main() -> ExitCode {
             Command::Vpn(command) => cmd::vpn::run(command).await,
             Command::Msg(command) => cmd::msg::run(command).await,
             Command::Relay(command) => cmd::relay::run(command).await,
+            Command::Peers(command) => cmd::peers::run(command).await,
             Command::Check(args) => cmd::check::run(&args),
             Command::Man(args) => cmd::man::man(&args),
             Command::Completions(args) => cmd::man::completions(&args),

@@ -65,11 +65,22 @@ fn parse(body: &str) -> BTreeMap<String, f64> {
             .unwrap_or_else(|_| panic!("value in {line:?}"));
         let name = series.split('{').next().unwrap();
         assert!(name_ok(name), "bad sample name in {line:?}");
-        let family = name.strip_suffix("_total").unwrap_or(name);
+        let family = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
         assert!(
             typed.contains_key(name) || typed.contains_key(family),
             "sample before its TYPE: {line:?}"
         );
+        if name != family && typed.get(family).map(String::as_str) == Some("histogram") {
+            assert!(
+                ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|x| name.ends_with(x)),
+                "not a histogram sample: {line:?}"
+            );
+        }
         if let Some(labels) = series.strip_prefix(name) {
             if !labels.is_empty() {
                 let inner = labels
@@ -119,7 +130,13 @@ fn metrics_move_during_a_transfer_and_name_no_key_or_address() {
                 target.addr,
                 &[client_key.base64()],
             );
-            args.extend(["--metrics".into(), format!("127.0.0.1:{metrics_port}")]);
+            // Key updates every 16 KiB, so the transfer below makes some.
+            args.extend([
+                "--metrics".into(),
+                format!("127.0.0.1:{metrics_port}"),
+                "--key-update-bytes".into(),
+                "16384".into(),
+            ]);
             args
         },
         "metrics at http://",
@@ -128,7 +145,12 @@ fn metrics_move_during_a_transfer_and_name_no_key_or_address() {
         "client",
         &client_key,
         server_port,
-        &["--server-key", server_key.base64()],
+        &[
+            "--server-key",
+            server_key.base64(),
+            "--key-update-bytes",
+            "16384",
+        ],
     );
 
     let (status, body) = scrape(metrics_port, "/metrics");
@@ -145,6 +167,7 @@ fn metrics_move_during_a_transfer_and_name_no_key_or_address() {
     let chunk = vec![0x5au8; 256 * 1024];
     let mut echoed = vec![0u8; chunk.len()];
     let mut last = 0.0;
+    let mut last_updates = 0.0;
     for step in 0..3 {
         conn.write_all(&chunk).unwrap();
         conn.read_exact(&mut echoed).unwrap();
@@ -174,6 +197,33 @@ fn metrics_move_during_a_transfer_and_name_no_key_or_address() {
             value(&samples, "sessionkey_sessions_established_total", None),
             1.0
         );
+        // Key updates (every 16 KiB) move with the transfer, in both directions.
+        let updates = value(&samples, "sessionkey_key_updates_total", Some("send"));
+        assert!(
+            updates > last_updates,
+            "step {step}: key updates did not move ({updates} after {last_updates})"
+        );
+        last_updates = updates;
+        assert!(value(&samples, "sessionkey_key_updates_total", Some("receive")) > 0.0);
+        // The current keys are young and far from their AEAD limit; nothing was forced
+        // and nothing failed to decrypt.
+        let age = value(&samples, "sessionkey_key_epoch_age_seconds", None);
+        assert!((0.0..60.0).contains(&age), "step {step}: key age {age}");
+        let used = value(&samples, "sessionkey_aead_limit_used_ratio", None);
+        assert!((0.0..0.5).contains(&used), "step {step}: {used}");
+        assert_eq!(
+            value(&samples, "sessionkey_forced_key_updates_total", None),
+            0.0
+        );
+        assert_eq!(
+            value(&samples, "sessionkey_decryption_failures_total", None),
+            0.0
+        );
+        // One handshake, timed.
+        let timed = "sessionkey_handshake_duration_seconds_count{tunnel=\"web\",result=\"ok\"}";
+        assert_eq!(samples.get(timed), Some(&1.0), "{samples:#?}");
+        let within = "sessionkey_handshake_duration_seconds_bucket{tunnel=\"web\",result=\"ok\",le=\"+Inf\"}";
+        assert_eq!(samples.get(within), Some(&1.0));
     }
     drop(conn);
     // Once the session has ended its bytes stay counted (counters never go down).
@@ -204,6 +254,10 @@ fn metrics_move_during_a_transfer_and_name_no_key_or_address() {
     ] {
         assert!(!body.contains(secretish), "{secretish} in:\n{body}");
     }
+    assert!(
+        body.contains("# TYPE sessionkey_accept_errors_total counter"),
+        "{body}"
+    );
     let (status, _) = scrape(metrics_port, "/");
     assert!(status.contains(" 404 "), "{status}");
 

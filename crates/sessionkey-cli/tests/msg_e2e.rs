@@ -608,3 +608,88 @@ fn relay_quotas_are_set_on_the_command_line() {
     );
     assert!(stderr.contains("queue on the relay is full"), "{stderr}");
 }
+
+/// `GET /metrics` on `port`: the samples, `name{labels}` -> value (every sample line is
+/// checked to be `name{labels} number`).
+fn relay_metrics(port: u16) -> std::collections::BTreeMap<String, f64> {
+    use std::io::Read;
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics");
+    conn.set_read_timeout(Some(CHILD_TIMEOUT)).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    for secretish in ["alice", "bob", "127.0.0.1"] {
+        assert!(
+            !body.contains(secretish),
+            "{secretish} in the metrics:\n{body}"
+        );
+    }
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("{l:?}"));
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("{l:?}"));
+            (series.to_string(), value)
+        })
+        .collect()
+}
+
+#[test]
+fn relay_metrics_count_messages_and_prekeys_by_bucket_without_names() {
+    let dir = temp_dir("relay-metrics");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (_relay, addr) = relay_with(
+        &dir.join("relay"),
+        "127.0.0.1:0",
+        None,
+        &["--metrics", &format!("127.0.0.1:{port}")],
+    );
+    let (alice, bob) = (dir.join("alice"), dir.join("bob"));
+    init(&alice, &addr, "alice");
+    init(&bob, &addr, "bob");
+    let m = relay_metrics(port);
+    assert_eq!(m["sessionkey_relay_devices"], 2.0, "{m:#?}");
+    assert_eq!(m["sessionkey_relay_messages_waiting"], 0.0);
+    for kind in ["x25519", "mlkem"] {
+        let devices: f64 = m
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("sessionkey_relay_prekeys_available_devices{")
+                    && k.contains(&format!("kind=\"{kind}\""))
+            })
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(devices, 2.0, "every device is in one {kind} bucket: {m:#?}");
+        let empty = format!(
+            "sessionkey_relay_prekeys_available_devices{{kind=\"{kind}\",available=\"0\"}}"
+        );
+        assert_eq!(m[&empty], 0.0, "both uploaded prekeys at init: {m:#?}");
+    }
+
+    sk(&alice, &["msg", "send", "bob", "one"], None);
+    sk(&alice, &["msg", "send", "bob", "two"], None);
+    let m = relay_metrics(port);
+    assert_eq!(m["sessionkey_relay_messages_queued_total"], 2.0, "{m:#?}");
+    assert_eq!(m["sessionkey_relay_messages_waiting"], 2.0);
+    assert_eq!(m["sessionkey_relay_messages_delivered_total"], 0.0);
+    assert!(m["sessionkey_relay_bundles_total"] >= 1.0);
+
+    assert_eq!(
+        texts(&sk(&bob, &["msg", "recv", "--json"], None)),
+        ["one", "two"]
+    );
+    let m = relay_metrics(port);
+    assert_eq!(
+        m["sessionkey_relay_messages_delivered_total"], 2.0,
+        "{m:#?}"
+    );
+    assert_eq!(m["sessionkey_relay_messages_waiting"], 0.0);
+    assert_eq!(m["sessionkey_relay_messages_expired_total"], 0.0);
+}

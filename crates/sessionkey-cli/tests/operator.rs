@@ -181,7 +181,7 @@ fn tunnel_server_tells_systemd_it_is_ready_and_survives_sighup() {
         nix::sys::signal::Signal::SIGHUP,
     )
     .unwrap();
-    server.expect_log("SIGHUP received");
+    server.expect_log("configuration reloaded");
     assert_eq!(
         server.try_exit(),
         None,

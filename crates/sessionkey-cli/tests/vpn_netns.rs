@@ -182,10 +182,15 @@ impl Lab {
     }
 
     fn start(&mut self, ns: &str, config: &Path, log: &str) {
+        self.start_with(ns, config, log, &[]);
+    }
+
+    fn start_with(&mut self, ns: &str, config: &Path, log: &str, extra: &[&str]) {
         let log = File::create(self.dir.join(log)).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", ns, BIN, "-v", "vpn", "up"])
             .arg(config)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -351,6 +356,24 @@ impl Drop for Relay {
     }
 }
 
+/// Port of `vpn up --metrics` inside B's namespace (free: the namespace is the test's).
+const METRICS_PORT: u16 = 19100;
+
+/// `GET /metrics` on 127.0.0.1:METRICS_PORT of the current network namespace.
+fn scrape_metrics() -> String {
+    use std::io::{Read, Write};
+    let mut conn = TcpStream::connect(("127.0.0.1", METRICS_PORT)).expect("metrics");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
 fn counter(v: &Value, name: &str) -> u64 {
     v["counters"][name].as_u64().unwrap_or(0)
 }
@@ -427,7 +450,12 @@ fn vpn_between_two_namespaces() {
     .unwrap();
     let (ns_a, ns_b) = (lab.ns_a.clone(), lab.ns_b.clone());
     lab.start(&ns_a, &config_a, "a.log");
-    lab.start(&ns_b, &config_b, "b.log");
+    lab.start_with(
+        &ns_b,
+        &config_b,
+        "b.log",
+        &["--metrics", &format!("127.0.0.1:{METRICS_PORT}")],
+    );
     lab.wait_for_link(&ns_a, &lab.tun_a);
     lab.wait_for_link(&ns_b, &lab.tun_b);
 
@@ -599,11 +627,71 @@ fn vpn_between_two_namespaces() {
     );
     assert!(peer0(&b1, "rx_bytes") >= TOTAL as u64);
 
-    // 2b. `vpn syncconf` with B's original file removes C; A stays.
-    run(Command::new(BIN)
-        .args(["vpn", "syncconf", &lab.tun_b])
-        .arg(&config_b));
+    // 2a'. B's metrics (inside its namespace): A's bytes and latest handshake, by A's
+    // fingerprint prefix, never its key; in the Prometheus text format.
+    let body = bounded::join_within(
+        in_netns(&lab.ns_b, scrape_metrics),
+        CMD_TIMEOUT,
+        "scraping B's metrics",
+    );
+    let a_fingerprint = b1["peers"][0]["fingerprint"].as_str().unwrap().to_string();
+    let label = format!(
+        "{{interface=\"{}\",peer=\"{}\"}}",
+        lab.tun_b,
+        &a_fingerprint[..7 + 11]
+    );
+    let sample = |name: &str| -> f64 {
+        let prefix = format!("{name}{label} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{body}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        sample("sessionkey_vpn_received_bytes_total") >= TOTAL as f64,
+        "{body}"
+    );
+    assert!(sample("sessionkey_vpn_sent_bytes_total") > 0.0);
+    assert!(sample("sessionkey_vpn_handshakes_total") >= 1.0);
+    let latest = sample("sessionkey_vpn_latest_handshake_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        latest > now - 300.0 && latest <= now + 1.0,
+        "{latest} vs {now}"
+    );
+    assert!(body.contains("# TYPE sessionkey_vpn_received_bytes_total counter"));
+    assert!(
+        !body.contains(key_a.as_str()),
+        "a public key in the metrics:\n{body}"
+    );
+
+    // 2b. SIGHUP to B reads its file again, as `vpn syncconf` would: C (added by `vpn
+    // set`, not in the file) is removed; A stays.
+    let loaded = lab.show(&lab.tun_b)["config_loaded_unix"].as_u64();
+    assert!(
+        loaded.is_some(),
+        "vpn show tells when the configuration was loaded"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(lab.vpns[1].id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    eventually("B reloads on SIGHUP", CMD_TIMEOUT, || {
+        lab.log("b.log").contains("configuration reloaded from")
+    });
+    assert!(
+        lab.log("b.log")
+            .contains("0 peer(s) added, 1 removed, 1 kept"),
+        "{}",
+        lab.log("b.log")
+    );
     let synced = lab.show(&lab.tun_b);
+    assert!(synced["config_loaded_unix"].as_u64() >= loaded);
     assert_eq!(
         synced["peers"].as_array().map(Vec::len),
         Some(1),
@@ -612,7 +700,7 @@ fn vpn_between_two_namespaces() {
     assert_eq!(synced["peers"][0]["public_key"], key_a.as_str());
     assert!(
         !lab.ping(&ns_c, &["-c", "1", "-W", "1", TUN_B]),
-        "the peer removed by syncconf still gets answers"
+        "the peer removed by the reload still gets answers"
     );
 
     // 2c. `vpn show NAME dump` in `wg show dump`'s format, parsed as wg's fields.
@@ -738,7 +826,29 @@ fn vpn_between_two_namespaces() {
         .to_string();
     assert_eq!(endpoint, format!("{VETH_A}:{new_port}"));
 
-    // 6a. A dropped root; syncconf still works on it (the CLI reads the root-only files
+    // 6a. A dropped root: SIGHUP cannot read its root-only files any more, and says what
+    // works instead; its peers are kept.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(lab.vpns[0].id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    eventually("A rejects the reload", CMD_TIMEOUT, || {
+        lab.log("a.log")
+            .contains("reload rejected, the running peers are kept")
+    });
+    assert!(
+        lab.log("a.log").contains(
+            "this VPN dropped root, so apply the file as root with: sessionkey vpn syncconf"
+        ),
+        "{}",
+        lab.log("a.log")
+    );
+    assert_eq!(
+        lab.show(&lab.tun_a)["peers"].as_array().map(Vec::len),
+        Some(1)
+    );
+    // syncconf still works on it (the CLI reads the root-only files
     // and passes the pre-shared key), and the handshakes after it (every 1.5 s while
     // traffic flows) succeed with the key it passed.
     let out = run(Command::new(BIN)

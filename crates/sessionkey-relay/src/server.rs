@@ -119,6 +119,8 @@ pub struct Counters {
     pub messages_fetched: AtomicU64,
     /// Messages acknowledged and deleted.
     pub messages_acked: AtomicU64,
+    /// Messages deleted unfetched after the expiry time.
+    pub messages_expired: AtomicU64,
     /// Requests refused for authentication.
     pub auth_refused: AtomicU64,
     /// Requests refused by a rate limit or quota.
@@ -842,6 +844,10 @@ pub fn serve(
                 let cutoff = now - api::MESSAGE_EXPIRY_SECS as i64;
                 match relay.storage.expire(cutoff, now).await {
                     Ok((messages, nonces)) => {
+                        relay
+                            .counters
+                            .messages_expired
+                            .fetch_add(messages, Ordering::Relaxed);
                         tracing::info!(messages, nonces, "expired old messages and nonces")
                     }
                     Err(e) => tracing::warn!(error = %e, "expiry failed"),

@@ -60,6 +60,22 @@ pub struct TakenBundle {
     pub kem: Option<Vec<u8>>,
 }
 
+/// Lower bounds of the buckets devices are counted in by their one-time prekeys: 0, 1-9,
+/// 10-99, 100-999, 1000 and more.
+pub const PREKEY_BUCKETS: [u64; 5] = [0, 1, 10, 100, 1000];
+
+/// What a relay holds ([`Storage::holdings`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holdings {
+    /// Registered devices.
+    pub devices: u64,
+    /// Messages waiting for their recipient.
+    pub messages_waiting: u64,
+    /// Devices by one-time prekeys held, per kind (0: X25519, 1: ML-KEM) and bucket of
+    /// [`PREKEY_BUCKETS`].
+    pub prekey_buckets: [[u64; PREKEY_BUCKETS.len()]; 2],
+}
+
 /// What [`Storage::register`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Registered {
@@ -517,6 +533,43 @@ impl Storage {
         .await?
         .rows_affected();
         Ok(inserted == 1)
+    }
+
+    /// What the relay holds now, for metrics: no name in it. One-time prekeys per device are
+    /// counted by [`PREKEY_BUCKETS`]: `buckets[kind][i]` devices hold a count in bucket `i`
+    /// (`kind` 0: X25519, 1: ML-KEM).
+    pub async fn holdings(&self) -> Result<Holdings, StorageError> {
+        let count = |sql: &'static str| async move {
+            let n: i64 = sqlx::query(sql).fetch_one(&self.pool).await?.try_get(0)?;
+            Ok::<u64, StorageError>(u64::try_from(n).unwrap_or(0))
+        };
+        let devices = count("SELECT COUNT(*) FROM devices").await?;
+        let messages_waiting = count("SELECT COUNT(*) FROM messages").await?;
+        let rows = sqlx::query("SELECT kind, COUNT(*) FROM prekeys GROUP BY device, kind")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut buckets = [[0u64; PREKEY_BUCKETS.len()]; 2];
+        let mut with_keys = [0u64; 2];
+        for row in rows {
+            let kind: i64 = row.try_get(0)?;
+            let n: i64 = row.try_get(1)?;
+            let k = usize::from(kind == KIND_KEM);
+            let b = PREKEY_BUCKETS
+                .iter()
+                .rposition(|&low| u64::try_from(n).unwrap_or(0) >= low)
+                .unwrap_or(0);
+            buckets[k][b] += 1;
+            with_keys[k] += 1;
+        }
+        for k in 0..2 {
+            // Devices with no one-time prekey of this kind have no row.
+            buckets[k][0] += devices.saturating_sub(with_keys[k]);
+        }
+        Ok(Holdings {
+            devices,
+            messages_waiting,
+            prekey_buckets: buckets,
+        })
     }
 
     /// Delete messages accepted before `message_cutoff` and nonces that expired before `now`.

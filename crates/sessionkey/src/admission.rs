@@ -341,13 +341,17 @@ pub(crate) fn thousands(n: u64) -> String {
 pub(crate) struct Reporter {
     tunnel: String,
     window: Mutex<Window>,
+    /// Where accept errors are counted for metrics.
+    registry: crate::status::Registry,
 }
 
 impl Reporter {
-    pub(crate) fn new(tunnel: &str) -> Arc<Self> {
+    /// A reporter for `tunnel` that also counts accept errors in `registry` (metrics).
+    pub(crate) fn new(tunnel: &str, registry: crate::status::Registry) -> Arc<Self> {
         Arc::new(Self {
             tunnel: tunnel.to_string(),
             window: Mutex::new(Window::default()),
+            registry,
         })
     }
 
@@ -393,6 +397,7 @@ impl Reporter {
 
     /// `accept` failed.
     pub(crate) fn accept_failed(&self, error: &io::Error) {
+        self.registry.count_accept_error(&self.tunnel);
         let Ok(mut w) = self.window.lock() else {
             return;
         };

@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use sessionkey_proto::keys::read_private_key;
-use sessionkey_proto::suite::Suite;
 use toml::Spanned;
 
 use crate::trust::AuthorizedPeers;
@@ -121,6 +120,10 @@ const SERVER: &[&str] = &[
     "max_connections",
     "handshakes_per_second_per_source",
     "client_ca",
+    "peers_database",
+    "peers_group",
+    "fail_closed",
+    "ticket_key_file",
 ];
 /// Fields only a client takes.
 const CLIENT: &[&str] = &[
@@ -133,7 +136,7 @@ const CLIENT: &[&str] = &[
     "sni",
 ];
 /// Fields whose value is a file that must exist and be readable.
-const READABLE_FILES: &[&str] = &["cert", "cert_key", "client_ca", "ca"];
+const READABLE_FILES: &[&str] = &["cert", "cert_key", "client_ca", "ca", "ticket_key_file"];
 /// Positive integers.
 const COUNTS: &[&str] = &[
     "max_handshakes",
@@ -143,7 +146,13 @@ const COUNTS: &[&str] = &[
     "key_update_bytes",
 ];
 /// Booleans.
-const FLAGS: &[&str] = &["classic", "any_client", "insecure_anonymous", "accept_new"];
+const FLAGS: &[&str] = &[
+    "classic",
+    "any_client",
+    "insecure_anonymous",
+    "accept_new",
+    "fail_closed",
+];
 
 type SpannedTable = BTreeMap<Spanned<String>, Spanned<toml::Value>>;
 
@@ -454,13 +463,10 @@ fn check_table(
                     src.report(span, at(k), m);
                 }
             }
-            "suite" if Suite::from_name(s).is_none() => {
-                let names: Vec<&str> = Suite::ALL.iter().map(|s| s.name()).collect();
-                src.report(
-                    span,
-                    at(k),
-                    format!("unknown suite {s:?}; choose one of: {}", names.join(", ")),
-                );
+            "suite" => {
+                if let Err(m) = crate::config::parse_suite(s) {
+                    src.report(span, at(k), m);
+                }
             }
             "transport" if s != "native" && s != "tls" => {
                 src.report(span, at(k), format!("{s:?}: write \"native\" or \"tls\""));

@@ -6,14 +6,18 @@
 
 pub mod admission;
 pub mod check;
+pub mod config;
 mod error;
+pub mod fleet;
 pub mod metrics;
 pub mod msg;
+pub mod psk;
 pub mod status;
 mod stream;
 pub mod tls;
 pub mod trust;
 pub mod tunnel;
+pub mod tunnels;
 pub mod vpn;
 
 pub use error::protocol_error;

@@ -13,6 +13,7 @@ use sessionkey_proto::record::MAX_FRAME;
 use sessionkey_proto::session::{
     CloseReason, Event, Received, Session, SessionConfig, SessionInfo,
 };
+use sessionkey_proto::suite::UsageLimits;
 use sessionkey_proto::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
@@ -48,18 +49,72 @@ impl RotationHandle {
 
 /// The latest snapshot of a session, shared with whoever shows status.
 #[derive(Debug, Clone, Default)]
-pub struct StatusCell(Arc<std::sync::Mutex<Option<SessionInfo>>>);
+pub struct StatusCell(Arc<std::sync::Mutex<Cell>>);
+
+#[derive(Debug, Default)]
+struct Cell {
+    info: Option<SessionInfo>,
+    /// When the sending key last changed (handshake, key update, re-handshake).
+    key_since: Option<Instant>,
+    /// Sending-key updates made because the key reached half its AEAD usage limit.
+    forced_updates: u64,
+    /// The session's usage limits when configured (else the suite's).
+    limits: Option<UsageLimits>,
+}
 
 impl StatusCell {
     fn set(&self, info: Option<SessionInfo>) {
         if let Ok(mut slot) = self.0.lock() {
-            *slot = info;
+            slot.info = info;
+        }
+    }
+
+    /// Note a key event (only events: the data path never comes here).
+    fn key_event(&self, event: &Event, now: Instant) {
+        use sessionkey_proto::session::Direction;
+        let Ok(mut slot) = self.0.lock() else {
+            return;
+        };
+        match event {
+            Event::Established(_) | Event::Rehandshaken(_) => slot.key_since = Some(now),
+            Event::KeyUpdated {
+                direction: Direction::Send,
+                info,
+            } => {
+                slot.key_since = Some(now);
+                // The records under the old key, as last published before this update.
+                let used = slot.info.as_ref().map_or(0, |i| i.send.records_this_key);
+                let limit = slot.limits.unwrap_or_else(|| info.suite.limits()).records;
+                if used >= limit / 2 {
+                    slot.forced_updates += 1;
+                }
+            }
+            _ => {}
         }
     }
 
     /// The snapshot, if the session was established.
     pub fn get(&self) -> Option<SessionInfo> {
-        self.0.lock().ok().and_then(|s| s.clone())
+        self.0.lock().ok().and_then(|s| s.info.clone())
+    }
+
+    /// Records one key may seal (the configured usage limit, else the suite's).
+    pub fn record_limit(&self) -> Option<u64> {
+        let slot = self.0.lock().ok()?;
+        let suite = slot.info.as_ref()?.suite;
+        Some(slot.limits.unwrap_or_else(|| suite.limits()).records)
+    }
+
+    /// How long the current sending key has been in use.
+    pub fn key_age(&self) -> Option<std::time::Duration> {
+        let since = self.0.lock().ok()?.key_since?;
+        Some(since.elapsed())
+    }
+
+    /// Sending-key updates forced by the AEAD usage limit (half of it) rather than by the
+    /// configured interval.
+    pub fn forced_updates(&self) -> u64 {
+        self.0.lock().map_or(0, |s| s.forced_updates)
     }
 }
 
@@ -94,15 +149,17 @@ pub struct SecureStream<T> {
     rotation: Option<RotationHandle>,
     read_eof: bool,
     close_sent: bool,
+    /// The configured usage limits, for the status cell.
+    limits: Option<UsageLimits>,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> SecureStream<T> {
     /// Connect: run the initiator's handshake over `io`, within the config's handshake
     /// timeout.
     pub async fn connect(io: T, initiator: Initiator, config: SessionConfig) -> io::Result<Self> {
-        let timeout = config.handshake_timeout;
+        let (timeout, limits) = (config.handshake_timeout, config.usage_limits);
         let session = Session::client(Instant::now(), initiator, config, Box::new(SystemRandom));
-        Self::handshake(io, session, timeout).await
+        Self::handshake(io, session, timeout, limits).await
     }
 
     /// Accept: run the responder's handshake over `io`.
@@ -111,13 +168,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SecureStream<T> {
         responder: Arc<Responder>,
         config: SessionConfig,
     ) -> io::Result<Self> {
-        let timeout = config.handshake_timeout;
+        let (timeout, limits) = (config.handshake_timeout, config.usage_limits);
         let session = Session::server(Instant::now(), responder, config, Box::new(SystemRandom));
-        Self::handshake(io, session, timeout).await
+        Self::handshake(io, session, timeout, limits).await
     }
 
-    async fn handshake(io: T, session: Session, timeout: std::time::Duration) -> io::Result<Self> {
+    async fn handshake(
+        io: T,
+        session: Session,
+        timeout: std::time::Duration,
+        limits: Option<UsageLimits>,
+    ) -> io::Result<Self> {
         let mut stream = Self::new(io, session);
+        stream.limits = limits;
         let run = async {
             loop {
                 stream.queue_transmit()?;
@@ -257,6 +320,7 @@ impl<T> SecureStream<T> {
             rotation: None,
             read_eof: false,
             close_sent: false,
+            limits: None,
         }
     }
 
@@ -277,6 +341,11 @@ impl<T> SecureStream<T> {
     pub fn status_cell(&mut self) -> StatusCell {
         let cell = self.status.get_or_insert_with(StatusCell::default).clone();
         cell.set(self.session.info());
+        if let Ok(mut slot) = cell.0.lock() {
+            // Made after the handshake: its key dates from about now.
+            slot.key_since.get_or_insert_with(Instant::now);
+            slot.limits = self.limits;
+        }
         cell
     }
 
@@ -320,15 +389,19 @@ impl<T> SecureStream<T> {
     }
 
     fn drain_events(&mut self) {
-        self.publish();
+        // Events first, so a key update is judged against the snapshot from before it.
         while let Some(event) = self.session.poll_event() {
             log_event(&event);
+            if let Some(cell) = &self.status {
+                cell.key_event(&event, Instant::now());
+            }
             if let Some(tx) = &self.events {
                 if tx.send(event).is_err() {
                     self.events = None;
                 }
             }
         }
+        self.publish();
     }
 
     /// Make sure `rbuf[rpos..]` can grow to `needed` bytes.
@@ -607,5 +680,75 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for SecureStream<T> {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sessionkey_proto::keys::Fingerprint;
+    use sessionkey_proto::noise::Pattern;
+    use sessionkey_proto::session::{Direction, DirectionStats};
+    use sessionkey_proto::suite::Suite;
+
+    fn info(records_this_key: u64, epoch: u32) -> SessionInfo {
+        let d = DirectionStats {
+            epoch,
+            key_fingerprint: Fingerprint::from_sha256([7; 32]),
+            records: 100,
+            bytes: 100,
+            records_this_key,
+            open: true,
+        };
+        SessionInfo {
+            id: 1,
+            fingerprint: Fingerprint::from_sha256([1; 32]),
+            suite: Suite::ChaCha20Poly1305,
+            pattern: Pattern::IK,
+            hybrid: true,
+            peer: None,
+            send: d,
+            receive: d,
+            rehandshakes: 0,
+            failed_decryptions: 0,
+            next_rehandshake: None,
+        }
+    }
+
+    #[test]
+    fn a_key_update_at_half_the_aead_limit_counts_as_forced() {
+        let cell = StatusCell::default();
+        cell.0.lock().unwrap().limits = Some(UsageLimits {
+            records: 100,
+            blocks: u64::MAX,
+            failed_decryptions: 10,
+        });
+        let start = Instant::now();
+        cell.key_event(&Event::Established(info(0, 0)), start);
+        // By the policy, well below the limit: not forced.
+        cell.set(Some(info(10, 0)));
+        let update = |epoch| Event::KeyUpdated {
+            direction: Direction::Send,
+            info: info(0, epoch),
+        };
+        cell.key_event(&update(1), start);
+        assert_eq!(cell.forced_updates(), 0);
+        // At half the limit: forced.
+        cell.set(Some(info(50, 1)));
+        let later = start + std::time::Duration::from_secs(5);
+        cell.key_event(&update(2), later);
+        assert_eq!(cell.forced_updates(), 1);
+        // A receiving-key update neither counts nor dates the sending key.
+        cell.set(Some(info(60, 2)));
+        cell.key_event(
+            &Event::KeyUpdated {
+                direction: Direction::Receive,
+                info: info(60, 2),
+            },
+            later + std::time::Duration::from_secs(5),
+        );
+        assert_eq!(cell.forced_updates(), 1);
+        assert_eq!(cell.0.lock().unwrap().key_since, Some(later));
+        assert_eq!(cell.record_limit(), Some(100));
     }
 }

@@ -24,6 +24,9 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use base64::Engine;
 use sessionkey_proto::keys::{Fingerprint, PublicKey, PUBLIC_KEY_TYPE};
 
+mod live;
+pub use live::{LivePeers, LiveSession, LiveSessions};
+
 /// The type word of a TLS public-key pin in trust files.
 pub const TLS_SPKI_TYPE: &str = "tls-spki-sha256";
 
@@ -328,6 +331,11 @@ impl AuthorizedPeers {
     /// Whether no key is allowed.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// The keys, in file order.
+    pub fn keys(&self) -> impl Iterator<Item = &PeerKey> {
+        self.keys.iter().map(|(k, _)| k)
     }
 }
 

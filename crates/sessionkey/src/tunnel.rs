@@ -26,7 +26,9 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::admission::{self, Gate, Limits, Reporter};
 use crate::status::{Registry, SessionView};
 use crate::tls::{TlsClient, TlsServer, TlsStream};
-use crate::trust::{HostKey, KnownPeers, TrustError};
+use crate::trust::{
+    HostKey, KnownPeers, LivePeers, LiveSession, LiveSessions, PeerKey, TrustError,
+};
 use crate::SecureStream;
 
 /// Copy buffer per direction: a whole number of full records, so a full read never leaves
@@ -99,6 +101,11 @@ pub struct ServerConfig {
     pub transport: ServerTransport,
     /// Bounds on connections in their handshake and on established sessions.
     pub limits: Limits,
+    /// The authorized keys the transport consults at each handshake (`None`: any client,
+    /// or only a TLS `--client-ca`). Replace its contents to change who may connect
+    /// ([`LivePeers::replace`] returns the removed keys, whose sessions
+    /// [`LiveSessions::revoke`] closes).
+    pub peers: Option<LivePeers>,
 }
 
 /// A server's protocol on the wire.
@@ -111,6 +118,19 @@ pub enum ServerTransport {
 }
 
 impl ServerConfig {
+    /// Whether a session that authenticated `key` may go on under the current authorized
+    /// set. A key admitted otherwise (a TLS `--client-ca`) is not judged here.
+    pub fn still_admits(&self, key: &PeerKey) -> bool {
+        let listed_only = match &self.transport {
+            ServerTransport::Native(_) => true,
+            ServerTransport::Tls(tls) => !tls.has_client_ca(),
+        };
+        match &self.peers {
+            Some(peers) if listed_only => peers.contains(key),
+            _ => true,
+        }
+    }
+
     /// Run the server side of a handshake over an accepted connection.
     pub async fn accept(&self, tcp: TcpStream) -> io::Result<Secure> {
         match &self.transport {
@@ -150,6 +170,15 @@ impl Secure {
         match self {
             Self::Native(s) => s.get_ref(),
             Self::Tls(s) => s.get_ref(),
+        }
+    }
+
+    /// The key the peer authenticated with: its sessionkey identity, or its certificate's
+    /// key; `None` for an anonymous peer.
+    pub fn peer_key(&self) -> Option<PeerKey> {
+        match self {
+            Self::Native(s) => s.info().and_then(|i| i.peer).map(PeerKey::Native),
+            Self::Tls(s) => s.info().peer,
         }
     }
 
@@ -368,7 +397,25 @@ pub async fn run_client(
     config: Arc<ClientConfig>,
     registry: Registry,
 ) -> io::Result<()> {
-    let report = Reporter::new(&config.name);
+    serve_client(
+        Arc::new(listener),
+        config,
+        TunnelSessions::default(),
+        registry,
+    )
+    .await
+}
+
+/// [`run_client`] on a shared listener, with its sessions in `sessions`: a reload restarts
+/// this loop with a new configuration on the same listener, and the sessions carry on
+/// until [`TunnelSessions::stop`].
+pub async fn serve_client(
+    listener: Arc<TcpListener>,
+    config: Arc<ClientConfig>,
+    sessions: TunnelSessions,
+    registry: Registry,
+) -> io::Result<()> {
+    let report = Reporter::new(&config.name, registry.clone());
     let _ticker = report.start();
     let (refused_tx, mut refused_rx) = tokio::sync::mpsc::channel::<TunnelError>(1);
     loop {
@@ -380,6 +427,7 @@ pub async fn run_client(
         };
         let config = config.clone();
         let registry = registry.clone();
+        let sessions = sessions.clone();
         let refused_tx = refused_tx.clone();
         tokio::spawn(async move {
             let _ = local.set_nodelay(true);
@@ -395,8 +443,9 @@ pub async fn run_client(
                 }
             };
             let remote = secure.tcp().peer_addr().unwrap_or(from);
+            let live = secure.peer_key().map(|k| sessions.by_key.register(k));
             let _reg = registry.register(&config.name, "client", remote, secure.status_view());
-            forward(secure, local, &config.name).await;
+            forward(secure, local, &config.name, sessions.cut(live.as_ref())).await;
         });
     }
 }
@@ -412,10 +461,28 @@ pub async fn run_server(
     config: ServerConfig,
     registry: Registry,
 ) -> io::Result<()> {
+    serve_server(
+        Arc::new(listener),
+        Arc::new(config),
+        TunnelSessions::default(),
+        registry,
+    )
+    .await
+}
+
+/// [`run_server`] on a shared listener, with its sessions in `sessions` by the key each
+/// peer authenticated: [`LiveSessions::revoke`] on `sessions.by_key` closes a key's
+/// sessions at once, and a reload restarts this loop with a new configuration on the same
+/// listener while the sessions carry on.
+pub async fn serve_server(
+    listener: Arc<TcpListener>,
+    config: Arc<ServerConfig>,
+    sessions: TunnelSessions,
+    registry: Registry,
+) -> io::Result<()> {
     let gate = Gate::new(config.limits);
-    let report = Reporter::new(&config.name);
+    let report = Reporter::new(&config.name, registry.clone());
     let _ticker = report.start();
-    let config = Arc::new(config);
     loop {
         let (tcp, from) = admission::accept(&listener, &report).await;
         let slot = match gate.admit(&from) {
@@ -429,11 +496,14 @@ pub async fn run_server(
         };
         let config = config.clone();
         let registry = registry.clone();
+        let sessions = sessions.clone();
         let gate = gate.clone();
         let report = report.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
+            let started = std::time::Instant::now();
             let accepted = config.accept(tcp).await;
+            registry.observe_handshake(&config.name, accepted.is_ok(), started.elapsed());
             drop(slot);
             let mut secure = match accepted {
                 Ok(s) => s,
@@ -456,6 +526,14 @@ pub async fn run_server(
                     return;
                 }
             };
+            let peer = secure.peer_key();
+            let live = peer.map(|k| sessions.by_key.register(k));
+            if let Some(key) = peer.filter(|k| !config.still_admits(k)) {
+                // Removed by a reload during its handshake, after the revocation ran.
+                tracing::warn!(tunnel = %config.name, key = %key.fingerprint(), "key no longer authorized; closing its new session");
+                abort(secure.into_tcp());
+                return;
+            }
             let target = match TcpStream::connect(&config.target).await {
                 Ok(t) => t,
                 Err(e) => {
@@ -466,8 +544,16 @@ pub async fn run_server(
             };
             let _ = target.set_nodelay(true);
             registry.count_handshake(&config.name, "ok", "none");
-            let _reg = registry.register(&config.name, "server", from, secure.status_view());
-            forward(secure, target, &config.name).await;
+            let reg = registry.register(&config.name, "server", from, secure.status_view());
+            let cut = sessions.cut(live.as_ref());
+            // Also cut when an operator kicks it (`sessionkey peers kick SESSION`).
+            let cut = async {
+                tokio::select! {
+                    () = cut => {}
+                    () = reg.close_requested() => {}
+                }
+            };
+            forward(secure, target, &config.name, cut).await;
         });
     }
 }
@@ -490,9 +576,62 @@ pub fn abort(tcp: TcpStream) {
     drop(tcp);
 }
 
+/// The sessions of one tunnel, shared by the accept loops a reload starts in turn: by
+/// peer key (for revocation), and a stop signal for them all (the tunnel was removed).
+#[derive(Debug, Clone)]
+pub struct TunnelSessions {
+    /// Sessions by the key their peer authenticated (anonymous ones are not in it).
+    pub by_key: LiveSessions,
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for TunnelSessions {
+    fn default() -> Self {
+        Self {
+            by_key: LiveSessions::default(),
+            stop: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
+}
+
+impl TunnelSessions {
+    /// Cut every session of the tunnel, anonymous ones too.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+        self.by_key.close_all();
+    }
+
+    /// Resolves when this session must be cut: its key revoked, or the tunnel stopped.
+    fn cut<'a>(&self, live: Option<&'a LiveSession>) -> impl std::future::Future<Output = ()> + 'a {
+        let mut stop = self.stop.subscribe();
+        async move {
+            let revoked = async {
+                match live {
+                    Some(live) => live.revoked().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = revoked => {}
+                _ = stop.wait_for(|stopped| *stopped) => {}
+            }
+        }
+    }
+}
+
 /// Carry bytes both ways until both directions end. On any session error both TCP
 /// connections are reset.
-pub async fn forward(secure: Secure, plain: TcpStream, name: &str) {
+///
+/// When `cut` resolves (the key's authorization was withdrawn, or the tunnel stopped), the
+/// session is cut at once the same way: both connections reset, so that neither
+/// application mistakes the cut for a clean end of its stream (the protocol's close record
+/// would say exactly that). Pass `std::future::pending()` for a session nothing cuts.
+pub async fn forward(
+    secure: Secure,
+    plain: TcpStream,
+    name: &str,
+    cut: impl std::future::Future<Output = ()>,
+) {
     let (mut s_read, mut s_write) = tokio::io::split(secure);
     let (mut p_read, mut p_write) = plain.into_split();
     // plain -> secure: end of the plain input closes the session's sending direction.
@@ -505,9 +644,19 @@ pub async fn forward(secure: Secure, plain: TcpStream, name: &str) {
         copy(&mut s_read, &mut p_write).await?;
         p_write.shutdown().await
     };
-    let result = tokio::try_join!(up, down);
+    let result = tokio::select! {
+        result = async { tokio::try_join!(up, down) } => result.map(drop),
+        () = cut => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "its key is no longer authorized, or its tunnel stopped",
+        )),
+    };
     if let Err(e) = result {
-        tracing::warn!(tunnel = %name, "session ended in error, resetting the connection: {e}");
+        if e.kind() == io::ErrorKind::PermissionDenied {
+            tracing::info!(tunnel = %name, "session cut, resetting the connection: {e}");
+        } else {
+            tracing::warn!(tunnel = %name, "session ended in error, resetting the connection: {e}");
+        }
         let plain = p_read.reunite(p_write).ok();
         let secure = s_read.unsplit(s_write);
         if let Some(p) = plain {

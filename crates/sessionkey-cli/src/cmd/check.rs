@@ -5,9 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use sessionkey::check::{self, Kind, Problem};
+use sessionkey::config::build_table;
 use sessionkey::vpn::VpnConfig;
 
-use super::common::config_error;
+use super::common::{config_error, state_dir};
 
 /// Arguments of `sessionkey check`.
 #[derive(Debug, clap::Args)]
@@ -70,7 +71,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
                     continue;
                 }
                 let base = path.parent().unwrap_or(std::path::Path::new(""));
-                if let Err(e) = super::tunnel::build_table(table.table, base) {
+                if let Err(e) = build_table(table.table, base, &state_dir()) {
                     found.problems.push(Problem {
                         path: path.clone(),
                         line: table.line,

@@ -24,7 +24,7 @@ pub(crate) struct Args {
     #[arg(long)]
     classic: bool,
     /// Record suite (default: the best for this CPU).
-    #[arg(long, value_parser = super::common::parse_suite)]
+    #[arg(long, value_parser = sessionkey::config::parse_suite)]
     suite: Option<Suite>,
     /// MiB to send through the tunnel (echoed back; at least 1). The key update comes at a
     /// third and the re-handshake at two thirds; the data waits for the re-handshake to
@@ -33,7 +33,7 @@ pub(crate) struct Args {
     mib: u64,
     /// INSECURE: records under DES or 3DES, to see their rotations (every 4 MiB).
     #[cfg(feature = "legacy-ciphers")]
-    #[arg(long, value_name = "des|3des", value_parser = super::common::parse_legacy)]
+    #[arg(long, value_name = "des|3des", value_parser = sessionkey::config::parse_legacy)]
     insecure_legacy_cipher: Option<Suite>,
 }
 
@@ -157,6 +157,7 @@ pub(crate) async fn run(args: &Args) -> Result<()> {
             session: SessionConfig::default(),
             transport: ServerTransport::Native(Arc::new(responder)),
             limits: sessionkey::admission::Limits::default(),
+            peers: None,
         },
         registry.clone(),
     ));

@@ -71,10 +71,16 @@ fn examples(path: &str) -> &'static [(&'static str, &'static str)] {
             "Every tunnel of a configuration file:",
             "sessionkey tunnel --config /etc/sessionkey/tunnel/web.toml",
         )],
-        "tunnel server" => &[(
-            "Admit one client key and forward to a local service:",
-            "sessionkey tunnel server --listen 0.0.0.0:7000 --to 127.0.0.1:8080 --key server.key --allow \"$(cut -d' ' -f2 alice.key.pub)\"",
-        )],
+        "tunnel server" => &[
+            (
+                "Admit one client key and forward to a local service:",
+                "sessionkey tunnel server --listen 0.0.0.0:7000 --to 127.0.0.1:8080 --key server.key --allow \"$(cut -d' ' -f2 alice.key.pub)\"",
+            ),
+            (
+                "One gateway of a fleet, its peers from PostgreSQL (group web):",
+                "sessionkey tunnel server --listen 0.0.0.0:7000 --to 127.0.0.1:8080 --key server.key --peers-database postgres://gw@db/fleet --peers-group web",
+            ),
+        ],
         "tunnel client" => &[(
             "Listen locally, pin the server's key:",
             "sessionkey tunnel client --listen 127.0.0.1:8080 --server host:7000 --key alice.key --server-key \"$(cut -d' ' -f2 server.key.pub)\"",
@@ -115,6 +121,22 @@ fn examples(path: &str) -> &'static [(&'static str, &'static str)] {
         "relay" | "relay serve" => &[(
             "A relay on PostgreSQL:",
             "sessionkey relay serve --listen 0.0.0.0:8443 --database postgres://relay@db/relay",
+        )],
+        "peers" | "peers add" => &[(
+            "Authorize a client on every gateway of group web:",
+            "sessionkey peers add alice.pub --group web --database postgres://admin@db/fleet",
+        )],
+        "peers remove" => &[(
+            "Revoke a key everywhere (its live sessions close within a second):",
+            "sessionkey peers remove SHA256:3fGh... --group web --database postgres://admin@db/fleet",
+        )],
+        "peers kick" => &[(
+            "Close one session wherever it runs (its id from status --database):",
+            "sessionkey peers kick 1bfc33a749cf7b72 --database postgres://admin@db/fleet",
+        )],
+        "peers list" => &[(
+            "The keys of group web, as JSON:",
+            "sessionkey peers list --group web --json --database postgres://admin@db/fleet",
         )],
         "check" => &[(
             "Check a tunnel configuration (exit 0 when clean, 78 otherwise):",

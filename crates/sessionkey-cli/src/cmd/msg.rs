@@ -222,7 +222,7 @@ async fn send(args: SendArgs) -> Result<()> {
 /// separator character shown escaped (`\x1b`, `\u{202e}`), so a contact's text can neither
 /// move the cursor, retitle the terminal, nor reorder what is shown. Newlines are kept only
 /// when `newlines` is set.
-fn escape_controls(s: &str, newlines: bool) -> String {
+pub(crate) fn escape_controls(s: &str, newlines: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         let reorders = matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}');

@@ -8,9 +8,11 @@ use sessionkey::tunnel::{ClientConfig, Secure, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use super::common::{
+use sessionkey::config::{
     ClientSide, ClientTransportOpts, ServerSide, ServerTransportOpts, SessionOpts,
 };
+
+use super::common::state_dir;
 
 /// Arguments of `sessionkey pipe`.
 #[derive(Debug, clap::Args)]
@@ -79,18 +81,22 @@ pub(crate) async fn run(args: Args) -> Result<()> {
             opts,
             tls,
         } => {
+            let (transport, peers) = tls.build(ServerSide {
+                key: key.as_deref(),
+                opts: &opts,
+                authorized: authorized_peers.as_deref(),
+                allow: &allow,
+                insecure_anonymous: any_client,
+                state_dir: &state_dir(),
+                database: None,
+            })?;
             let server = ServerConfig {
                 name: "pipe".into(),
                 target: String::new(),
                 session: opts.session_config(),
-                transport: tls.build(ServerSide {
-                    key: key.as_deref(),
-                    opts: &opts,
-                    authorized: authorized_peers.as_deref(),
-                    allow: &allow,
-                    insecure_anonymous: any_client,
-                })?,
+                transport,
                 limits: Limits::default(),
+                peers,
             };
             let listener = TcpListener::bind(&addr)
                 .await

@@ -44,6 +44,11 @@ pub(crate) struct ServeArgs {
     /// Print the start line as JSON.
     #[arg(long)]
     json: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (messages queued, delivered,
+    /// expired, waiting; devices by prekeys left, bucketed; never a name or an address).
+    /// Bind it to a private address.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
     #[command(flatten)]
     quotas: Quotas,
 }
@@ -168,16 +173,98 @@ async fn serve(args: ServeArgs) -> Result<()> {
             running.local_addr
         );
     }
-    super::service::ignore_hangups("relay");
+    if let Some(addr) = &args.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(
+            "metrics at http://{}/metrics",
+            sessionkey::tunnel::local_addr(&listener)
+        );
+        let (counters, storage) = (running.counters.clone(), storage.clone());
+        tokio::spawn(sessionkey::metrics::serve_with(listener, move || {
+            let (counters, storage) = (counters.clone(), storage.clone());
+            async move { relay_metrics(&counters, &storage).await }
+        }));
+    }
+    let mut hangups = super::service::hangups("relay");
     super::service::ready(&format!("relay listening on {}", running.local_addr));
-    tokio::select! {
-        () = running.wait() => {}
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
-        () = terminate() => tracing::info!("terminated; stopping"),
+    loop {
+        tokio::select! {
+            () = running.wait() => {}
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+            () = terminate() => tracing::info!("terminated; stopping"),
+            Some(()) = hangups.recv() => {
+                reload_certificate(&tls, pin);
+                continue;
+            }
+        }
+        break;
     }
     running.stop();
     storage.close().await;
     Ok(())
+}
+
+/// The relay's metrics now: its counters, and what its database holds (three counting
+/// queries a scrape).
+async fn relay_metrics(counters: &sessionkey_relay::server::Counters, storage: &Storage) -> String {
+    use sessionkey_relay::storage::PREKEY_BUCKETS;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut m = sessionkey::metrics::RelayMetrics {
+        registrations: counters.registrations.load(Relaxed),
+        prekeys_uploaded: counters.prekeys_uploaded.load(Relaxed),
+        bundles: counters.bundles.load(Relaxed),
+        messages_queued: counters.messages_queued.load(Relaxed),
+        messages_fetched: counters.messages_fetched.load(Relaxed),
+        messages_delivered: counters.messages_acked.load(Relaxed),
+        messages_expired: counters.messages_expired.load(Relaxed),
+        auth_refused: counters.auth_refused.load(Relaxed),
+        rate_limited: counters.rate_limited.load(Relaxed),
+        ..Default::default()
+    };
+    match storage.holdings().await {
+        Ok(h) => {
+            m.devices = Some(h.devices);
+            m.messages_waiting = Some(h.messages_waiting);
+            for (kind, buckets) in ["x25519", "mlkem"].into_iter().zip(h.prekey_buckets) {
+                for (i, devices) in buckets.into_iter().enumerate() {
+                    let label = match PREKEY_BUCKETS.get(i + 1) {
+                        Some(next) if next - PREKEY_BUCKETS[i] == 1 => {
+                            PREKEY_BUCKETS[i].to_string()
+                        }
+                        Some(next) => format!("{}-{}", PREKEY_BUCKETS[i], next - 1),
+                        None => format!("{}+", PREKEY_BUCKETS[i]),
+                    };
+                    m.prekeys.push((kind, label, devices));
+                }
+            }
+        }
+        // The counters still go out; the gauges are left out until the database answers.
+        Err(e) => tracing::warn!("metrics: cannot count what the database holds: {e}"),
+    }
+    sessionkey::metrics::render_relay(m)
+}
+
+/// SIGHUP: the certificate and key files (`--cert`, `--key`) are read again and serve the
+/// next connections. The quotas and the database are flags: a restart changes them.
+fn reload_certificate(tls: &TlsServer, first: sessionkey::trust::PeerKey) {
+    match tls.reload_certificate() {
+        Ok(pin) if pin == first => tracing::info!(
+            "SIGHUP: certificate reloaded, same key {} (quotas and the database need a restart)",
+            pin.fingerprint()
+        ),
+        Ok(pin) => tracing::warn!(
+            "SIGHUP: certificate reloaded with a new key {} (was {}): clients that pinned the \
+             old one at `msg init` will refuse this relay until they pin the new one",
+            pin.fingerprint(),
+            first.fingerprint()
+        ),
+        Err(e) => tracing::error!(
+            "SIGHUP: reload rejected, the certificate in use is kept: {:#}",
+            anyhow::Error::new(e)
+        ),
+    }
 }
 
 async fn terminate() {

@@ -15,25 +15,23 @@ pub(crate) fn ready(status: &str) {
     }
 }
 
-/// From now on, SIGHUP is logged as changing nothing instead of killing the process (a
-/// stray `kill -HUP`, or a reload from an old unit). The handler is installed before this
-/// returns, so call it before [`ready`]. Reloading configuration on SIGHUP is not
-/// implemented yet; restart the service to apply a changed file.
-pub(crate) fn ignore_hangups(what: &'static str) {
+/// SIGHUPs, from now on (the handler is installed before this returns, so call it before
+/// [`ready`]): each one asks `what` to reload its configuration. Without a handler (it
+/// could not be installed, which is logged) the channel is closed at once, and SIGHUP
+/// keeps its default action.
+pub(crate) fn hangups(what: &'static str) -> tokio::sync::mpsc::Receiver<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(hup) => hup,
-        Err(e) => {
-            tracing::warn!("{what}: cannot handle SIGHUP ({e}); it will stop the process");
-            return;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    // A reload already pending covers this one too.
+                    let _ = tx.try_send(());
+                }
+            });
         }
-    };
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            tracing::warn!(
-                "{what}: SIGHUP received; reloading is not supported yet, nothing changed \
-                 (restart the service to apply a changed configuration)"
-            );
-        }
-    });
+        Err(e) => tracing::warn!("{what}: cannot handle SIGHUP ({e}); it will stop the process"),
+    }
+    rx
 }

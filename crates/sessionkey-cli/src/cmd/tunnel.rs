@@ -1,17 +1,18 @@
 //! `sessionkey tunnel`: server and client sides, or several from a TOML file.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use sessionkey::admission::{self, Limits};
+use sessionkey::admission;
+use sessionkey::config::{ClientTable, ServerTable, TunnelFile, TunnelTable};
+use sessionkey::fleet::census;
+use sessionkey::fleet::FleetDb;
 use sessionkey::status::{self, Registry};
-use sessionkey::tunnel::{self, ClientConfig, ServerConfig, ServerTransport, TunnelError};
+use sessionkey::tunnel::{self, TunnelError};
+use sessionkey::tunnels::Tunnels;
 use tokio::net::TcpListener;
 
-use super::common::{
-    config_error, ClientSide, ClientTransportOpts, ServerSide, ServerTransportOpts, SessionOpts,
-};
+use super::common::{config_error, state_dir};
 
 /// Arguments of `sessionkey tunnel`.
 #[derive(Debug, clap::Args)]
@@ -22,8 +23,9 @@ pub(crate) struct Args {
     /// Run every tunnel of a TOML file (see docs/CONFIG.md).
     #[arg(long, value_name = "FILE.toml")]
     config: Option<PathBuf>,
-    /// Serve Prometheus metrics at http://ADDR/metrics (sessions, handshakes, bytes and
-    /// records by tunnel; never keys or addresses). Bind it to a private address.
+    /// Serve Prometheus metrics at http://ADDR/metrics (sessions, handshakes and their
+    /// duration, bytes, records, key updates and key ages by tunnel; never keys or
+    /// addresses). Bind it to a private address.
     #[arg(long, value_name = "ADDR", global = true)]
     metrics: Option<String>,
 }
@@ -31,191 +33,9 @@ pub(crate) struct Args {
 #[derive(Debug, clap::Subcommand)]
 enum Side {
     /// Accept sessions and forward each authenticated connection to a target.
-    Server(ServerArgs),
+    Server(ServerTable),
     /// Listen locally; carry each connection through its own session to the server.
-    Client(ClientArgs),
-}
-
-/// `tunnel server` options (also the fields of a `role = "server"` table).
-#[derive(Debug, clap::Args, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ServerArgs {
-    /// A name for logs and status.
-    #[arg(long, default_value = "server")]
-    #[serde(default = "default_server_name")]
-    name: String,
-    /// Address to accept sessions on.
-    #[arg(long)]
-    listen: String,
-    /// Where to forward the plain bytes.
-    #[arg(long)]
-    to: String,
-    /// The server's private key (native transport).
-    #[arg(long)]
-    #[serde(default)]
-    key: Option<PathBuf>,
-    /// Keys allowed to connect, one `sessionkey-x25519 BASE64 comment` a line.
-    #[arg(long, value_name = "FILE")]
-    #[serde(default)]
-    authorized_peers: Option<PathBuf>,
-    /// A key allowed to connect (repeatable).
-    #[arg(long, value_name = "PUBKEY")]
-    #[serde(default)]
-    allow: Vec<String>,
-    /// Admit any client, with or without a key or certificate. Anyone who can reach the
-    /// listening address reaches the target.
-    #[arg(long, visible_alias = "insecure-anonymous")]
-    #[serde(default, alias = "insecure_anonymous")]
-    any_client: bool,
-    /// Connections in their handshake at once; more are reset at once (default: from the
-    /// open-files limit, at most 1024).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    #[serde(default)]
-    max_handshakes: Option<u32>,
-    /// Connections in their handshake at once from one address (IPv6: one /64)
-    /// (default: a quarter of max-handshakes, at least 2).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    #[serde(default)]
-    max_handshakes_per_source: Option<u32>,
-    /// Established sessions at once; more are refused (default: no bound but the
-    /// open-files limit).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    #[serde(default)]
-    max_connections: Option<u32>,
-    /// New handshakes a second from one address, twice that at once; more are reset at
-    /// once (default: 200). Bounds what a replayed hello can make the server compute.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    #[serde(default)]
-    handshakes_per_second_per_source: Option<u32>,
-    #[command(flatten)]
-    #[serde(flatten)]
-    opts: SessionOpts,
-    #[command(flatten)]
-    #[serde(flatten)]
-    tls: ServerTransportOpts,
-}
-
-/// `tunnel client` options (also the fields of a `role = "client"` table).
-#[derive(Debug, clap::Args, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ClientArgs {
-    /// A name for logs and status.
-    #[arg(long, default_value = "client")]
-    #[serde(default = "default_client_name")]
-    name: String,
-    /// Local address to accept plain connections on.
-    #[arg(long)]
-    listen: String,
-    /// The tunnel server's address.
-    #[arg(long)]
-    server: String,
-    /// This client's private key (native transport; TLS clients need none).
-    #[arg(long)]
-    #[serde(default)]
-    key: Option<PathBuf>,
-    /// The server's public key (pins it; fastest handshake).
-    #[arg(long, value_name = "PUBKEY")]
-    #[serde(default)]
-    server_key: Option<String>,
-    /// Server keys by host, in ssh's known_hosts grammar.
-    #[arg(long, value_name = "FILE")]
-    #[serde(default)]
-    known_peers: Option<PathBuf>,
-    /// Learn an unknown server's key into --known-peers (trust on first use).
-    #[arg(long, requires = "known_peers")]
-    #[serde(default)]
-    accept_new: bool,
-    /// Do not check the server's key at all. Insecure.
-    #[arg(long)]
-    #[serde(default)]
-    insecure_anonymous: bool,
-    #[command(flatten)]
-    #[serde(flatten)]
-    opts: SessionOpts,
-    #[command(flatten)]
-    #[serde(flatten)]
-    tls: ClientTransportOpts,
-}
-
-fn default_server_name() -> String {
-    "server".into()
-}
-
-fn default_client_name() -> String {
-    "client".into()
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(tag = "role", rename_all = "lowercase")]
-enum TunnelTable {
-    Server(ServerArgs),
-    Client(ClientArgs),
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    /// Serve Prometheus metrics here, as `--metrics` (the flag wins).
-    #[serde(default)]
-    metrics: Option<String>,
-    tunnel: Vec<TunnelTable>,
-}
-
-impl ServerArgs {
-    pub(crate) fn build(&self) -> Result<ServerConfig> {
-        Ok(ServerConfig {
-            name: self.name.clone(),
-            target: self.to.clone(),
-            session: self.opts.session_config(),
-            transport: self.tls.build(ServerSide {
-                key: self.key.as_deref(),
-                opts: &self.opts,
-                authorized: self.authorized_peers.as_deref(),
-                allow: &self.allow,
-                insecure_anonymous: self.any_client,
-            })?,
-            limits: self.limits(),
-        })
-    }
-
-    /// The defaults for this process's open-files limit, with what the options change.
-    fn limits(&self) -> Limits {
-        let mut limits = Limits::default();
-        let n = |v: u32| usize::try_from(v).unwrap_or(usize::MAX);
-        if let Some(v) = self.max_handshakes {
-            limits.max_handshakes = n(v);
-            if self.max_handshakes_per_source.is_none() {
-                limits.max_handshakes_per_source = (n(v) / 4).max(2).min(n(v));
-            }
-        }
-        if let Some(v) = self.max_handshakes_per_source {
-            limits.max_handshakes_per_source = n(v);
-        }
-        limits.max_connections = self.max_connections.map(n);
-        if let Some(v) = self.handshakes_per_second_per_source {
-            limits.handshakes_per_second_per_source = v;
-        }
-        limits
-    }
-}
-
-impl ClientArgs {
-    pub(crate) fn build(&self) -> Result<ClientConfig> {
-        Ok(ClientConfig {
-            name: self.name.clone(),
-            server: self.server.clone(),
-            session: self.opts.session_config(),
-            transport: self.tls.build(ClientSide {
-                server: &self.server,
-                key: self.key.as_deref(),
-                opts: &self.opts,
-                server_key: self.server_key.as_deref(),
-                known_peers: self.known_peers.as_deref(),
-                accept_new: self.accept_new,
-                insecure_anonymous: self.insecure_anonymous,
-            })?,
-        })
-    }
+    Client(ClientTable),
 }
 
 async fn bind(addr: &str) -> Result<TcpListener> {
@@ -224,77 +44,73 @@ async fn bind(addr: &str) -> Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr}"))
 }
 
-/// Read a configuration file; its relative paths are made relative to its directory (as
-/// in a VPN configuration), not to the working directory.
-fn load_config(path: &Path) -> Result<ConfigFile> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut file: ConfigFile = toml::from_str(&text).map_err(|e| {
-        // The field checks of `sessionkey check` locate each mistake at its own line.
-        let problems = sessionkey::check::tunnel_file(path, &text).problems;
-        if problems.is_empty() {
-            return config_error(format!("{}: {e}", path.display()));
-        }
-        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        config_error(lines.join("\n"))
-    })?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    for table in &mut file.tunnel {
-        rebase_table(table, base);
-    }
-    Ok(file)
+/// Where the tunnels come from: the flags (read again on SIGHUP: trust and key files
+/// change), or a file.
+enum Source {
+    Flags(Box<TunnelTable>),
+    File(PathBuf),
 }
 
-/// Make a table's relative paths relative to `base`, the configuration file's directory.
-fn rebase_table(table: &mut TunnelTable, base: &Path) {
-    match table {
-        TunnelTable::Server(s) => {
-            super::common::rebase(&mut s.key, base);
-            super::common::rebase(&mut s.authorized_peers, base);
-            s.opts.rebase(base);
-            s.tls.rebase(base);
-        }
-        TunnelTable::Client(c) => {
-            super::common::rebase(&mut c.key, base);
-            super::common::rebase(&mut c.known_peers, base);
-            c.opts.rebase(base);
-            c.tls.rebase(base);
+impl Source {
+    /// The tables, and the file's metrics address.
+    fn load(&self) -> Result<(Vec<TunnelTable>, Option<String>)> {
+        Ok(match self {
+            Self::Flags(table) => (vec![(**table).clone()], None),
+            Self::File(path) => {
+                let file = TunnelFile::load(path)?;
+                (file.tunnel, file.metrics)
+            }
+        })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Flags(_) => "the command line's files".into(),
+            Self::File(path) => path.display().to_string(),
         }
     }
 }
 
-/// Builds one `[[tunnel]]` table as `tunnel --config` does, without binding anything (for
-/// `sessionkey check`); relative paths are taken from `base`, the file's directory.
-pub(crate) fn build_table(table: toml::Table, base: &Path) -> Result<()> {
-    let mut table: TunnelTable = toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| config_error(e.message().trim().to_string()))?;
-    rebase_table(&mut table, base);
-    match table {
-        TunnelTable::Server(s) => s.build().map(drop),
-        TunnelTable::Client(c) => c.build().map(drop),
+/// SIGHUP: read the configuration again and apply it; a configuration that does not load
+/// or build is rejected, and the running one kept.
+async fn reload(source: &Source, tunnels: &mut Tunnels) {
+    tracing::info!("SIGHUP: reloading {}", source.describe());
+    let tables = match source.load() {
+        Ok((tables, _)) => tables,
+        Err(e) => {
+            tracing::error!("reload rejected, the running configuration is kept: {e:#}");
+            return;
+        }
+    };
+    match tunnels.apply(tables).await {
+        Ok(done) => tracing::info!(
+            started = ?done.started,
+            reloaded = ?done.reloaded,
+            stopped = ?done.stopped,
+            revoked_sessions = done.revoked_sessions,
+            "configuration reloaded from {}",
+            source.describe()
+        ),
+        Err(e) => tracing::error!(
+            "reload rejected, the running configuration is kept: {:#}",
+            anyhow::Error::new(e)
+        ),
     }
 }
 
 pub(crate) async fn run(args: Args) -> Result<()> {
-    let mut metrics = args.metrics.clone();
-    let tables = match (args.side, args.config) {
-        (Some(Side::Server(s)), None) => vec![TunnelTable::Server(s)],
-        (Some(Side::Client(c)), None) => vec![TunnelTable::Client(c)],
-        (None, Some(path)) => {
-            let file = load_config(&path)?;
-            metrics = metrics.or(file.metrics);
-            file.tunnel
-        }
+    let source = match (args.side, args.config) {
+        (Some(Side::Server(s)), None) => Source::Flags(Box::new(TunnelTable::Server(s))),
+        (Some(Side::Client(c)), None) => Source::Flags(Box::new(TunnelTable::Client(c))),
+        (None, Some(path)) => Source::File(path),
         _ => {
             return Err(config_error(
                 "give `tunnel server ...`, `tunnel client ...` or `tunnel --config FILE`",
             ))
         }
     };
-    if tables.is_empty() {
-        return Err(config_error("the configuration has no [[tunnel]] tables"));
-    }
+    let (tables, file_metrics) = source.load()?;
+    let metrics = args.metrics.or(file_metrics);
     match admission::raise_open_files_limit() {
         Ok((before, now)) if now > before => {
             tracing::info!("open-files limit raised from {before} to {now} (the hard limit)")
@@ -302,60 +118,15 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         Ok((_, now)) => tracing::info!("open-files limit {now} (the hard limit)"),
         Err(e) => tracing::warn!("cannot read or raise the open-files limit: {e}"),
     }
-    super::service::ignore_hangups("tunnel");
+    let mut hangups = super::service::hangups("tunnel");
     let registry = Registry::default();
     let control = status::serve(registry.clone());
     match &control {
         Ok(c) => tracing::debug!(socket = %c.path().display(), "status on the control socket"),
         Err(e) => tracing::warn!("`sessionkey status` is disabled for this process: {e}"),
     }
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut names = std::collections::HashMap::new();
-    for table in tables {
-        match table {
-            TunnelTable::Server(s) => {
-                let config = s.build()?;
-                let listener = bind(&s.listen).await?;
-                let transport = match &config.transport {
-                    ServerTransport::Native(_) => "native".to_string(),
-                    ServerTransport::Tls(tls) => {
-                        format!("tls, certificate key {}", tls.pin().to_line(""))
-                    }
-                };
-                tracing::info!(
-                    tunnel = %config.name,
-                    listen = %tunnel::local_addr(&listener),
-                    to = %config.target,
-                    %transport,
-                    "tunnel server ready"
-                );
-                let limits = config.limits;
-                tracing::debug!(
-                    tunnel = %config.name,
-                    max_handshakes = limits.max_handshakes,
-                    max_handshakes_per_source = limits.max_handshakes_per_source,
-                    max_connections = ?limits.max_connections,
-                    "limits"
-                );
-                let name = config.name.clone();
-                let task = tasks.spawn(tunnel::run_server(listener, config, registry.clone()));
-                names.insert(task.id(), name);
-            }
-            TunnelTable::Client(c) => {
-                let config = Arc::new(c.build()?);
-                let listener = bind(&c.listen).await?;
-                tracing::info!(
-                    tunnel = %config.name,
-                    listen = %tunnel::local_addr(&listener),
-                    server = %config.server,
-                    "tunnel client ready"
-                );
-                let name = config.name.clone();
-                let task = tasks.spawn(tunnel::run_client(listener, config, registry.clone()));
-                names.insert(task.id(), name);
-            }
-        }
-    }
+    let mut tunnels = Tunnels::new(registry.clone(), state_dir());
+    tunnels.apply(tables).await?;
     if let Some(addr) = metrics {
         let listener = bind(&addr).await?;
         tracing::info!(
@@ -364,18 +135,17 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         );
         tokio::spawn(sessionkey::metrics::serve(listener, registry.clone()));
     }
-    super::service::ready(&format!("{} tunnel(s) listening", tasks.len()));
+    super::service::ready(&format!("{} tunnel(s) listening", tunnels.len()));
     // A tunnel's task does not end on network errors; if one ends anyway (a bug), the
     // others keep running, and the process ends with the last one.
     let mut last_error = None;
     loop {
         tokio::select! {
-            done = tasks.join_next_with_id() => {
-                let Some(done) = done else { break };
+            done = tunnels.join_next() => {
+                let Some((name, done)) = done else { break };
                 // A refused or changed server key stops the process: exit 77.
                 let done = match done {
-                    Ok((id, Err(e))) if is_key_refusal(&e) => {
-                        let name = names.remove(&id).unwrap_or_default();
+                    Ok(Err(e)) if is_key_refusal(&e) => {
                         tracing::error!(tunnel = %name, "the server's key was refused; stopping");
                         let refused = e.into_inner().and_then(|b| b.downcast::<TunnelError>().ok());
                         return Err(match refused {
@@ -386,25 +156,30 @@ pub(crate) async fn run(args: Args) -> Result<()> {
                     }
                     other => other,
                 };
-                let (id, why) = match done {
-                    Ok((id, Ok(()))) => (id, "ended".to_string()),
-                    Ok((id, Err(e))) => (id, format!("stopped: {e}")),
-                    Err(e) => (e.id(), format!("failed: {e}")),
+                let why = match done {
+                    Ok(Ok(())) => "ended".to_string(),
+                    Ok(Err(e)) => format!("stopped: {e}"),
+                    Err(e) => format!("failed: {e}"),
                 };
-                let name = names.remove(&id).unwrap_or_default();
-                let rest = match tasks.len() {
+                let rest = match tunnels.len() {
                     0 => "it was the last one",
                     _ => "the others keep running",
                 };
-                tracing::error!(tunnel = %name, remaining = tasks.len(), "tunnel {why}; {rest}");
+                tracing::error!(tunnel = %name, remaining = tunnels.len(), "tunnel {why}; {rest}");
                 last_error = Some(format!("tunnel {name} {why}"));
+                if tunnels.is_empty() {
+                    break;
+                }
             }
+            Some(()) = hangups.recv() => reload(&source, &mut tunnels).await,
             _ = tokio::signal::ctrl_c() => {
                 tracing::info!("interrupted; stopping");
+                leave_fleets(&registry).await;
                 return Ok(());
             }
             _ = terminate() => {
                 tracing::info!("terminated; stopping");
+                leave_fleets(&registry).await;
                 return Ok(());
             }
         }
@@ -412,6 +187,22 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     Err(anyhow::anyhow!(
         last_error.unwrap_or_else(|| "no tunnel is left".into())
     ))
+}
+
+/// Take this gateway's sessions out of the fleet status (best effort, bounded): a gateway
+/// that stops cleanly does not linger there as stale.
+async fn leave_fleets(registry: &Registry) {
+    let gateway = census::gateway_name();
+    for fleet in registry.fleets() {
+        let left = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            let db = FleetDb::open(fleet.url(), std::time::Duration::from_secs(2)).await?;
+            db.leave(&gateway).await
+        })
+        .await;
+        if let Ok(Err(e)) = left {
+            tracing::debug!("cannot take this gateway out of the fleet status: {e}");
+        }
+    }
 }
 
 /// Whether a tunnel task ended because the server's key was refused.

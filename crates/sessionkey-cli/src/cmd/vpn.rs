@@ -54,6 +54,11 @@ pub(crate) struct UpArgs {
     /// The configuration file (TOML; see docs/VPN.md). The interface is named after the file
     /// unless it sets `name`.
     config: PathBuf,
+    /// Serve Prometheus metrics at http://ADDR/metrics (per peer: latest handshake, bytes,
+    /// handshakes, rejected packets; labelled by fingerprint prefix, never a key). Bind it
+    /// to a private address.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 /// Arguments of `vpn down`.
@@ -186,10 +191,31 @@ pub(crate) fn exit_code(cause: &(dyn std::error::Error + 'static)) -> Option<u8>
 async fn up(args: UpArgs) -> Result<()> {
     let config = VpnConfig::load(&args.config).map_err(|e| config_error(e.to_string()))?;
     let name = config.name.clone();
-    super::service::ignore_hangups("vpn");
     let ready_name = name.clone();
     let ready = move || super::service::ready(&format!("vpn {ready_name} up"));
-    match vpn::run_with_ready(config, StopHandle::new(), ready).await {
+    let metrics = match &args.metrics {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            tracing::info!(
+                "metrics at http://{}/metrics",
+                sessionkey::tunnel::local_addr(&listener)
+            );
+            Some(listener)
+        }
+        None => None,
+    };
+    // SIGHUP reads the file again (as `vpn syncconf`).
+    match vpn::run_reloadable(
+        config,
+        args.config.clone(),
+        metrics,
+        StopHandle::new(),
+        ready,
+    )
+    .await
+    {
         Ok(()) => Ok(()),
         Err(VpnError::Config(e)) => Err(config_error(e.to_string())),
         Err(e) => Err(e).with_context(|| format!("vpn {name}")),

@@ -50,6 +50,7 @@ mod cert;
 mod keylog;
 mod stream;
 mod verify;
+pub(crate) use verify::utc;
 
 use std::io;
 use std::path::PathBuf;
@@ -68,7 +69,7 @@ pub use cert::{load_certs, load_roots, self_signed_paths, spki_pin, system_roots
 pub use keylog::KeyLogFile;
 pub use stream::{KeyUpdatePolicy, TlsInfo, TlsStatusCell, TlsStream, FINGERPRINT_LABEL};
 
-use crate::trust::{AuthorizedPeers, HostKey, KnownPeers, PeerKey, TrustError};
+use crate::trust::{HostKey, KnownPeers, LivePeers, PeerKey, TrustError};
 pub use verify::CertProblem;
 use verify::{CaServer, ClientAuth, Pin, PinnedServer};
 
@@ -159,13 +160,17 @@ pub struct TlsServerOptions {
     pub cert: CertSource,
     /// Mutual TLS: admit client certificates that chain to this CA file.
     pub client_ca: Option<PathBuf>,
-    /// Mutual TLS: admit client certificates whose key is listed (`tls-spki-sha256` lines),
-    /// and where the list came from (for messages).
-    pub client_keys: Option<(AuthorizedPeers, String)>,
+    /// Mutual TLS: admit client certificates whose key is in the set (`tls-spki-sha256`
+    /// lines), consulted at each handshake (it may change while the server runs), and where
+    /// the keys came from (for messages).
+    pub client_keys: Option<(LivePeers, String)>,
     /// Write session secrets here (NSS key log format). For debugging only.
     pub keylog: Option<PathBuf>,
     /// The preferred record suite.
     pub suite: Suite,
+    /// Session tickets from this ticketer (a fleet's shared keys) instead of keys of this
+    /// process alone.
+    pub ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
 }
 
 impl TlsServerOptions {
@@ -177,6 +182,7 @@ impl TlsServerOptions {
             client_keys: None,
             keylog: None,
             suite: Suite::default_for_this_cpu(),
+            ticketer: None,
         }
     }
 }
@@ -185,9 +191,32 @@ impl TlsServerOptions {
 #[derive(Debug, Clone)]
 pub struct TlsServer {
     config: Arc<rustls::ServerConfig>,
-    pin: PeerKey,
+    /// The certificate served, replaceable ([`TlsServer::reload_certificate`]).
+    cert: Arc<LiveCert>,
+    source: CertSource,
+    provider: Arc<CryptoProvider>,
     generated: bool,
-    mutual: bool,
+    /// The client-certificate check, when clients must present one.
+    client_auth: Option<Arc<ClientAuth>>,
+}
+
+/// The certificate a server presents, and its key's pin; swapped by a reload.
+#[derive(Debug)]
+struct LiveCert(std::sync::RwLock<(Arc<rustls::sign::CertifiedKey>, PeerKey)>);
+
+impl LiveCert {
+    fn get(&self) -> (Arc<rustls::sign::CertifiedKey>, PeerKey) {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for LiveCert {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.get().0)
+    }
 }
 
 impl TlsServer {
@@ -199,6 +228,14 @@ impl TlsServer {
         };
         let pin = certified.pin()?;
         let provider = provider(opts.suite, false);
+        let cert = Arc::new(LiveCert(std::sync::RwLock::new((
+            Arc::new(rustls::sign::CertifiedKey::from_der(
+                certified.chain,
+                certified.key,
+                &provider,
+            )?),
+            pin,
+        ))));
         let algorithms = provider.signature_verification_algorithms;
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?;
@@ -213,36 +250,59 @@ impl TlsServer {
             ),
             None => None,
         };
-        let (peers, source) = opts.client_keys.clone().unwrap_or_default();
-        let mutual = ca.is_some() || peers.tls_keys() > 0;
-        let builder = if mutual {
-            builder.with_client_cert_verifier(Arc::new(ClientAuth {
+        let mutual = ca.is_some() || opts.client_keys.is_some();
+        let client_auth = mutual.then(|| {
+            let (peers, source) = opts.client_keys.clone().unwrap_or_default();
+            Arc::new(ClientAuth {
                 ca,
                 peers,
                 source,
                 algorithms,
                 log_budget: Default::default(),
-            }))
-        } else {
-            builder.with_no_client_auth()
+            })
+        });
+        let builder = match &client_auth {
+            Some(auth) => builder.with_client_cert_verifier(auth.clone()),
+            None => builder.with_no_client_auth(),
         };
-        let mut config = builder.with_single_cert(certified.chain, certified.key)?;
+        let mut config = builder.with_cert_resolver(cert.clone());
         config.ignore_client_order = true;
-        config.ticketer = provider::Ticketer::new()?;
+        config.ticketer = match opts.ticketer.clone() {
+            Some(shared) => shared,
+            None => provider::Ticketer::new()?,
+        };
         if let Some(path) = &opts.keylog {
             config.key_log = Arc::new(KeyLogFile::open(path)?);
         }
         Ok(Self {
             config: Arc::new(config),
-            pin,
+            cert,
+            source: opts.cert,
+            provider,
             generated,
-            mutual,
+            client_auth,
         })
     }
 
     /// The pin of the server certificate's public key (for clients' `--server-key`).
     pub fn pin(&self) -> PeerKey {
-        self.pin
+        self.cert.get().1
+    }
+
+    /// Read the certificate chain and key files again and serve them to the next
+    /// handshakes (SIGHUP; sessions under way keep theirs); returns the pin of the new
+    /// certificate's key. A self-signed certificate is kept as it is. On an error the
+    /// certificate in use stays.
+    pub fn reload_certificate(&self) -> Result<PeerKey, TlsError> {
+        let CertSource::Files { chain, key } = &self.source else {
+            return Ok(self.pin());
+        };
+        let certified = CertifiedKey::load(chain, key)?;
+        let pin = certified.pin()?;
+        let key =
+            rustls::sign::CertifiedKey::from_der(certified.chain, certified.key, &self.provider)?;
+        *self.cert.0.write().unwrap_or_else(|p| p.into_inner()) = (Arc::new(key), pin);
+        Ok(pin)
     }
 
     /// Whether the self-signed certificate was made just now.
@@ -255,9 +315,14 @@ impl TlsServer {
         self.config.clone()
     }
 
+    /// Whether client certificates chaining to a `--client-ca` are admitted.
+    pub fn has_client_ca(&self) -> bool {
+        self.client_auth.as_ref().is_some_and(|a| a.ca.is_some())
+    }
+
     /// Whether clients must present an admitted certificate.
     pub fn is_mutual(&self) -> bool {
-        self.mutual
+        self.client_auth.is_some()
     }
 
     /// Run the server side of a handshake over `io`, within the handshake timeout.
@@ -270,6 +335,24 @@ impl TlsServer {
         let stream = tokio::time::timeout(session.handshake_timeout, acceptor.accept(io))
             .await
             .map_err(|_| handshake_timeout(session))??;
+        let conn = stream.get_ref().1;
+        if let (Some(auth), Some(rustls::HandshakeKind::Resumed)) =
+            (&self.client_auth, conn.handshake_kind())
+        {
+            use rustls::server::danger::ClientCertVerifier;
+            // A resumed session skips the certificate check, but the client's key may have
+            // been removed since its ticket was issued: check the chain the ticket carried.
+            let chain = conn.peer_certificates().unwrap_or_default();
+            let checked = match chain.split_first() {
+                Some((leaf, rest)) => auth
+                    .verify_client_cert(leaf, rest, rustls::pki_types::UnixTime::now())
+                    .map(drop),
+                None => Err(rustls::Error::NoCertificatesPresented),
+            };
+            if let Err(e) = checked {
+                return Err(io::Error::new(io::ErrorKind::PermissionDenied, e));
+            }
+        }
         Ok(TlsStream::new(stream.into(), session.into()))
     }
 }

@@ -76,6 +76,8 @@ pub struct TlsInfo {
     pub bytes_received: u64,
     /// When the next key update is due by time.
     pub next_key_update: Option<Instant>,
+    /// When the sending key last changed (the handshake, or a key update).
+    pub key_since: Instant,
 }
 
 /// The latest [`TlsInfo`] of a stream, shared with whoever shows status.
@@ -118,6 +120,7 @@ impl SessionView for TlsStatusCell {
             "receive": { "epoch": null, "bytes": i.bytes_received },
             "next_key_update_secs": i.next_key_update
                 .map(|t| t.saturating_duration_since(Instant::now()).as_secs()),
+            "key_age_secs": i.key_since.elapsed().as_secs_f64(),
         }))
     }
 }
@@ -206,6 +209,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TlsStream<T> {
             records_this_key: 0,
             bytes_received: 0,
             next_key_update: policy.interval.map(|i| now + i),
+            key_since: now,
         };
         tracing::info!(
             session = format_args!("{:016x}", info.id),
@@ -288,6 +292,7 @@ impl<T> TlsStream<T> {
         info.send_epoch += 1;
         info.records_this_key = 0;
         info.next_key_update = self.policy.interval.map(|i| now + i);
+        info.key_since = now;
         self.bytes_this_key = 0;
         self.key_since = now;
         if let Some(next) = info.next_key_update {

@@ -10,7 +10,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, OtherError};
 
 use super::cert::spki_pin;
-use crate::trust::{AuthorizedPeers, KnownPeers, PeerKey, TrustError};
+use crate::trust::{KnownPeers, LivePeers, PeerKey, TrustError};
 
 /// How a pinning client recognises its server.
 #[derive(Debug)]
@@ -106,7 +106,7 @@ impl ServerCertVerifier for PinnedServer {
 #[derive(Debug)]
 pub(crate) struct ClientAuth {
     pub(crate) ca: Option<Arc<dyn ClientCertVerifier>>,
-    pub(crate) peers: AuthorizedPeers,
+    pub(crate) peers: LivePeers,
     /// Where the pins came from, for the refusal message.
     pub(crate) source: String,
     pub(crate) algorithms: WebPkiSupportedAlgorithms,
@@ -403,7 +403,7 @@ fn plain_name(shown: &str) -> String {
 
 /// Seconds since 1970 as `YYYY-MM-DD HH:MM:SS UTC` (the civil-from-days algorithm of
 /// Howard Hinnant's date library).
-fn utc(secs: u64) -> String {
+pub(crate) fn utc(secs: u64) -> String {
     let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
     let rem = secs % 86_400;
     let z = days + 719_468;

@@ -217,6 +217,8 @@ pub(crate) struct Device {
     pub(crate) timers: TimerWake,
     stop: AtomicBool,
     started: SystemTime,
+    /// When the running peers were loaded: at start, then at each reload.
+    loaded: Mutex<SystemTime>,
 }
 
 impl Device {
@@ -279,7 +281,13 @@ impl Device {
             timers: TimerWake::new(now),
             stop: AtomicBool::new(false),
             started: SystemTime::now(),
+            loaded: Mutex::new(SystemTime::now()),
         })
+    }
+
+    /// Record a reload of the configuration (shown by `vpn show`).
+    pub(crate) fn set_loaded(&self, at: SystemTime) {
+        *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = at;
     }
 
     pub(crate) fn stopping(&self) -> bool {
@@ -541,6 +549,13 @@ impl Device {
             .duration_since(self.started)
             .unwrap_or_default()
             .as_secs();
+        let loaded = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
         json!({
             "interface": self.name,
             "pid": std::process::id(),
@@ -558,6 +573,8 @@ impl Device {
             "routes": self.routed.lock().unwrap_or_else(|p| p.into_inner())
                 .iter().map(ToString::to_string).collect::<Vec<_>>(),
             "uptime_secs": uptime,
+            "config_loaded": crate::status::utc_text(loaded),
+            "config_loaded_unix": loaded,
             "peers": peers,
             "counters": self.counters.to_json(),
         })

@@ -23,6 +23,7 @@ mod routes;
 mod tun;
 mod udp;
 
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 
@@ -109,7 +110,39 @@ pub async fn run_with_ready(
     stop: StopHandle,
     ready: impl FnOnce() + Send,
 ) -> Result<(), VpnError> {
+    run_inner(config, None, None, stop, ready).await
+}
+
+/// [`run_with_ready`] for the configuration read from `path`: SIGHUP reads it again and
+/// makes the running peers its peers, as `vpn syncconf NAME PATH` does (interface settings
+/// are not changed). A file that does not load is rejected with its error logged, and the
+/// running peers kept. A VPN that dropped root may not be able to read the file (or its
+/// key files) any more; the log then says to run `vpn syncconf` as root.
+///
+/// With `metrics`, Prometheus text is served there at `/metrics` (see
+/// [`crate::metrics`]): per peer the latest handshake and bytes, by fingerprint prefix.
+pub async fn run_reloadable(
+    config: VpnConfig,
+    path: PathBuf,
+    metrics: Option<tokio::net::TcpListener>,
+    stop: StopHandle,
+    ready: impl FnOnce() + Send,
+) -> Result<(), VpnError> {
+    run_inner(config, Some(path), metrics, stop, ready).await
+}
+
+async fn run_inner(
+    config: VpnConfig,
+    source: Option<PathBuf>,
+    metrics: Option<tokio::net::TcpListener>,
+    stop: StopHandle,
+    ready: impl FnOnce() + Send,
+) -> Result<(), VpnError> {
     let name = config.name.clone();
+    // Installed first: from now on SIGHUP reloads (or, without a file, is logged) instead
+    // of killing the process.
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(VpnError::Io)?;
     let peers = config.peers.len();
     let hooks = config.hooks.clone();
     let user = config.user.clone();
@@ -123,6 +156,17 @@ pub async fn run_with_ready(
     let control = control::serve(&dev, stop.0.clone())
         .await
         .map_err(VpnError::Io)?;
+    let metrics = metrics.map(|listener| {
+        let dev = Arc::downgrade(&dev);
+        tokio::spawn(crate::metrics::serve_with(listener, move || {
+            // A weak reference: the interface goes away with the last strong one.
+            std::future::ready(
+                dev.upgrade()
+                    .map(|d| crate::metrics::render_vpn(d.snapshot()))
+                    .unwrap_or_default(),
+            )
+        }))
+    });
     // Everything privileged is done: the interface, its routes, the sockets.
     match privileges::drop_to(&user) {
         Ok(privileges::Dropped::To { user, uid }) => {
@@ -185,16 +229,26 @@ pub async fn run_with_ready(
     let mut result = Ok(());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(VpnError::Io)?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("vpn {name}: SIGTERM, stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("vpn {name}: interrupted, stopping"),
-        _ = stop.0.notified() => tracing::info!("vpn {name}: stop requested, stopping"),
-        Some((which, e)) = died_rx.recv() => {
-            tracing::error!("vpn {name}: the {which} thread failed: {e}");
-            result = Err(VpnError::Io(std::io::Error::other(format!(
-                "the {which} thread failed: {e}"
-            ))));
+    loop {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("vpn {name}: SIGTERM, stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("vpn {name}: interrupted, stopping"),
+            _ = stop.0.notified() => tracing::info!("vpn {name}: stop requested, stopping"),
+            Some((which, e)) = died_rx.recv() => {
+                tracing::error!("vpn {name}: the {which} thread failed: {e}");
+                result = Err(VpnError::Io(std::io::Error::other(format!(
+                    "the {which} thread failed: {e}"
+                ))));
+            }
+            Some(()) = hangups.recv() => {
+                match &source {
+                    Some(path) => reload(&dev, path),
+                    None => tracing::warn!("vpn {name}: SIGHUP: no configuration file to read again; nothing changed"),
+                }
+                continue;
+            }
         }
+        break;
     }
     dev.request_stop();
     let _ = jobs_tx.try_send(Job::Wake);
@@ -212,6 +266,9 @@ pub async fn run_with_ready(
         tracing::warn!("vpn {name}: {e}");
     }
     dev.remove_routes();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     // The last reference: closing the TUN device removes the interface.
     drop(dev);
     drop(control);
@@ -220,6 +277,45 @@ pub async fn run_with_ready(
         tracing::warn!("vpn {name}: {e}");
     }
     result
+}
+
+/// SIGHUP: the peers of the file at `path` become the running peers (`vpn syncconf`).
+fn reload(dev: &Device, path: &Path) {
+    let name = &dev.name;
+    let rejected = |why: String| {
+        // Without root, root-only files cannot be read any more: say what works.
+        let hint = if nix::unistd::geteuid().is_root() {
+            String::new()
+        } else {
+            format!(
+                "; this VPN dropped root, so apply the file as root with: sessionkey vpn \
+                 syncconf {name} {} (systemctl reload does)",
+                path.display()
+            )
+        };
+        tracing::error!("vpn {name}: reload rejected, the running peers are kept: {why}{hint}");
+    };
+    let config = match VpnConfig::load(path) {
+        Ok(config) => config,
+        Err(e) => return rejected(e.to_string()),
+    };
+    if config.name != *name {
+        return rejected(format!(
+            "the file names the interface {:?}, not {name:?}; a new name needs a restart",
+            config.name
+        ));
+    }
+    match dev.sync_peers(config.peers) {
+        Ok(done) => {
+            dev.timers.arm(std::time::Instant::now());
+            dev.set_loaded(std::time::SystemTime::now());
+            tracing::info!(
+                "vpn {name}: configuration reloaded from {}: {done}",
+                path.display()
+            );
+        }
+        Err(e) => rejected(e),
+    }
 }
 
 fn spawn(
