@@ -493,6 +493,18 @@ pub fn abort(tcp: TcpStream) {
 /// Carry bytes both ways until both directions end. On any session error both TCP
 /// connections are reset.
 pub async fn forward(secure: Secure, plain: TcpStream, name: &str) {
+    let secure = match secure {
+        Secure::Native(mut stream) => {
+            let mut plain = plain;
+            if let Err(e) = stream.relay(&mut plain).await {
+                tracing::warn!(tunnel = %name, "session ended in error, resetting the connection: {e}");
+                abort(plain);
+                abort(stream.into_inner());
+            }
+            return;
+        }
+        tls => tls,
+    };
     let (mut s_read, mut s_write) = tokio::io::split(secure);
     let (mut p_read, mut p_write) = plain.into_split();
     // plain -> secure: end of the plain input closes the session's sending direction.

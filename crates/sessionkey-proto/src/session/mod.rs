@@ -898,8 +898,9 @@ impl Session {
     }
 
     /// The most content a data record carries, and the most its body adds to the content
-    /// (AEAD suites: 65518 and 17).
-    fn record_sizes(&self) -> (usize, usize) {
+    /// (AEAD suites: 65518 and 17): [`seal_in_place`](Self::seal_in_place) needs
+    /// `LEN_PREFIX + content + overhead` bytes for a record of `content` bytes.
+    pub fn record_sizes(&self) -> (usize, usize) {
         match &self.state {
             State::Established(est) => est.send.record_sizes(),
             _ => (MAX_CONTENT, MIN_RECORD_BODY),
