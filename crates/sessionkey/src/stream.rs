@@ -15,6 +15,7 @@ use sessionkey_proto::session::{
 };
 use sessionkey_proto::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Sleep;
 
@@ -77,6 +78,7 @@ const WRITE_BUF: usize = 2 * MAX_FRAME;
 pub struct SecureStream<T> {
     io: T,
     session: Session,
+    /// Allocated when first needed (a relay frees it while idle).
     rbuf: Vec<u8>,
     /// Unprocessed received bytes are `rbuf[rpos..rlen]`.
     rpos: usize,
@@ -84,7 +86,7 @@ pub struct SecureStream<T> {
     /// Decrypted data not yet handed to the reader, and the frame to drop after it.
     plain: std::ops::Range<usize>,
     plain_frame_end: usize,
-    wbuf: Box<[u8]>,
+    wbuf: Vec<u8>,
     /// Sealed bytes not yet written are `wbuf[wpos..wlen]`.
     wpos: usize,
     wlen: usize,
@@ -243,12 +245,12 @@ impl<T> SecureStream<T> {
         Self {
             io,
             session,
-            rbuf: vec![0; READ_BUF],
+            rbuf: Vec::new(),
             rpos: 0,
             rlen: 0,
             plain: 0..0,
             plain_frame_end: 0,
-            wbuf: vec![0; WRITE_BUF].into_boxed_slice(),
+            wbuf: Vec::new(),
             wpos: 0,
             wlen: 0,
             timer: Box::pin(tokio::time::sleep(std::time::Duration::from_secs(3600))),
@@ -338,6 +340,9 @@ impl<T> SecureStream<T> {
 
     /// Make sure `rbuf[rpos..]` can grow to `needed` bytes.
     fn make_room(&mut self, needed: usize) {
+        if self.rbuf.len() < READ_BUF {
+            self.rbuf.resize(READ_BUF, 0);
+        }
         if self.rpos + needed > self.rbuf.len() || self.rpos == self.rlen {
             self.rbuf.copy_within(self.rpos..self.rlen, 0);
             self.rlen -= self.rpos;
@@ -348,6 +353,9 @@ impl<T> SecureStream<T> {
     /// Move pending control frames into the send buffer. Returns whether the session has
     /// nothing more to send (false: the buffer filled first).
     fn queue_transmit(&mut self) -> io::Result<bool> {
+        if self.wbuf.len() < WRITE_BUF {
+            self.wbuf.resize(WRITE_BUF, 0);
+        }
         let now = Instant::now();
         let mut drained = false;
         while self.wbuf.len() - self.wlen >= MAX_FRAME {
@@ -624,14 +632,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for SecureStream<T> {
 /// system call, sealed where they lie and written with one; the no-crypto relay that is the
 /// ceiling moves 256 KiB per call as well.
 const RELAY_RECORDS: usize = 4;
+/// The relay's receive buffer: as many whole frames.
+const RELAY_RBUF: usize = RELAY_RECORDS * MAX_FRAME;
 /// Decrypted records handed to one vectored write to the plain side.
 const RELAY_IOVECS: usize = 16;
 /// Rounds of a relay poll before it yields to other tasks.
 const RELAY_ROUNDS: usize = 32;
+/// A relay that moved nothing for this long frees its buffers (an idle session then holds
+/// no buffer at all); they come back with the next byte.
+const RELAY_RELEASE: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long a relay whose both directions ended waits for the peer to acknowledge its close.
 const RELAY_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 
-impl<T: AsyncRead + AsyncWrite + Unpin> SecureStream<T> {
+impl SecureStream<TcpStream> {
     /// Carry bytes both ways between this session and `plain` until both directions end:
     /// what `plain` sends is sealed and sent, what arrives is opened and written to
     /// `plain`. The end of `plain`'s input sends the close record; the peer's close ends
@@ -640,9 +653,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SecureStream<T> {
     ///
     /// One task drives both directions, so no wake-up crosses threads. Plaintext is read
     /// straight into the record slots it is sealed in and decrypted where it arrived, and
-    /// several records go out with one vectored write: no copy in user space.
-    pub async fn relay(&mut self, plain: &mut tokio::net::TcpStream) -> io::Result<()> {
+    /// several records go out with one vectored write: no copy in user space. Buffers are
+    /// allocated when bytes are ready to be read and freed after a second without traffic.
+    pub async fn relay(&mut self, plain: &mut TcpStream) -> io::Result<()> {
         self.flush_wbuf().await?;
+        // The handshake's buffers: the relay allocates its own while data flows.
+        self.wbuf = Vec::new();
+        if self.rpos == self.rlen && self.plain.is_empty() {
+            self.rbuf = Vec::new();
+            (self.rpos, self.rlen) = (0, 0);
+        }
         let mut relay = Relay::new(self);
         std::future::poll_fn(|cx| relay.poll(self, plain, cx)).await?;
         drop(relay);
@@ -669,7 +689,7 @@ struct Relay {
     /// The most content of one record.
     max: usize,
     /// Plaintext read from the plain side, record `i`'s content at
-    /// `slots[i * stride + LEN_PREFIX..]`, sealed there in place.
+    /// `slots[i * stride + LEN_PREFIX..]`, sealed there in place. Empty while idle.
     slots: Vec<u8>,
     /// Content length of each slot read, how many were read, and the next to seal.
     lens: [usize; RELAY_RECORDS],
@@ -688,17 +708,16 @@ struct Relay {
     ready_pos: usize,
     /// The peer closed and everything it sent is written: the plain side got its FIN.
     recv_done: bool,
+    /// When bytes last moved, and the timer that frees the buffers after
+    /// [`RELAY_RELEASE`] without traffic (only while buffers are held).
+    last_active: Instant,
+    release: Option<Pin<Box<Sleep>>>,
 }
 
 impl Relay {
-    fn new<T>(s: &mut SecureStream<T>) -> Self {
+    fn new(s: &mut SecureStream<TcpStream>) -> Self {
         let (max, overhead) = s.session.record_sizes();
-        let stride = LEN_PREFIX + max + overhead;
-        let want = RELAY_RECORDS * MAX_FRAME;
-        if s.rbuf.len() < want {
-            s.rbuf.resize(want, 0);
-        }
-        let mut ready = Vec::with_capacity(RELAY_IOVECS);
+        let mut ready = Vec::new();
         // Plaintext the stream already opened for a reader goes first.
         if !s.plain.is_empty() {
             ready.push(s.plain.clone());
@@ -706,49 +725,57 @@ impl Relay {
             s.rpos = s.plain_frame_end;
         }
         Self {
-            stride,
+            stride: LEN_PREFIX + max + overhead,
             max,
-            slots: vec![0; RELAY_RECORDS * stride],
+            slots: Vec::new(),
             lens: [0; RELAY_RECORDS],
             filled: 0,
             next: 0,
             sealed: 0..0,
-            control: vec![0; 4 * MAX_CONTROL_FRAME],
+            control: Vec::new(),
             ctl: 0..0,
             plain_eof: false,
             send_done: false,
             ready,
             ready_pos: 0,
             recv_done: s.read_eof,
+            last_active: Instant::now(),
+            release: None,
         }
     }
 
-    fn poll<T: AsyncRead + AsyncWrite + Unpin>(
+    fn poll(
         &mut self,
-        s: &mut SecureStream<T>,
-        plain: &mut tokio::net::TcpStream,
+        s: &mut SecureStream<TcpStream>,
+        plain: &mut TcpStream,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
         let result = self.poll_rounds(s, plain, cx);
         s.log_events();
         // One status snapshot per poll, not per record.
         s.publish();
+        if result.is_pending() {
+            self.poll_release(s, cx);
+        }
         result
     }
 
-    fn poll_rounds<T: AsyncRead + AsyncWrite + Unpin>(
+    fn poll_rounds(
         &mut self,
-        s: &mut SecureStream<T>,
-        plain: &mut tokio::net::TcpStream,
+        s: &mut SecureStream<TcpStream>,
+        plain: &mut TcpStream,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
-        for _ in 0..RELAY_ROUNDS {
+        for round in 0..RELAY_ROUNDS {
             s.poll_timers(cx);
             let sent = self.poll_send(s, plain, cx)?;
             let received = self.poll_recv(s, plain, cx)?;
             s.log_events();
             if sent || received {
                 continue;
+            }
+            if round > 0 {
+                self.last_active = Instant::now();
             }
             // Nothing moved: every path that can move registered for a wake-up, or both
             // directions are over.
@@ -757,12 +784,51 @@ impl Relay {
             }
             return Poll::Ready(Ok(()));
         }
+        self.last_active = Instant::now();
         cx.waker().wake_by_ref();
         Poll::Pending
     }
 
+    /// Free the buffers once nothing moved for [`RELAY_RELEASE`]: only what holds no
+    /// pending bytes.
+    fn poll_release(&mut self, s: &mut SecureStream<TcpStream>, cx: &mut Context<'_>) {
+        let idle = self.sealed.is_empty()
+            && self.ctl.is_empty()
+            && self.next == self.filled
+            && self.ready_pos == self.ready.len()
+            && s.rpos == s.rlen;
+        let holding = !(self.slots.is_empty() && self.control.is_empty() && s.rbuf.is_empty());
+        if !idle || !holding {
+            self.release = None;
+            return;
+        }
+        let due = tokio::time::Instant::from_std(self.last_active + RELAY_RELEASE);
+        let timer = self
+            .release
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if timer.deadline() != due {
+            timer.as_mut().reset(due);
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            self.slots = Vec::new();
+            self.control = Vec::new();
+            self.ready = Vec::new();
+            self.ready_pos = 0;
+            s.rbuf = Vec::new();
+            (s.rpos, s.rlen) = (0, 0);
+            self.release = None;
+        }
+    }
+
     /// Queue the control frames the session wants sent (after what is sealed already).
     fn queue_control<T>(&mut self, s: &mut SecureStream<T>) -> io::Result<()> {
+        self.ctl = 0..0;
+        if !s.session.wants_transmit() {
+            return Ok(());
+        }
+        if self.control.is_empty() {
+            self.control = vec![0; 4 * MAX_CONTROL_FRAME];
+        }
         let now = Instant::now();
         let mut len = 0;
         while self.control.len() - len >= MAX_CONTROL_FRAME {
@@ -808,10 +874,10 @@ impl Relay {
 
     /// Plain side to session. Returns whether anything moved; if not, a wake-up is
     /// registered for what it waits on (or the sending direction is over).
-    fn poll_send<T: AsyncRead + AsyncWrite + Unpin>(
+    fn poll_send(
         &mut self,
-        s: &mut SecureStream<T>,
-        plain: &mut tokio::net::TcpStream,
+        s: &mut SecureStream<TcpStream>,
+        plain: &mut TcpStream,
         cx: &mut Context<'_>,
     ) -> io::Result<bool> {
         let mut moved = false;
@@ -871,12 +937,15 @@ impl Relay {
     /// Read plaintext into the record slots, each slot's content in place.
     fn poll_read_slots(
         &mut self,
-        plain: &mut tokio::net::TcpStream,
+        plain: &mut TcpStream,
         cx: &mut Context<'_>,
     ) -> io::Result<Poll<usize>> {
         loop {
             if plain.poll_read_ready(cx)?.is_pending() {
                 return Ok(Poll::Pending);
+            }
+            if self.slots.is_empty() {
+                self.slots = vec![0; RELAY_RECORDS * self.stride];
             }
             let mut bufs: [io::IoSliceMut<'_>; RELAY_RECORDS] = {
                 let mut chunks = self
@@ -899,10 +968,10 @@ impl Relay {
 
     /// Session to plain side. Returns whether anything moved; if not, a wake-up is
     /// registered for what it waits on (or the receiving direction is over).
-    fn poll_recv<T: AsyncRead + AsyncWrite + Unpin>(
+    fn poll_recv(
         &mut self,
-        s: &mut SecureStream<T>,
-        plain: &mut tokio::net::TcpStream,
+        s: &mut SecureStream<TcpStream>,
+        plain: &mut TcpStream,
         cx: &mut Context<'_>,
     ) -> io::Result<bool> {
         let mut moved = false;
@@ -982,19 +1051,44 @@ impl Relay {
                 // A control frame may want an answer: let the sending side run first.
                 return Ok(true);
             }
-            s.make_room(needed);
-            let mut buf = ReadBuf::new(&mut s.rbuf[s.rlen..]);
-            if Pin::new(&mut s.io).poll_read(cx, &mut buf)?.is_pending() {
-                return Ok(moved);
+            match poll_read_frames(s, needed, cx)? {
+                Poll::Pending => return Ok(moved),
+                Poll::Ready(0) => {
+                    // End of stream: clean only after the peer's close record.
+                    s.session.handle_eof(Instant::now()).map_err(to_io)?;
+                    s.read_eof = true;
+                }
+                Poll::Ready(n) => s.rlen += n,
             }
-            let n = buf.filled().len();
-            if n == 0 {
-                // End of stream: clean only after the peer's close record.
-                s.session.handle_eof(Instant::now()).map_err(to_io)?;
-                s.read_eof = true;
-            }
-            s.rlen += n;
             moved = true;
+        }
+    }
+}
+
+/// Read what the transport has into the receive buffer, which grows to [`RELAY_RBUF`] (only
+/// once bytes are there) and keeps room for a frame of `needed` bytes.
+fn poll_read_frames(
+    s: &mut SecureStream<TcpStream>,
+    needed: usize,
+    cx: &mut Context<'_>,
+) -> io::Result<Poll<usize>> {
+    loop {
+        if s.io.poll_read_ready(cx)?.is_pending() {
+            return Ok(Poll::Pending);
+        }
+        if s.rbuf.len() < RELAY_RBUF {
+            let mut grown = vec![0; RELAY_RBUF];
+            grown[..s.rlen - s.rpos].copy_from_slice(&s.rbuf[s.rpos..s.rlen]);
+            s.rbuf = grown;
+            (s.rpos, s.rlen) = (0, s.rlen - s.rpos);
+        } else if s.rpos + needed > s.rbuf.len() || s.rpos == s.rlen {
+            s.rbuf.copy_within(s.rpos..s.rlen, 0);
+            (s.rpos, s.rlen) = (0, s.rlen - s.rpos);
+        }
+        match s.io.try_read(&mut s.rbuf[s.rlen..]) {
+            Ok(n) => return Ok(Poll::Ready(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
         }
     }
 }

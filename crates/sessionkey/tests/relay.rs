@@ -48,7 +48,7 @@ where
     (connect, accept.await.unwrap().unwrap())
 }
 
-/// A connected loopback TCP pair: (the relay's plain side, the application's end).
+/// A connected loopback TCP pair (for a relay: its plain side, the application's end).
 async fn tcp_pair() -> (TcpStream, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app = TcpStream::connect(listener.local_addr().unwrap());
@@ -69,7 +69,7 @@ async fn two_relays_carry_both_ways_through_rotation_and_close_with_a_fin() {
         key_update_records: 3,
         ..SessionConfig::default()
     };
-    let (a, b) = tokio::io::duplex(256 * 1024);
+    let (a, b) = tcp_pair().await;
     let (mut client, mut server) = pair(a, b, config).await;
     client.rehandshake();
     server.rehandshake();
@@ -99,6 +99,9 @@ async fn two_relays_carry_both_ways_through_rotation_and_close_with_a_fin() {
         assert_eq!(&got, b"world");
     })
     .await;
+
+    // Idle long enough for both relays to free their buffers; they come back with data.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
 
     // Then bulk both ways at once; each side's end of input arrives as the other's FIN.
     let up = pattern_data(3 << 20, 1);
@@ -155,7 +158,7 @@ async fn two_relays_carry_both_ways_through_rotation_and_close_with_a_fin() {
 
 #[tokio::test]
 async fn truncation_ends_the_relay_in_error_after_the_data_before_it() {
-    let (a, b) = tokio::io::duplex(256 * 1024);
+    let (a, b) = tcp_pair().await;
     let (mut client, mut server) = pair(a, b, SessionConfig::default()).await;
     let (mut plain, mut app) = tcp_pair().await;
     let relay = tokio::spawn(async move { client.relay(&mut plain).await });

@@ -829,6 +829,13 @@ impl Session {
         Ok(Some(n))
     }
 
+    /// Whether [`poll_transmit`](Self::poll_transmit) may have a record to send now (a
+    /// control record: key update, re-handshake, close, acknowledgement, ping). A caller
+    /// that is otherwise idle can skip preparing a buffer for it while this is false.
+    pub fn wants_transmit(&self) -> bool {
+        self.must_transmit_first()
+    }
+
     /// Whether [`poll_transmit`](Self::poll_transmit) has something to send.
     fn must_transmit_first(&self) -> bool {
         let State::Established(est) = &self.state else {
