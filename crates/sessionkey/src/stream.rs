@@ -340,7 +340,9 @@ impl<T> SecureStream<T> {
 
     /// Make sure `rbuf[rpos..]` can grow to `needed` bytes.
     fn make_room(&mut self, needed: usize) {
-        if self.rbuf.len() < READ_BUF {
+        if self.rbuf.is_empty() {
+            self.rbuf = vec![0; READ_BUF];
+        } else if self.rbuf.len() < READ_BUF {
             self.rbuf.resize(READ_BUF, 0);
         }
         if self.rpos + needed > self.rbuf.len() || self.rpos == self.rlen {
@@ -354,7 +356,8 @@ impl<T> SecureStream<T> {
     /// nothing more to send (false: the buffer filled first).
     fn queue_transmit(&mut self) -> io::Result<bool> {
         if self.wbuf.len() < WRITE_BUF {
-            self.wbuf.resize(WRITE_BUF, 0);
+            // Empty (never used, or freed by a relay) and so nothing pending in it.
+            self.wbuf = vec![0; WRITE_BUF];
         }
         let now = Instant::now();
         let mut drained = false;
@@ -634,12 +637,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for SecureStream<T> {
 const RELAY_RECORDS: usize = 4;
 /// The relay's receive buffer: as many whole frames.
 const RELAY_RBUF: usize = RELAY_RECORDS * MAX_FRAME;
+/// The relay's buffers start this small (requests and replies, interactive traffic: no
+/// large allocation per connection) and grow to the full size once a read fills one.
+const RELAY_SMALL: usize = 4 * 1024;
 /// Decrypted records handed to one vectored write to the plain side.
 const RELAY_IOVECS: usize = 16;
 /// Rounds of a relay poll before it yields to other tasks.
 const RELAY_ROUNDS: usize = 32;
-/// A relay that moved nothing for this long frees its buffers (an idle session then holds
-/// no buffer at all); they come back with the next byte.
+/// A relay that moved nothing for this long frees its full-size buffers (an idle session
+/// then holds no buffer at all); they come back with the next byte.
 const RELAY_RELEASE: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long a relay whose both directions ended waits for the peer to acknowledge its close.
 const RELAY_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
@@ -684,10 +690,16 @@ impl SecureStream<TcpStream> {
 
 /// The state of [`SecureStream::relay`].
 struct Relay {
-    /// Space of one record: length prefix, the most content, the most overhead.
-    stride: usize,
-    /// The most content of one record.
+    /// The most content of one record, and the most a record adds to it.
+    full_max: usize,
+    overhead: usize,
+    /// The slots in use: content per slot and space per slot (small until a read fills
+    /// them, then full records).
     max: usize,
+    stride: usize,
+    /// A read filled that direction's small buffer: the next allocation is full size.
+    bulk_send: bool,
+    bulk_recv: bool,
     /// Plaintext read from the plain side, record `i`'s content at
     /// `slots[i * stride + LEN_PREFIX..]`, sealed there in place. Empty while idle.
     slots: Vec<u8>,
@@ -725,8 +737,12 @@ impl Relay {
             s.rpos = s.plain_frame_end;
         }
         Self {
-            stride: LEN_PREFIX + max + overhead,
+            full_max: max,
+            overhead,
             max,
+            stride: LEN_PREFIX + max + overhead,
+            bulk_send: false,
+            bulk_recv: false,
             slots: Vec::new(),
             lens: [0; RELAY_RECORDS],
             filled: 0,
@@ -789,35 +805,43 @@ impl Relay {
         Poll::Pending
     }
 
-    /// Free the buffers once nothing moved for [`RELAY_RELEASE`]: only what holds no
-    /// pending bytes.
+    /// Free the buffers when nothing is pending in them: small ones at once (they cost
+    /// little to get back), full-size ones once nothing moved for [`RELAY_RELEASE`].
     fn poll_release(&mut self, s: &mut SecureStream<TcpStream>, cx: &mut Context<'_>) {
         let idle = self.sealed.is_empty()
             && self.ctl.is_empty()
             && self.next == self.filled
             && self.ready_pos == self.ready.len()
             && s.rpos == s.rlen;
-        let holding = !(self.slots.is_empty() && self.control.is_empty() && s.rbuf.is_empty());
-        if !idle || !holding {
+        let held = [self.slots.len(), self.control.len(), s.rbuf.len()];
+        if !idle || held == [0; 3] {
             self.release = None;
             return;
         }
-        let due = tokio::time::Instant::from_std(self.last_active + RELAY_RELEASE);
-        let timer = self
-            .release
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-        if timer.deadline() != due {
-            timer.as_mut().reset(due);
+        if held
+            .iter()
+            .any(|&len| len > RELAY_SMALL + MAX_CONTROL_FRAME)
+        {
+            let due = tokio::time::Instant::from_std(self.last_active + RELAY_RELEASE);
+            let timer = self
+                .release
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+            if timer.deadline() != due {
+                timer.as_mut().reset(due);
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return;
+            }
         }
-        if timer.as_mut().poll(cx).is_ready() {
-            self.slots = Vec::new();
-            self.control = Vec::new();
-            self.ready = Vec::new();
-            self.ready_pos = 0;
-            s.rbuf = Vec::new();
-            (s.rpos, s.rlen) = (0, 0);
-            self.release = None;
-        }
+        (self.bulk_send, self.bulk_recv) = (false, false);
+        (self.sealed, self.ctl, self.next, self.filled) = (0..0, 0..0, 0, 0);
+        self.slots = Vec::new();
+        self.control = Vec::new();
+        self.ready = Vec::new();
+        self.ready_pos = 0;
+        s.rbuf = Vec::new();
+        (s.rpos, s.rlen) = (0, 0);
+        self.release = None;
     }
 
     /// Queue the control frames the session wants sent (after what is sealed already).
@@ -944,8 +968,17 @@ impl Relay {
             if plain.poll_read_ready(cx)?.is_pending() {
                 return Ok(Poll::Pending);
             }
-            if self.slots.is_empty() {
-                self.slots = vec![0; RELAY_RECORDS * self.stride];
+            // Every slot is free here: size them for the traffic seen.
+            let records = if self.bulk_send {
+                self.max = self.full_max;
+                RELAY_RECORDS
+            } else {
+                self.max = (RELAY_SMALL - LEN_PREFIX - self.overhead).min(self.full_max);
+                1
+            };
+            self.stride = LEN_PREFIX + self.max + self.overhead;
+            if self.slots.len() != records * self.stride {
+                self.slots = vec![0; records * self.stride];
             }
             let mut bufs: [io::IoSliceMut<'_>; RELAY_RECORDS] = {
                 let mut chunks = self
@@ -959,7 +992,10 @@ impl Relay {
                 })
             };
             match plain.try_read_vectored(&mut bufs) {
-                Ok(n) => return Ok(Poll::Ready(n)),
+                Ok(n) => {
+                    self.bulk_send |= n == records * self.max;
+                    return Ok(Poll::Ready(n));
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             }
@@ -1051,7 +1087,7 @@ impl Relay {
                 // A control frame may want an answer: let the sending side run first.
                 return Ok(true);
             }
-            match poll_read_frames(s, needed, cx)? {
+            match poll_read_frames(s, needed, &mut self.bulk_recv, cx)? {
                 Poll::Pending => return Ok(moved),
                 Poll::Ready(0) => {
                     // End of stream: clean only after the peer's close record.
@@ -1065,19 +1101,26 @@ impl Relay {
     }
 }
 
-/// Read what the transport has into the receive buffer, which grows to [`RELAY_RBUF`] (only
-/// once bytes are there) and keeps room for a frame of `needed` bytes.
+/// Read what the transport has into the receive buffer, allocated only once bytes are
+/// there: [`RELAY_SMALL`] until a read fills it (`bulk`), then [`RELAY_RBUF`]; always with
+/// room for a frame of `needed` bytes.
 fn poll_read_frames(
     s: &mut SecureStream<TcpStream>,
     needed: usize,
+    bulk: &mut bool,
     cx: &mut Context<'_>,
 ) -> io::Result<Poll<usize>> {
     loop {
         if s.io.poll_read_ready(cx)?.is_pending() {
             return Ok(Poll::Pending);
         }
-        if s.rbuf.len() < RELAY_RBUF {
-            let mut grown = vec![0; RELAY_RBUF];
+        let size = if *bulk || needed > RELAY_SMALL {
+            RELAY_RBUF
+        } else {
+            RELAY_SMALL
+        };
+        if s.rbuf.len() < size {
+            let mut grown = vec![0; size];
             grown[..s.rlen - s.rpos].copy_from_slice(&s.rbuf[s.rpos..s.rlen]);
             s.rbuf = grown;
             (s.rpos, s.rlen) = (0, s.rlen - s.rpos);
@@ -1085,8 +1128,12 @@ fn poll_read_frames(
             s.rbuf.copy_within(s.rpos..s.rlen, 0);
             (s.rpos, s.rlen) = (0, s.rlen - s.rpos);
         }
+        let room = s.rbuf.len() - s.rlen;
         match s.io.try_read(&mut s.rbuf[s.rlen..]) {
-            Ok(n) => return Ok(Poll::Ready(n)),
+            Ok(n) => {
+                *bulk |= n == room;
+                return Ok(Poll::Ready(n));
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         }
