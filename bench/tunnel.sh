@@ -343,6 +343,11 @@ PEER_TSVS=()
 for round in $(seq 1 "$N"); do
 	if [ "$SK_PEERS" = 1 ]; then
 		log "round $round/$N: peers.sh (SECTIONS=A PAR_A=0 T=$T)"
+		# peers.sh refuses to run beside another run of itself (its lock): wait for that one.
+		if [ -e /run/anchors-bench/lock ] && ! flock -n /run/anchors-bench/lock true; then
+			log "another peers.sh run holds /run/anchors-bench/lock: waiting (at most 15 minutes)"
+			flock -w 900 /run/anchors-bench/lock true || die "peers.sh stayed busy for 15 minutes"
+		fi
 		tsv=$WORK/peers-$round.tsv
 		SECTIONS=A PAR_A=0 T=$T OUT_TSV=$tsv bash "$PEERS" >"$WORK/peers-$round.md" &
 		PEERS_PID=$!

@@ -657,10 +657,11 @@ impl SecureStream<TcpStream> {
     /// `plain`'s output with a FIN. Any session error ends it with that error (the caller
     /// resets both connections).
     ///
-    /// One task drives both directions, so no wake-up crosses threads. Plaintext is read
-    /// straight into the record slots it is sealed in and decrypted where it arrived, and
-    /// several records go out with one vectored write: no copy in user space. Buffers are
-    /// allocated when bytes are ready to be read and freed after a second without traffic.
+    /// One poll drives both directions (no split halves behind a lock, no second task).
+    /// Plaintext is read straight into the record slots it is sealed in and decrypted where
+    /// it arrived, and several records go out with one vectored write: no copy in user
+    /// space. Buffers are allocated only when bytes are ready to be read, start small, and
+    /// are freed when idle (small ones at once, full-size ones after a second).
     pub async fn relay(&mut self, plain: &mut TcpStream) -> io::Result<()> {
         self.flush_wbuf().await?;
         // The handshake's buffers: the relay allocates its own while data flows.
