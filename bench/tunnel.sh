@@ -11,10 +11,18 @@
 # each one peers.sh run followed by one sessionkey run, so the two see the same machine
 # load; every figure is the median over the rounds.
 #
-# Prints a markdown table (Gbit/s and ratios); the last line of standard output is
+# Prints a markdown table (Gbit/s, CPU, counters and ratios); the line before last is
+#   tunnel-ratio-ceiling: C
+# and the last line of standard output is
 #   tunnel-ratio-best-peer: R
 # where R = sessionkey Gbit/s / best peer Gbit/s (peers: the rows with crypto; the
-# no-crypto relays are the ceiling, not peers), two decimals.
+# no-crypto relays are the ceiling, not peers) and C = sessionkey Gbit/s / ceiling, two
+# decimals.
+#
+# Counters that machine load distorts less than Gbit/s, per row where this script starts
+# the processes (sessionkey, and the no-crypto relay once more): context switches per GB
+# moved (all threads of both tunnel processes, /proc/PID/task/*/status) and, when `perf`
+# works, syscalls per GB (raw_syscalls:sys_enter). CPU % per Gbit/s is on every row.
 #
 # Usage: sudo bench/tunnel.sh       (root: apt-get installs, and peers.sh requires it)
 # Env knobs (defaults):
@@ -30,6 +38,10 @@
 #                     every second during the run (row "..., metrics scraped every 1 s", and
 #                     a line metrics-ratio-on-off: with metrics / without, same rounds)
 #   SK_BASE_PORT=25210     sessionkey uses ports +1 (iperf3), +2 (server), +3 (client)
+#   SK_PEERS=1        0: skip peers.sh (a quick run: sessionkey and the relay only; the
+#                     best-peer ratio is then "-")
+#   SK_RELAY=1        also run peers.sh's no-crypto relay here, with the counters
+#   SK_PERF=1         count syscalls with perf (0, or no working perf: column "-")
 #   SESSIONKEY_BIN=   use this binary instead of building target/release/sessionkey
 #   SHARED=           the shared/ folder (default: ../../shared from this script)
 #   OUT_MD=file       also write the table to this file
@@ -46,6 +58,9 @@ SK_TLS=${SK_TLS:-1}
 SK_CLASSIC=${SK_CLASSIC:-0}
 SK_METRICS=${SK_METRICS:-1}
 SK_BASE_PORT=${SK_BASE_PORT:-25210}
+SK_PEERS=${SK_PEERS:-1}
+SK_RELAY=${SK_RELAY:-1}
+SK_PERF=${SK_PERF:-1}
 OUT_MD=${OUT_MD:-}
 OUT_TSV=${OUT_TSV:-}
 
@@ -57,7 +72,7 @@ PEERS=$SHARED/bench/peers.sh
 log() { printf '[tunnel-bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "FATAL: $*"; exit 1; }
 
-[ -f "$PEERS" ] || die "peers.sh not found at $PEERS: this script expects the shared/ folder beside the repository (set SHARED=/path/to/shared)"
+[ "$SK_PEERS" = 0 ] || [ -f "$PEERS" ] || die "peers.sh not found at $PEERS: this script expects the shared/ folder beside the repository (set SHARED=/path/to/shared)"
 [ "$(id -u)" = 0 ] || die "must run as root (apt-get, and peers.sh needs root)"
 [ "$T" -ge 4 ] 2>/dev/null || die "T must be an integer >= 4 (CPU is sampled in [1.5 s, T-1 s])"
 [ "$N" -ge 1 ] 2>/dev/null || die "N must be an integer >= 1"
@@ -190,24 +205,46 @@ proc_ticks() {
 	echo "$s"
 }
 
+# context switches (voluntary + involuntary) of every thread of the processes
+proc_ctx() {
+	local pid
+	for pid in "$@"; do cat "/proc/$pid"/task/*/status 2>/dev/null; done |
+		awk '/^(non)?voluntary_ctxt_switches:/ { s += $2 } END { print s + 0 }'
+}
+
 # "busy steal total" jiffies, all CPUs (same formula as peers.sh)
 sys_ticks() { awk '/^cpu /{busy=$2+$3+$4+$7+$8; steal=$9; tot=$2+$3+$4+$5+$6+$7+$8+$9; print busy, steal, tot; exit}' /proc/stat; }
+
+# Whether perf can count syscalls of a process here (it needs the tracepoints).
+PERF_OK=0
+if [ "$SK_PERF" = 1 ] && command -v perf >/dev/null 2>&1 &&
+	perf stat -x, -e raw_syscalls:sys_enter -o /dev/null -- true >/dev/null 2>&1; then
+	PERF_OK=1
+fi
 
 SK_RESULTS=$WORK/sessionkey.tsv
 : >"$SK_RESULTS"
 
-# sk_iperf LABEL ROUND PIDS... : one iperf3 run through the entry port, like peers.sh run_iperf
+# sk_iperf LABEL ROUND PIDS... : one iperf3 run through the entry port, like peers.sh
+# run_iperf, plus the counters of the given processes over the CPU window
 sk_iperf() {
 	local label=$1 round=$2
 	shift 2
-	local json=$WORK/sk-$round-$(echo "$label" | tr -c 'A-Za-z0-9_.-' '_').json
+	local tag
+	tag=$(echo "$label" | tr -c 'A-Za-z0-9_.-' '_')
+	local json=$WORK/sk-$round-$tag.json perf_out=$WORK/perf-$round-$tag.csv
 	iperf3 -c 127.0.0.1 -p "$PA" -t "$T" -P 1 -J >"$json" 2>"$json.err" &
 	local cpid=$!
 	sleep 1.5
-	local t0 tk0 s0 t1 tk1 s1
-	t0=$(date +%s.%N); tk0=$(proc_ticks "$@"); s0=$(sys_ticks)
-	sleep "$(awk -v t="$T" 'BEGIN{print t-2.5}')"
-	t1=$(date +%s.%N); tk1=$(proc_ticks "$@"); s1=$(sys_ticks)
+	local t0 tk0 s0 x0 t1 tk1 s1 x1 window
+	window=$(awk -v t="$T" 'BEGIN{print t-2.5}')
+	t0=$(date +%s.%N); tk0=$(proc_ticks "$@"); s0=$(sys_ticks); x0=$(proc_ctx "$@")
+	if [ "$PERF_OK" = 1 ]; then
+		perf stat -x, -e raw_syscalls:sys_enter -p "$(IFS=,; echo "$*")" -o "$perf_out" -- sleep "$window" >/dev/null 2>&1 || sleep "$window"
+	else
+		sleep "$window"
+	fi
+	t1=$(date +%s.%N); tk1=$(proc_ticks "$@"); s1=$(sys_ticks); x1=$(proc_ctx "$@")
 	local waited=0
 	while kill -0 "$cpid" 2>/dev/null && [ $waited -lt $(((T + 15) * 10)) ]; do sleep 0.1; waited=$((waited + 1)); done
 	kill -0 "$cpid" 2>/dev/null && kill -TERM "$cpid" 2>/dev/null
@@ -217,17 +254,40 @@ sk_iperf() {
 		gbps=$(jq '.end.sum_received.bits_per_second' "$json" | awk '{printf "%.2f", $1/1e9}')
 		retr=$(jq '.end.sum_sent.retransmits // 0' "$json")
 	else
-		log "iperf3 through sessionkey failed: $(jq -r '.error // empty' "$json" 2>/dev/null) $(head -c 300 "$json.err")"
-		log "tunnel logs: $(tail -n 3 "$WORK"/sk-*.log 2>/dev/null | tr '\n' ' ')"
+		log "iperf3 through $label failed: $(jq -r '.error // empty' "$json" 2>/dev/null) $(head -c 300 "$json.err")"
+		log "logs: $(tail -n 3 "$WORK"/sk-*.log "$WORK"/relay-*.log 2>/dev/null | tr '\n' ' ')"
 	fi
-	local tcpu syscpu steal
-	read -r tcpu syscpu steal < <(awk -v t0="$t0" -v t1="$t1" -v a="$tk0" -v b="$tk1" \
-		-v hz="$(getconf CLK_TCK)" -v s0="$s0" -v s1="$s1" -v ncpu="$(nproc)" 'BEGIN{
+	local syscalls=-
+	[ -s "$perf_out" ] && syscalls=$(awk -F, '$3 ~ /raw_syscalls:sys_enter/ && $1 ~ /^[0-9]+$/ { print $1 }' "$perf_out")
+	local tcpu syscpu steal ctx_gb sys_gb
+	# bytes moved in the window: the run's receiver rate times the window
+	read -r tcpu syscpu steal ctx_gb sys_gb < <(awk -v t0="$t0" -v t1="$t1" -v a="$tk0" -v b="$tk1" \
+		-v hz="$(getconf CLK_TCK)" -v s0="$s0" -v s1="$s1" -v ncpu="$(nproc)" -v x0="$x0" -v x1="$x1" \
+		-v g="$gbps" -v sc="${syscalls:--}" 'BEGIN{
 			dt=t1-t0; split(s0,x," "); split(s1,y," "); dtot=y[3]-x[3]; if (dtot<=0) dtot=1
-			printf "%.0f %.0f %.0f\n", (b-a)/hz/dt*100, (y[1]-x[1])/dtot*100*ncpu, (y[2]-x[2])/dtot*100*ncpu }')
-	# same columns as peers.sh OUT_TSV
-	printf 'SK\t%s\t1\t%s\t%s\t%s\t-\t%s\t%s\t%s\n' "$label" "$gbps" "$retr" "$tcpu" "$syscpu" "$steal" "round $round" >>"$SK_RESULTS"
-	log "SK | $label | round $round | $gbps Gbit/s | tunnel CPU ${tcpu}% | sys ${syscpu}%/$(($(nproc) * 100))% | steal ${steal}%"
+			gb = (g == "FAIL") ? 0 : g * dt / 8
+			printf "%.0f %.0f %.0f %s %s\n", (b-a)/hz/dt*100, (y[1]-x[1])/dtot*100*ncpu, (y[2]-x[2])/dtot*100*ncpu,
+				(gb > 0 ? sprintf("%.0f", (x1-x0)/gb) : "-"), (gb > 0 && sc != "-" ? sprintf("%.0f", sc/gb) : "-") }')
+	# peers.sh's OUT_TSV columns, then context switches and syscalls per GB
+	printf 'SK\t%s\t1\t%s\t%s\t%s\t-\t%s\t%s\t%s\t%s\t%s\n' "$label" "$gbps" "$retr" "$tcpu" "$syscpu" "$steal" "round $round" "$ctx_gb" "$sys_gb" >>"$SK_RESULTS"
+	log "SK | $label | round $round | $gbps Gbit/s | tunnel CPU ${tcpu}% | ctx/GB $ctx_gb | syscalls/GB $sys_gb | sys ${syscpu}%/$(($(nproc) * 100))% | steal ${steal}%"
+}
+
+# peers.sh's no-crypto relay (it builds it), measured here too so that the ceiling has the
+# same counters as sessionkey
+RELAY_BIN=${PEERS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sessionkey-peers}/relay-target/release/relay
+relay_round() {
+	local round=$1 p
+	for p in $PS $PB $PA; do port_busy "$p" && die "port $p busy (set SK_BASE_PORT)"; done
+	start_bg sk-iperf3-srv iperf3 -s -B 127.0.0.1 -p "$PS"
+	wait_listen "$PS" || die "iperf3 server did not start: $(tail -3 "$WORK/sk-iperf3-srv.log")"
+	start_bg relay-exit "$RELAY_BIN" "127.0.0.1:$PB" "127.0.0.1:$PS" copy 262144
+	local r2=$LAST_PID
+	start_bg relay-entry "$RELAY_BIN" "127.0.0.1:$PA" "127.0.0.1:$PB" copy 262144
+	local r1=$LAST_PID
+	wait_listen "$PB" && wait_listen "$PA" || die "the relay did not start: $(tail -3 "$WORK"/relay-*.log)"
+	sk_iperf "rust relay x2, copy 256K (no crypto), with counters" "$round" "$r1" "$r2"
+	stop_all
 }
 
 # one sessionkey measurement: fresh iperf3 server and tunnel pair, then stop them;
@@ -296,14 +356,29 @@ LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 log "work dir $WORK; T=$T s, N=$N rounds, peers from $PEERS; load average $LOAD0"
 PEER_TSVS=()
 for round in $(seq 1 "$N"); do
-	log "round $round/$N: peers.sh (SECTIONS=A PAR_A=0 T=$T)"
-	tsv=$WORK/peers-$round.tsv
-	SECTIONS=A PAR_A=0 T=$T OUT_TSV=$tsv bash "$PEERS" >"$WORK/peers-$round.md" &
-	PEERS_PID=$!
-	wait "$PEERS_PID" || die "peers.sh failed (round $round)"
-	PEERS_PID=""
-	[ -s "$tsv" ] || die "peers.sh wrote no rows (round $round)"
-	PEER_TSVS+=("$tsv")
+	if [ "$SK_PEERS" = 1 ]; then
+		log "round $round/$N: peers.sh (SECTIONS=A PAR_A=0 T=$T)"
+		# peers.sh refuses to run beside another run of itself (its lock): wait for that one.
+		if [ -e /run/anchors-bench/lock ] && ! flock -n /run/anchors-bench/lock true; then
+			log "another peers.sh run holds /run/anchors-bench/lock: waiting (at most 15 minutes)"
+			flock -w 900 /run/anchors-bench/lock true || die "peers.sh stayed busy for 15 minutes"
+		fi
+		tsv=$WORK/peers-$round.tsv
+		SECTIONS=A PAR_A=0 T=$T OUT_TSV=$tsv bash "$PEERS" >"$WORK/peers-$round.md" &
+		PEERS_PID=$!
+		wait "$PEERS_PID" || die "peers.sh failed (round $round)"
+		PEERS_PID=""
+		[ -s "$tsv" ] || die "peers.sh wrote no rows (round $round)"
+		PEER_TSVS+=("$tsv")
+	fi
+	if [ "$SK_RELAY" = 1 ]; then
+		if [ -x "$RELAY_BIN" ]; then
+			log "round $round/$N: the no-crypto relay, with counters"
+			relay_round "$round"
+		else
+			log "no relay at $RELAY_BIN (peers.sh builds it): no relay row with counters"
+		fi
+	fi
 	for suite in $SK_SUITE $SK_EXTRA_SUITES; do
 		log "round $round/$N: sessionkey, $suite"
 		sk_round "$round" "$suite"
@@ -320,10 +395,12 @@ done
 
 # ---------------------------------------------------------------- report
 ALL=$WORK/all.tsv
-cat "${PEER_TSVS[@]}" "$SK_RESULTS" >"$ALL"
+cat ${PEER_TSVS[@]+"${PEER_TSVS[@]}"} "$SK_RESULTS" >"$ALL"
 HEADLINE="sessionkey tunnel, $SK_SUITE$CLASSIC_TAG"
 
-# per label (first-seen order): median Gbit/s, the runs, median tunnel CPU %, median system busy %
+# per label (first-seen order): median Gbit/s, the runs, median tunnel CPU %, median system
+# busy %, median CPU % per Gbit/s, median context switches and syscalls per GB ("-": not
+# measured for that row)
 SUMMARY=$WORK/summary.tsv
 awk -F'\t' '
 	function median(s,   a, n, i, j, t) {
@@ -332,6 +409,7 @@ awk -F'\t' '
 		for (i = 2; i <= n; i++) { t = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > t; j--) a[j+1] = a[j]; a[j+1] = t }
 		return (n % 2) ? a[(n+1)/2] + 0 : (a[n/2] + a[n/2+1]) / 2
 	}
+	function fmt(s, f,   m) { m = median(s); return (m == "") ? "-" : sprintf(f, m) }
 	{
 		l = $2
 		if (!(l in seen)) { seen[l] = 1; order[++k] = l; sec[l] = $1 }
@@ -339,14 +417,17 @@ awk -F'\t' '
 		if ($4 != "FAIL") g[l] = g[l] " " $4
 		if ($6 != "-") c[l] = c[l] " " $6
 		if ($8 != "-") b[l] = b[l] " " $8
+		if ($4 != "FAIL" && $4 + 0 > 0 && $6 != "-") cg[l] = cg[l] " " ($6 / $4)
+		if (NF >= 11 && $11 != "-") x[l] = x[l] " " $11
+		if (NF >= 12 && $12 != "-") y[l] = y[l] " " $12
 	}
 	END {
 		for (i = 1; i <= k; i++) {
-			l = order[i]; m = median(g[l])
-			printf "%s\t%s\t%s\t%s\t%s\t%s\n", sec[l], l, (m == "" ? "FAIL" : sprintf("%.2f", m)), runs[l],
-				(median(c[l]) == "" ? "-" : sprintf("%.0f", median(c[l]))), (median(b[l]) == "" ? "-" : sprintf("%.0f", median(b[l])))
+			l = order[i]
+			printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", sec[l], l, fmt(g[l], "%.2f"), runs[l],
+				fmt(c[l], "%.0f"), fmt(b[l], "%.0f"), fmt(cg[l], "%.1f"), fmt(x[l], "%.0f"), fmt(y[l], "%.0f")
 		}
-	}' "$ALL" >"$SUMMARY"
+	}' "$ALL" | sed 's/^\([^\t]*\t[^\t]*\t\)-\t/\1FAIL\t/' >"$SUMMARY"
 
 # roles: reference (direct), ceiling candidates (the no-crypto rust relay: copy, splice),
 # no-crypto (socat), peer (crypto), sessionkey
@@ -364,14 +445,14 @@ SK_G=$(awk -F'\t' -v l="$HEADLINE" '$2 == l {print $3}' "$SUMMARY")
 [ -n "$SK_G" ] && [ "$SK_G" != FAIL ] || die "no sessionkey measurement (see the logs above; KEEP_WORK=1 keeps $WORK)"
 CEIL_G=0 CEIL_L=""
 BEST_G=0 BEST_L=""
-while IFS=$'\t' read -r _sec label g _runs _c _b; do
+while IFS=$'\t' read -r _sec label g _runs _c _b _cg _x _y; do
 	[ "$g" = FAIL ] && continue
 	case $(role_of "$label") in
 	no-crypto-relay) awk -v a="$g" -v b="$CEIL_G" 'BEGIN{exit !(a > b)}' && { CEIL_G=$g; CEIL_L=$label; } ;;
 	peer) awk -v a="$g" -v b="$BEST_G" 'BEGIN{exit !(a > b)}' && { BEST_G=$g; BEST_L=$label; } ;;
 	esac
 done <"$SUMMARY"
-[ -n "$BEST_L" ] || die "no peer (spiped, stunnel4, ssh) was measured: see peers.sh output in $WORK"
+[ -n "$BEST_L" ] || [ "$SK_PEERS" = 0 ] || die "no peer (spiped, stunnel4, ssh) was measured: see peers.sh output in $WORK"
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b + 0 > 0) printf "%.2f", a / b; else printf "-" }'; }
 
@@ -380,18 +461,17 @@ TABLE=$WORK/table.md
 	echo "# bench/tunnel.sh $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname): $(nproc) CPU $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo), kernel $(uname -r)"
 	echo "# iperf3 -t $T -P 1, receiver side, 3 hops on loopback; medians of $N rounds (peers.sh then sessionkey in each round); load average at start $LOAD0"
 	echo
-	echo "| path | role | Gbit/s (median) | runs | tunnel CPU % (of 1 core) | system busy % (of $(($(nproc) * 100))) | / ceiling | sessionkey / this |"
-	echo "|---|---|---:|---|---:|---:|---:|---:|"
-	while IFS=$'\t' read -r _sec label g runs c b; do
+	echo "| path | role | Gbit/s (median) | runs | tunnel CPU % (of 1 core) | CPU % per Gbit/s | context switches per GB | syscalls per GB | system busy % (of $(($(nproc) * 100))) | / ceiling | sessionkey / this |"
+	echo "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+	while IFS=$'\t' read -r _sec label g runs c b cg x y; do
 		role=$(role_of "$label")
 		[ "$label" = "$CEIL_L" ] && role="ceiling (best no-crypto relay)"
 		[ "$label" = "$BEST_L" ] && role="best peer"
-		printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$label" "$role" "$g" "$runs" "$c" "$b" \
+		printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$label" "$role" "$g" "$runs" "$c" "$cg" "$x" "$y" "$b" \
 			"$(ratio "$g" "$CEIL_G")" "$(ratio "$SK_G" "$g")"
 	done <"$SUMMARY"
 	echo
 	echo "sessionkey ($SK_SUITE): $SK_G Gbit/s; best peer: $BEST_L, $BEST_G Gbit/s; ceiling: $CEIL_L, $CEIL_G Gbit/s"
-	echo "tunnel-ratio-ceiling: $(ratio "$SK_G" "$CEIL_G")"
 	if [ "$SK_TLS" = 1 ]; then
 		tls_g=$(awk -F'\t' -v l="sessionkey tunnel, tls $SK_SUITE" '$2 == l { print $3 }' "$SUMMARY")
 		stunnel_g=$(awk -F'\t' '$2 ~ /stunnel/ && $3 != "FAIL" { print $3; exit }' "$SUMMARY")
@@ -408,4 +488,5 @@ TABLE=$WORK/table.md
 [ -n "$OUT_MD" ] && cp "$TABLE" "$OUT_MD"
 [ -n "$OUT_TSV" ] && cp "$SUMMARY" "$OUT_TSV"
 cat "$TABLE"
+echo "tunnel-ratio-ceiling: $(ratio "$SK_G" "$CEIL_G")"
 echo "tunnel-ratio-best-peer: $(ratio "$SK_G" "$BEST_G")"

@@ -558,6 +558,13 @@ pub async fn serve_server(
     }
 }
 
+fn cut_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        "its key is no longer authorized, or its tunnel stopped",
+    )
+}
+
 /// An error and its causes, as one line.
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -632,6 +639,22 @@ pub async fn forward(
     name: &str,
     cut: impl std::future::Future<Output = ()>,
 ) {
+    let secure = match secure {
+        Secure::Native(mut stream) => {
+            let mut plain = plain;
+            let result = tokio::select! {
+                result = stream.relay(&mut plain) => result,
+                () = cut => Err(cut_error()),
+            };
+            if let Err(e) = result {
+                tracing::warn!(tunnel = %name, "session ended in error, resetting the connection: {e}");
+                abort(plain);
+                abort(stream.into_inner());
+            }
+            return;
+        }
+        tls => tls,
+    };
     let (mut s_read, mut s_write) = tokio::io::split(secure);
     let (mut p_read, mut p_write) = plain.into_split();
     // plain -> secure: end of the plain input closes the session's sending direction.
@@ -646,10 +669,7 @@ pub async fn forward(
     };
     let result = tokio::select! {
         result = async { tokio::try_join!(up, down) } => result.map(drop),
-        () = cut => Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "its key is no longer authorized, or its tunnel stopped",
-        )),
+        () = cut => Err(cut_error()),
     };
     if let Err(e) = result {
         if e.kind() == io::ErrorKind::PermissionDenied {

@@ -829,6 +829,13 @@ impl Session {
         Ok(Some(n))
     }
 
+    /// Whether [`poll_transmit`](Self::poll_transmit) may have a record to send now (a
+    /// control record: key update, re-handshake, close, acknowledgement, ping). A caller
+    /// that is otherwise idle can skip preparing a buffer for it while this is false.
+    pub fn wants_transmit(&self) -> bool {
+        self.must_transmit_first()
+    }
+
     /// Whether [`poll_transmit`](Self::poll_transmit) has something to send.
     fn must_transmit_first(&self) -> bool {
         let State::Established(est) = &self.state else {
@@ -898,8 +905,9 @@ impl Session {
     }
 
     /// The most content a data record carries, and the most its body adds to the content
-    /// (AEAD suites: 65518 and 17).
-    fn record_sizes(&self) -> (usize, usize) {
+    /// (AEAD suites: 65518 and 17): [`seal_in_place`](Self::seal_in_place) needs
+    /// `LEN_PREFIX + content + overhead` bytes for a record of `content` bytes.
+    pub fn record_sizes(&self) -> (usize, usize) {
         match &self.state {
             State::Established(est) => est.send.record_sizes(),
             _ => (MAX_CONTENT, MIN_RECORD_BODY),
