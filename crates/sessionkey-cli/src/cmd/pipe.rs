@@ -142,6 +142,9 @@ pub(crate) async fn run(args: Args) -> Result<()> {
 /// How long the peer has to acknowledge our close once both directions are done.
 const ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// After sending failed, how long the other direction has to say why (a TLS alert).
+const REASON_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// stdin -> peer (then the close record), peer -> stdout; success only after the peer's
 /// authenticated close and, on the native transport, its acknowledgement that every byte
 /// sent arrived (PROTOCOL.md 9.3).
@@ -182,7 +185,25 @@ async fn pipe(stream: Secure) -> Result<()> {
         stdout.flush().await?;
         anyhow::Ok(())
     };
-    tokio::try_join!(up, down)?;
+    {
+        tokio::pin!(up, down);
+        tokio::select! {
+            sent = &mut up => match sent {
+                Ok(()) => down.await?,
+                // A server that refuses this client after the handshake (a TLS 1.3 client
+                // certificate) says why in an alert, which our next write may beat with a broken
+                // pipe: the alert, read on the other direction, is the error worth showing.
+                Err(e) => match tokio::time::timeout(REASON_WAIT, &mut down).await {
+                    Ok(Err(why)) => return Err(why),
+                    _ => return Err(e),
+                },
+            },
+            received = &mut down => {
+                received?;
+                up.await?;
+            }
+        }
+    }
     let mut stream = r.unsplit(w);
     if let Secure::Native(native) = &mut stream {
         let bytes = tokio::time::timeout(ACK_WAIT, native.acknowledged())
