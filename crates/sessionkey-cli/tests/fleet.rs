@@ -279,6 +279,18 @@ fn an_unreachable_database_is_unavailable_and_says_what_to_check() {
 // Gateways, the balancer, clients.
 // ---------------------------------------------------------------------------------------
 
+/// Gateways `gw1`, `gw2` and `gw3` on the fleet database, as [`gateway`] starts them.
+fn three_gateways(
+    env: &Env,
+    key: &support::Key,
+    target: std::net::SocketAddr,
+    url: &str,
+) -> Vec<(support::Proc, u16)> {
+    (1..=3)
+        .map(|i| gateway(env, &format!("gw{i}"), key, target, url, &[]))
+        .collect()
+}
+
 /// Start a gateway (`tunnel server --peers-database`) with its own state directory.
 fn gateway(
     env: &Env,
@@ -428,18 +440,8 @@ fn three_gateways_behind_haproxy_admit_and_revoke_together() {
     let bob = env.keygen("bob");
     assert_eq!(peers(&env, &schema, &["add", &alice.public]).code, Some(0));
 
-    let mut gateways: Vec<(support::Proc, u16)> = (1..=3)
-        .map(|i| {
-            gateway(
-                &env,
-                &format!("gw{i}"),
-                &server_key,
-                target.addr,
-                &schema.url,
-                &[],
-            )
-        })
-        .collect();
+    let mut gateways: Vec<(support::Proc, u16)> =
+        three_gateways(&env, &server_key, target.addr, &schema.url);
     let ports: Vec<u16> = gateways.iter().map(|(_, p)| *p).collect();
     let Some(balancer) = Haproxy::start(&env, &ports) else {
         return;
@@ -1077,18 +1079,8 @@ fn measure_revocation_latency_and_connection_rate() {
     let target = support::echo_target();
     let server_key = env.keygen("gateway");
     let bob = env.keygen("bob");
-    let gateways: Vec<(support::Proc, u16)> = (1..=3)
-        .map(|i| {
-            gateway(
-                &env,
-                &format!("gw{i}"),
-                &server_key,
-                target.addr,
-                &schema.url,
-                &[],
-            )
-        })
-        .collect();
+    let gateways: Vec<(support::Proc, u16)> =
+        three_gateways(&env, &server_key, target.addr, &schema.url);
     let ports: Vec<u16> = gateways.iter().map(|(_, p)| *p).collect();
     let Some(balancer) = Haproxy::start(&env, &ports) else {
         return;
