@@ -9,6 +9,7 @@ pub mod check;
 mod error;
 pub mod metrics;
 pub mod msg;
+pub mod psk;
 pub mod status;
 mod stream;
 pub mod tls;

@@ -273,8 +273,13 @@ impl AuthorizedPeers {
     /// `tls-spki-sha256 BASE64 [comment]` a line.
     pub fn load(path: &Path) -> Result<Self, TrustError> {
         let text = fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+        Self::parse(path, &text)
+    }
+
+    /// Parse `text`, the contents of the authorized-peers file `path` (named in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, TrustError> {
         let mut keys = Vec::new();
-        for (line, content) in content_lines(&text) {
+        for (line, content) in content_lines(text) {
             let syntax = |why: String| TrustError::Syntax {
                 path: path.to_path_buf(),
                 line,
@@ -300,6 +305,12 @@ impl AuthorizedPeers {
     /// Add keys given on the command line.
     pub fn allow(&mut self, key: PeerKey) {
         self.keys.push((key, String::from("--allow")));
+    }
+
+    /// The keys in file order (then those given with [`allow`](Self::allow)), each with its
+    /// comment: the words after the key, joined by single spaces.
+    pub fn iter(&self) -> impl Iterator<Item = (&PeerKey, &str)> {
+        self.keys.iter().map(|(k, c)| (k, c.as_str()))
     }
 
     /// Whether `key` may connect.
@@ -375,7 +386,8 @@ impl KnownPeers {
         self.lookup_in(&text, host, kind)
     }
 
-    fn lookup_in(
+    /// As [`lookup`](Self::lookup), in `text`, the file's contents.
+    pub fn lookup_in(
         &self,
         text: &str,
         host: &str,
