@@ -15,8 +15,6 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use sessionkey_proto::keys::read_private_key;
 use sessionkey_proto::suite::Suite;
 use toml::Spanned;
@@ -179,8 +177,15 @@ impl Source<'_> {
     }
 }
 
-/// Checks the tunnel file `path`, whose contents are `text`.
+/// Checks the tunnel file `path`, whose contents are `text`. Problems come in line order.
 pub fn tunnel_file(path: &Path, text: &str) -> TunnelCheck {
+    let mut out = check_tunnels(path, text);
+    // Stable: problems on one line stay in the order they were found.
+    out.problems.sort_by_key(|p| p.line);
+    out
+}
+
+fn check_tunnels(path: &Path, text: &str) -> TunnelCheck {
     let mut src = Source {
         path,
         text,
@@ -282,7 +287,6 @@ pub fn tunnel_file(path: &Path, text: &str) -> TunnelCheck {
             });
         }
     }
-    src.problems.sort_by_key(|p| p.line);
     out.problems = src.problems;
     out
 }
@@ -593,11 +597,12 @@ fn check_psk(path: &Path) -> Result<(), String> {
             meta.permissions().mode() & 0o7777
         ));
     }
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("{shown}: cannot read it: {e}"))?;
-    match STANDARD.decode(text.trim()) {
-        Ok(bytes) if bytes.len() == 32 => Ok(()),
-        _ => Err(format!(
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|e| format!("{shown}: cannot read it: {e}"))?,
+    );
+    match crate::psk::decode(&text) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!(
             "{shown} is not 32 bytes in base64; make one with: head -c 32 /dev/urandom | base64 > {shown}"
         )),
     }
@@ -627,6 +632,17 @@ mod tests {
                 (13, "tunnel[1].server_key".into())
             ]
         );
+    }
+
+    /// Found by the `tunnel_config` fuzz target: a file without tunnels returned early, its
+    /// unknown top-level fields in name order.
+    #[test]
+    fn problems_are_in_line_order_in_a_file_without_tunnels() {
+        let lines: Vec<usize> = problems("zeta = 1\nalpha = 2\n")
+            .into_iter()
+            .map(|(line, _)| line)
+            .collect();
+        assert_eq!(lines, [1, 1, 2]);
     }
 
     #[test]
