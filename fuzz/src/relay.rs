@@ -14,12 +14,13 @@
 //!    [`AuthHeaders::to_pairs`] as values that parse back to the same headers; if they verify
 //!    as the fixed device's signature over the request in the rest of the input, the
 //!    signature is the one the device makes (no second valid signature).
-//! 2. A genuine request signed by the fixed device (method, path, body, time and nonce from
-//!    the input), sent as header values, then one (field, u16 position, non-zero XOR byte)
-//!    edit to a header value, the method, the path or the body: the changed request either
-//!    does not parse or does not verify; the genuine one verifies.
-//! 3. A u16-prefixed method and path and the rest as body, signed genuinely: the headers
-//!    survive the round trip through their text form and verify.
+//! 2. A genuine request signed by the fixed device as `alice` (a u16-prefixed method and
+//!    path, an 8-byte time, a 16-byte nonce, a u16-prefixed body), sent as header values,
+//!    then one (part, u16 position, non-zero XOR byte) edit to a header value, the method,
+//!    the path or the body: the changed request either does not parse or does not verify;
+//!    the genuine one verifies.
+//! 3. A genuine request as in 2, unchanged: its headers survive the round trip through
+//!    their text form and verify.
 
 use std::sync::OnceLock;
 

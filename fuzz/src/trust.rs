@@ -5,12 +5,14 @@
 //! Input: a mode byte (taken modulo 4), then the mode's own bytes.
 //!
 //! 0. [`AuthorizedPeers::parse`] on the rest (lossy UTF-8): a file that parses has one key
-//!    per content line, and writes back (`TYPE BASE64 comment` lines) as a file that parses
+//!    per content line, each line spelling `TYPE BASE64 [comment]` word for word, and writes
+//!    back (`TYPE BASE64 comment` lines) as a file that parses
 //!    to the same keys and comments; a file that does not parses up to the line its error
 //!    names, which is a content line of the file and fails on its own.
 //! 1. A host selector byte, a key-type byte, then the known-peers text:
 //!    [`KnownPeers::lookup_in`] for that host: a key found is on the line returned, whose
-//!    host list names the host, and is of the type asked for; an error names a line of the
+//!    host list names the host and whose next two words are `TYPE BASE64` of that key, of
+//!    the type asked for; an error names a line of the
 //!    file that fails on its own.
 //! 2. As 1, through the file: [`KnownPeers::verify`] with `accept_new` learns a host with
 //!    no key of that type by appending one line (what was there stays byte for byte), after
@@ -70,6 +72,16 @@ fn authorized(bytes: &[u8]) {
         Ok(peers) => {
             let lines = content_lines(&text);
             assert_eq!(peers.len(), lines.len(), "one key per content line");
+            // Each line spells `TYPE BASE64 [comment]`, in that grammar's words.
+            for ((n, line), (key, comment)) in lines.iter().zip(peers.iter()) {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                assert_eq!(
+                    words[..2].join(" "),
+                    key.to_line(""),
+                    "line {n} ({line:?}) was read as another key's line"
+                );
+                assert_eq!(words[2..].join(" "), comment, "line {n}'s comment");
+            }
             let written: String = peers.iter().map(|(k, c)| k.to_line(c) + "\n").collect();
             let again = AuthorizedPeers::parse(&path, &written)
                 .unwrap_or_else(|e| panic!("{written:?} as written back does not parse: {e}"));
@@ -148,6 +160,12 @@ fn known(input: &mut Input<'_>, through_file: bool) {
                 rest.trim().parse::<PeerKey>().ok().as_ref(),
                 Some(k),
                 "line {line}"
+            );
+            let words: Vec<&str> = rest.split_whitespace().take(2).collect();
+            assert_eq!(
+                words.join(" "),
+                k.to_line(""),
+                "line {line} ({the_line:?}) was read as another key's line"
             );
             assert_eq!(
                 std::mem::discriminant(k),

@@ -94,8 +94,10 @@ impl FromStr for PeerKey {
                     ParsePeerKeyError(format!("{TLS_SPKI_TYPE}: expected 32 bytes in base64"))
                 })
         };
-        if let Some(rest) = s.strip_prefix(TLS_SPKI_TYPE) {
-            let b64 = rest.split_whitespace().next().unwrap_or_default();
+        // The type is a word of its own: `tls-spki-sha256BASE64` is not a key.
+        let mut words = s.split_whitespace();
+        if words.next() == Some(TLS_SPKI_TYPE) {
+            let b64 = words.next().unwrap_or_default();
             return tls(b64, &|b| STANDARD.decode(b));
         }
         if let Some(b64) = s.strip_prefix("SHA256:") {
@@ -587,6 +589,24 @@ mod tests {
             );
         }
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Found by the `trust_files` fuzz target's grammar property (an accepted line spells
+    /// `TYPE BASE64 [comment]` word for word): the TLS type word glued to its key was read as
+    /// that key, and the comment lost its first word.
+    #[test]
+    fn a_type_word_glued_to_its_key_is_refused() {
+        let tls = PeerKey::TlsSpki([0x32; 32]);
+        let line = tls.to_line("bob");
+        let glued = line.replacen(' ', "", 1);
+        assert_eq!(line.parse::<PeerKey>().unwrap(), tls);
+        assert!(glued.parse::<PeerKey>().is_err(), "{glued}");
+        let path = Path::new("authorized_peers");
+        let err = AuthorizedPeers::parse(path, &format!("{line}\n{glued}\n")).unwrap_err();
+        assert!(matches!(err, TrustError::Syntax { line: 2, .. }), "{err}");
+        let known = KnownPeers::new("known_peers");
+        let text = format!("[203.0.113.5]:7000 {glued}\n");
+        assert!(known.lookup_in(&text, "203.0.113.5:7000", &tls).is_err());
     }
 
     #[test]
