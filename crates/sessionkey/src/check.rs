@@ -220,7 +220,7 @@ fn check_tunnels(path: &Path, text: &str) -> TunnelCheck {
         } else if key.get_ref() != "tunnel" {
             src.report(
                 key.span(),
-                key.get_ref().clone(),
+                key_name(key.get_ref()),
                 "unknown top-level field; a tunnel file holds [[tunnel]] tables and \
                  `metrics` (docs/CONFIG.md); remove it or move it into a table",
             );
@@ -299,7 +299,7 @@ fn check_table(
     names: &mut BTreeMap<String, usize>,
     listens: &mut BTreeMap<String, usize>,
 ) {
-    let at = |field: &str| format!("tunnel[{index}].{field}");
+    let at = |field: &str| format!("tunnel[{index}].{}", key_name(field));
     let get = |name: &str| fields.iter().find(|(k, _)| k.get_ref() == name);
     let role = match get("role") {
         None => {
@@ -530,6 +530,17 @@ fn check_table(
     }
 }
 
+/// A key as TOML spells it: bare (`listen`), or quoted when it is empty or has other
+/// characters than letters, digits, `_` and `-` (a field named "" is shown as `""`).
+pub(crate) fn key_name(key: &str) -> String {
+    let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if !key.is_empty() && key.chars().all(bare) {
+        key.to_string()
+    } else {
+        format!("{key:?}")
+    }
+}
+
 /// Levenshtein distance, for "did you mean".
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
@@ -630,6 +641,19 @@ mod tests {
             vec![
                 (5, "tunnel[0].colour".into()),
                 (13, "tunnel[1].server_key".into())
+            ]
+        );
+    }
+
+    /// Found by the `tunnel_config` fuzz target: an empty key made an empty field name.
+    #[test]
+    fn keys_that_are_not_bare_are_named_in_quotes() {
+        let table = "[[tunnel]]\nrole = \"server\"\nlisten = \"0.0.0.0:3\"\nto = \"h:4\"\n";
+        assert_eq!(
+            problems(&format!("\"\" = 1\n{table}\"a b\" = 2\n")),
+            vec![
+                (1, "\"\"".to_string()),
+                (6, "tunnel[0].\"a b\"".to_string())
             ]
         );
     }

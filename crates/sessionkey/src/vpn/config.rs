@@ -233,7 +233,7 @@ fn field_of_toml_error(message: &str) -> String {
     message
         .split('`')
         .nth(1)
-        .map(str::to_string)
+        .map(crate::check::key_name)
         .unwrap_or_else(|| "syntax".to_string())
 }
 
@@ -871,6 +871,8 @@ mod tests {
                 "interface.address",
             ),
             (format!("{head}lisen_port = 5\n"), 4, "lisen_port"),
+            // Found by the vpn_config fuzz target: an empty key made an empty field name.
+            (format!("\"\" = 1\n{head}"), 1, "\"\""),
             (format!("{head}routes = \"yes\"\n"), 4, "interface.routes"),
             (format!("{head}table = \"a b\"\n"), 4, "interface.table"),
             (format!("{head}fwmark = -1\n"), 4, "interface.fwmark"),
