@@ -195,7 +195,8 @@ pub fn run_vpn(data: &[u8]) {
         assert_eq!(shown(&whole), shown(&step));
         return;
     };
-    let local = |p: &Path| p.starts_with(config_dir()) && p.parent() == Some(config_dir());
+    // A name without `/`, joined to the configuration's directory.
+    let local = |p: &Path| p.parent() == Some(config_dir());
     let offline = c.peers.iter().all(|p| {
         p.endpoint
             .as_deref()
