@@ -11,8 +11,9 @@
 //!    names, which is a content line of the file and fails on its own.
 //! 1. A host selector byte, a key-type byte, then the known-peers text:
 //!    [`KnownPeers::lookup_in`] for that host: a key found is on the line returned, whose
-//!    host list names the host and whose next words are `TYPE BASE64` of that key (or the
-//!    bare base64 of a sessionkey key), of the type asked for; an error names a line of the
+//!    host list names the host and whose next words are `TYPE BASE64` of that key (or one
+//!    word spelling it: a bare sessionkey key, `SHA256:` and a TLS pin), of the type asked
+//!    for; an error names a line of the
 //!    file that fails on its own.
 //! 2. As 1, through the file: [`KnownPeers::verify`] with `accept_new` learns a host with
 //!    no key of that type by appending one line (what was there stays byte for byte), after
@@ -161,11 +162,12 @@ fn known(input: &mut Input<'_>, through_file: bool) {
                 Some(k),
                 "line {line}"
             );
-            // `TYPE BASE64`, or a bare sessionkey key (PeerKey's documented forms).
+            // `TYPE BASE64`, or one word that spells the key on its own (PeerKey's other
+            // documented forms: a bare sessionkey key, a TLS pin as logs show it).
             let words: Vec<&str> = rest.split_whitespace().take(2).collect();
-            let bare = matches!(k, PeerKey::Native(n) if words[0] == n.to_base64());
+            let one_word = words[0].parse::<PeerKey>().ok().as_ref() == Some(k);
             assert!(
-                bare || words.join(" ") == k.to_line(""),
+                one_word || words.join(" ") == k.to_line(""),
                 "line {line} ({the_line:?}) was read as another key's line"
             );
             assert_eq!(
