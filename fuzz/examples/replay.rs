@@ -6,7 +6,9 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use sessionkey_proto_fuzz::{datagram, handshake, keyfile, msg, peer, stream, vpn};
+use sessionkey_proto_fuzz::{
+    config, datagram, handshake, keyfile, msg, peer, pem, relay, stream, trust, vpn,
+};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -19,6 +21,11 @@ fn main() {
         "msg_wire" => msg::run,
         "key_files" => keyfile::run,
         "vpn_peer" => peer::run,
+        "relay_api" => relay::run,
+        "trust_files" => trust::run,
+        "tunnel_config" => config::run_tunnel,
+        "vpn_config" => config::run_vpn,
+        "tls_pem" => pem::run,
         other => panic!("unknown target {other}"),
     };
     let mut files = Vec::new();

@@ -21,7 +21,7 @@ use sessionkey_proto::keys::PublicKey;
 use sessionkey_proto::keys::{read_private_key, read_public_key, write_keypair};
 
 /// A scratch directory of this process (files are rewritten for every input).
-fn scratch() -> &'static Path {
+pub(crate) fn scratch() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("sessionkey-fuzz-{}", std::process::id()));

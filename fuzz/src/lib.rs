@@ -21,12 +21,16 @@ use sessionkey_proto::session::{Received, Session};
 use sessionkey_proto::suite::Suite;
 use sessionkey_proto::Error;
 
+pub mod config;
 pub mod datagram;
 pub mod handshake;
 pub mod keyfile;
 pub mod msg;
 pub mod peer;
+pub mod pem;
+pub mod relay;
 pub mod stream;
+pub mod trust;
 pub mod vpn;
 
 /// A deterministic stand-in for a secure generator (splitmix64). For fuzzing only.

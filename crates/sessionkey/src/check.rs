@@ -15,8 +15,6 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use sessionkey_proto::keys::read_private_key;
 use toml::Spanned;
 
@@ -188,8 +186,15 @@ impl Source<'_> {
     }
 }
 
-/// Checks the tunnel file `path`, whose contents are `text`.
+/// Checks the tunnel file `path`, whose contents are `text`. Problems come in line order.
 pub fn tunnel_file(path: &Path, text: &str) -> TunnelCheck {
+    let mut out = check_tunnels(path, text);
+    // Stable: problems on one line stay in the order they were found.
+    out.problems.sort_by_key(|p| p.line);
+    out
+}
+
+fn check_tunnels(path: &Path, text: &str) -> TunnelCheck {
     let mut src = Source {
         path,
         text,
@@ -224,7 +229,7 @@ pub fn tunnel_file(path: &Path, text: &str) -> TunnelCheck {
         } else if key.get_ref() != "tunnel" {
             src.report(
                 key.span(),
-                key.get_ref().clone(),
+                key_name(key.get_ref()),
                 "unknown top-level field; a tunnel file holds [[tunnel]] tables and \
                  `metrics` (docs/CONFIG.md); remove it or move it into a table",
             );
@@ -291,7 +296,6 @@ pub fn tunnel_file(path: &Path, text: &str) -> TunnelCheck {
             });
         }
     }
-    src.problems.sort_by_key(|p| p.line);
     out.problems = src.problems;
     out
 }
@@ -304,7 +308,7 @@ fn check_table(
     names: &mut BTreeMap<String, usize>,
     listens: &mut BTreeMap<String, usize>,
 ) {
-    let at = |field: &str| format!("tunnel[{index}].{field}");
+    let at = |field: &str| format!("tunnel[{index}].{}", key_name(field));
     let get = |name: &str| fields.iter().find(|(k, _)| k.get_ref() == name);
     let role = match get("role") {
         None => {
@@ -532,6 +536,17 @@ fn check_table(
     }
 }
 
+/// A key as TOML spells it: bare (`listen`), or quoted when it is empty or has other
+/// characters than letters, digits, `_` and `-` (a field named "" is shown as `""`).
+pub(crate) fn key_name(key: &str) -> String {
+    let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if !key.is_empty() && key.chars().all(bare) {
+        key.to_string()
+    } else {
+        format!("{key:?}")
+    }
+}
+
 /// Levenshtein distance, for "did you mean".
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
@@ -599,11 +614,12 @@ fn check_psk(path: &Path) -> Result<(), String> {
             meta.permissions().mode() & 0o7777
         ));
     }
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("{shown}: cannot read it: {e}"))?;
-    match STANDARD.decode(text.trim()) {
-        Ok(bytes) if bytes.len() == 32 => Ok(()),
-        _ => Err(format!(
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|e| format!("{shown}: cannot read it: {e}"))?,
+    );
+    match crate::psk::decode(&text) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!(
             "{shown} is not 32 bytes in base64; make one with: head -c 32 /dev/urandom | base64 > {shown}"
         )),
     }
@@ -633,6 +649,30 @@ mod tests {
                 (13, "tunnel[1].server_key".into())
             ]
         );
+    }
+
+    /// Found by the `tunnel_config` fuzz target: an empty key made an empty field name.
+    #[test]
+    fn keys_that_are_not_bare_are_named_in_quotes() {
+        let table = "[[tunnel]]\nrole = \"server\"\nlisten = \"0.0.0.0:3\"\nto = \"h:4\"\n";
+        assert_eq!(
+            problems(&format!("\"\" = 1\n{table}\"a b\" = 2\n")),
+            vec![
+                (1, "\"\"".to_string()),
+                (6, "tunnel[0].\"a b\"".to_string())
+            ]
+        );
+    }
+
+    /// Found by the `tunnel_config` fuzz target: a file without tunnels returned early, its
+    /// unknown top-level fields in name order.
+    #[test]
+    fn problems_are_in_line_order_in_a_file_without_tunnels() {
+        let lines: Vec<usize> = problems("zeta = 1\nalpha = 2\n")
+            .into_iter()
+            .map(|(line, _)| line)
+            .collect();
+        assert_eq!(lines, [1, 1, 2]);
     }
 
     #[test]

@@ -97,8 +97,10 @@ impl FromStr for PeerKey {
                     ParsePeerKeyError(format!("{TLS_SPKI_TYPE}: expected 32 bytes in base64"))
                 })
         };
-        if let Some(rest) = s.strip_prefix(TLS_SPKI_TYPE) {
-            let b64 = rest.split_whitespace().next().unwrap_or_default();
+        // The type is a word of its own: `tls-spki-sha256BASE64` is not a key.
+        let mut words = s.split_whitespace();
+        if words.next() == Some(TLS_SPKI_TYPE) {
+            let b64 = words.next().unwrap_or_default();
             return tls(b64, &|b| STANDARD.decode(b));
         }
         if let Some(b64) = s.strip_prefix("SHA256:") {
@@ -276,8 +278,13 @@ impl AuthorizedPeers {
     /// `tls-spki-sha256 BASE64 [comment]` a line.
     pub fn load(path: &Path) -> Result<Self, TrustError> {
         let text = fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+        Self::parse(path, &text)
+    }
+
+    /// Parse `text`, the contents of the authorized-peers file `path` (named in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, TrustError> {
         let mut keys = Vec::new();
-        for (line, content) in content_lines(&text) {
+        for (line, content) in content_lines(text) {
             let syntax = |why: String| TrustError::Syntax {
                 path: path.to_path_buf(),
                 line,
@@ -303,6 +310,12 @@ impl AuthorizedPeers {
     /// Add keys given on the command line.
     pub fn allow(&mut self, key: PeerKey) {
         self.keys.push((key, String::from("--allow")));
+    }
+
+    /// The keys in file order (then those given with [`allow`](Self::allow)), each with its
+    /// comment: the words after the key, joined by single spaces.
+    pub fn iter(&self) -> impl Iterator<Item = (&PeerKey, &str)> {
+        self.keys.iter().map(|(k, c)| (k, c.as_str()))
     }
 
     /// Whether `key` may connect.
@@ -383,7 +396,8 @@ impl KnownPeers {
         self.lookup_in(&text, host, kind)
     }
 
-    fn lookup_in(
+    /// As [`lookup`](Self::lookup), in `text`, the file's contents.
+    pub fn lookup_in(
         &self,
         text: &str,
         host: &str,
@@ -583,6 +597,24 @@ mod tests {
             );
         }
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Found by the `trust_files` fuzz target's grammar property (an accepted line spells
+    /// `TYPE BASE64 [comment]` word for word): the TLS type word glued to its key was read as
+    /// that key, and the comment lost its first word.
+    #[test]
+    fn a_type_word_glued_to_its_key_is_refused() {
+        let tls = PeerKey::TlsSpki([0x32; 32]);
+        let line = tls.to_line("bob");
+        let glued = line.replacen(' ', "", 1);
+        assert_eq!(line.parse::<PeerKey>().unwrap(), tls);
+        assert!(glued.parse::<PeerKey>().is_err(), "{glued}");
+        let path = Path::new("authorized_peers");
+        let err = AuthorizedPeers::parse(path, &format!("{line}\n{glued}\n")).unwrap_err();
+        assert!(matches!(err, TrustError::Syntax { line: 2, .. }), "{err}");
+        let known = KnownPeers::new("known_peers");
+        let text = format!("[203.0.113.5]:7000 {glued}\n");
+        assert!(known.lookup_in(&text, "203.0.113.5:7000", &tls).is_err());
     }
 
     #[test]

@@ -20,14 +20,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use serde::Deserialize;
 use sessionkey_proto::keys::{read_private_key, Identity, Psk, PublicKey};
 use sessionkey_proto::suite::Suite;
 use sessionkey_proto::vpn::Cidr;
 use toml::Spanned;
 use zeroize::Zeroizing;
+
+use crate::psk::PskTextError;
 
 /// The default inner MTU: a 1500-byte path minus the VPN's overhead over IPv6 (80).
 pub const DEFAULT_MTU: u16 = 1420;
@@ -233,8 +233,65 @@ fn field_of_toml_error(message: &str) -> String {
     message
         .split('`')
         .nth(1)
-        .map(str::to_string)
+        .map(crate::check::key_name)
         .unwrap_or_else(|| "syntax".to_string())
+}
+
+/// A VPN file validated as text, without reading a file or resolving a name: everything
+/// [`VpnConfig`] holds but the private key, the pre-shared keys and the addresses of endpoints
+/// given as names, which [`resolve`](Self::resolve) reads and looks up.
+#[derive(Debug)]
+pub struct VpnConfigText {
+    path: PathBuf,
+    /// The interface name (default: the file name without `.toml`).
+    pub name: String,
+    /// The private key file, relative paths taken from the configuration file's directory.
+    pub private_key_file: PathBuf,
+    private_key_line: usize,
+    /// Addresses of the TUN interface, with their prefix lengths.
+    pub addresses: Vec<Cidr>,
+    /// The UDP port to listen on.
+    pub listen_port: u16,
+    /// The TUN interface's MTU.
+    pub mtu: u16,
+    /// As [`VpnConfig::hybrid`].
+    pub hybrid: bool,
+    /// The record suite this side offers.
+    pub suite: Suite,
+    /// The re-handshake interval.
+    pub rekey_interval: Duration,
+    /// As [`VpnConfig::offload`].
+    pub offload: bool,
+    /// As [`VpnConfig::routes`].
+    pub routes: bool,
+    /// As [`VpnConfig::table`].
+    pub table: Option<String>,
+    /// As [`VpnConfig::fwmark`].
+    pub fwmark: Option<u32>,
+    /// As [`VpnConfig::hooks`].
+    pub hooks: Hooks,
+    /// As [`VpnConfig::user`].
+    pub user: String,
+    /// The peers.
+    pub peers: Vec<PeerText>,
+}
+
+/// A peer validated as text (see [`VpnConfigText`]).
+#[derive(Debug)]
+pub struct PeerText {
+    /// Its static public key.
+    pub public_key: PublicKey,
+    public_key_line: usize,
+    /// Its endpoint as written: an address, or a name with a port.
+    pub endpoint: Option<String>,
+    endpoint_line: usize,
+    /// The networks it may send from and that are routed to it.
+    pub allowed_ips: Vec<Cidr>,
+    /// The pre-shared key file, relative paths taken from the configuration file's directory.
+    pub preshared_key_file: Option<PathBuf>,
+    psk_line: usize,
+    /// The persistent keepalive interval, if any.
+    pub persistent_keepalive: Option<Duration>,
 }
 
 impl VpnConfig {
@@ -249,7 +306,18 @@ impl VpnConfig {
         Self::parse(path, &text)
     }
 
-    /// Validate `text`, the contents of `path` (used in messages and to resolve key files).
+    /// Validate `text`, the contents of `path` (used in messages and to resolve key files):
+    /// [`VpnConfigText::parse`], then [`VpnConfigText::resolve`], so a mistake in the text is
+    /// reported before a missing file or an unknown name.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        VpnConfigText::parse(path, text)?.resolve()
+    }
+}
+
+impl VpnConfigText {
+    /// Validate `text`, the contents of `path` (named in errors; relative key file paths are
+    /// taken from its directory), touching neither the file system nor DNS. Stops at the first
+    /// mistake, located at its line and field.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let src = Source { path, text };
         let raw: RawFile = toml::from_str(text).map_err(|e| {
@@ -294,17 +362,8 @@ impl VpnConfig {
             }
         };
 
-        let key_path = src.resolve(iface.private_key_file.get_ref());
-        let identity = read_private_key(&key_path).map_err(|e| {
-            src.err(
-                iface.private_key_file.span(),
-                "interface.private_key_file",
-                format!(
-                    "{e} (make one with: sessionkey keygen -o {})",
-                    key_path.display()
-                ),
-            )
-        })?;
+        let private_key_file = src.resolve(iface.private_key_file.get_ref());
+        let private_key_line = src.line_of(iface.private_key_file.span().start);
 
         let mut addresses = Vec::new();
         for a in &iface.address {
@@ -371,13 +430,6 @@ impl VpnConfig {
                 p.public_key.get_ref().parse().map_err(|e| {
                     src.err(p.public_key.span(), &field("public_key"), format!("{e}"))
                 })?;
-            if public_key == *identity.public_key() {
-                return Err(src.err(
-                    p.public_key.span(),
-                    &field("public_key"),
-                    "this is the interface's own key; give the peer's public key",
-                ));
-            }
             if !seen_keys.insert(public_key) {
                 return Err(src.err(
                     p.public_key.span(),
@@ -385,18 +437,10 @@ impl VpnConfig {
                     "the same peer is listed twice; merge the two [[peer]] sections",
                 ));
             }
-            let endpoint_host = p
-                .endpoint
-                .as_ref()
-                .map(|e| e.get_ref().clone())
-                .filter(|e| e.parse::<SocketAddr>().is_err());
-            let endpoint = match &p.endpoint {
-                Some(e) => Some(
-                    resolve_endpoint(e.get_ref())
-                        .map_err(|m| src.err(e.span(), &field("endpoint"), m))?,
-                ),
-                None => None,
-            };
+            if let Some(e) = &p.endpoint {
+                check_endpoint(e.get_ref())
+                    .map_err(|m| src.err(e.span(), &field("endpoint"), m))?;
+            }
             let mut allowed_ips = Vec::new();
             for a in &p.allowed_ips {
                 allowed_ips.push(a.get_ref().parse::<Cidr>().map_err(|e| {
@@ -414,17 +458,6 @@ impl VpnConfig {
                     "missing: list the networks this peer may use, e.g. allowed_ips = [\"10.8.0.2/32\"]",
                 ));
             }
-            let psk_file = p
-                .preshared_key_file
-                .as_ref()
-                .map(|f| src.resolve(f.get_ref()));
-            let psk = match &p.preshared_key_file {
-                Some(f) => Some(
-                    read_psk(&src.resolve(f.get_ref()))
-                        .map_err(|m| src.err(f.span(), &field("preshared_key_file"), m))?,
-                ),
-                None => None,
-            };
             let persistent_keepalive = match &p.persistent_keepalive {
                 Some(k) if *k.get_ref() == 0 => None,
                 Some(k) if *k.get_ref() > 3600 => {
@@ -437,13 +470,20 @@ impl VpnConfig {
                 Some(k) => Some(Duration::from_secs(*k.get_ref())),
                 None => None,
             };
-            peers.push(PeerEntry {
+            peers.push(PeerText {
                 public_key,
-                endpoint,
-                endpoint_host,
+                public_key_line: src.line_of(p.public_key.span().start),
+                endpoint_line: p
+                    .endpoint
+                    .as_ref()
+                    .map_or(0, |e| src.line_of(e.span().start)),
+                endpoint: p.endpoint.map(Spanned::into_inner),
                 allowed_ips,
-                psk,
-                psk_file,
+                psk_line: p
+                    .preshared_key_file
+                    .as_ref()
+                    .map_or(0, |f| src.line_of(f.span().start)),
+                preshared_key_file: p.preshared_key_file.map(|f| src.resolve(f.get_ref())),
                 persistent_keepalive,
             });
         }
@@ -520,8 +560,10 @@ impl VpnConfig {
         };
 
         Ok(Self {
+            path: path.to_path_buf(),
             name,
-            identity: Arc::new(identity),
+            private_key_file,
+            private_key_line,
             addresses,
             listen_port: iface.listen_port.map_or(DEFAULT_PORT, |p| p.into_inner()),
             mtu,
@@ -534,6 +576,85 @@ impl VpnConfig {
             fwmark,
             hooks,
             user,
+            peers,
+        })
+    }
+
+    fn err(&self, line: usize, field: String, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: self.path.clone(),
+            line,
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// Read the private key and the pre-shared keys, and resolve endpoints given as names:
+    /// the configuration [`VpnConfig::parse`] returns. Stops at the first failure, located at
+    /// the line of the field that names the file or the endpoint.
+    pub fn resolve(self) -> Result<VpnConfig, ConfigError> {
+        let identity = read_private_key(&self.private_key_file).map_err(|e| {
+            self.err(
+                self.private_key_line,
+                "interface.private_key_file".into(),
+                format!(
+                    "{e} (make one with: sessionkey keygen -o {})",
+                    self.private_key_file.display()
+                ),
+            )
+        })?;
+        let mut peers = Vec::with_capacity(self.peers.len());
+        for (i, p) in self.peers.iter().enumerate() {
+            let field = |f: &str| format!("peer[{}].{f}", i + 1);
+            if p.public_key == *identity.public_key() {
+                return Err(self.err(
+                    p.public_key_line,
+                    field("public_key"),
+                    "this is the interface's own key; give the peer's public key",
+                ));
+            }
+            let endpoint = match &p.endpoint {
+                Some(e) => Some(
+                    resolve_endpoint(e)
+                        .map_err(|m| self.err(p.endpoint_line, field("endpoint"), m))?,
+                ),
+                None => None,
+            };
+            let psk = match &p.preshared_key_file {
+                Some(f) => Some(
+                    read_psk(f)
+                        .map_err(|m| self.err(p.psk_line, field("preshared_key_file"), m))?,
+                ),
+                None => None,
+            };
+            peers.push(PeerEntry {
+                public_key: p.public_key,
+                endpoint,
+                endpoint_host: p
+                    .endpoint
+                    .clone()
+                    .filter(|e| e.parse::<SocketAddr>().is_err()),
+                allowed_ips: p.allowed_ips.clone(),
+                psk,
+                psk_file: p.preshared_key_file.clone(),
+                persistent_keepalive: p.persistent_keepalive,
+            });
+        }
+        Ok(VpnConfig {
+            name: self.name,
+            identity: Arc::new(identity),
+            addresses: self.addresses,
+            listen_port: self.listen_port,
+            mtu: self.mtu,
+            hybrid: self.hybrid,
+            suite: self.suite,
+            rekey_interval: self.rekey_interval,
+            offload: self.offload,
+            routes: self.routes,
+            table: self.table,
+            fwmark: self.fwmark,
+            hooks: self.hooks,
+            user: self.user,
             peers,
         })
     }
@@ -553,15 +674,22 @@ fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn resolve_endpoint(s: &str) -> Result<SocketAddr, String> {
-    if let Ok(a) = s.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    if !s.contains(':') {
+/// What can be checked of an endpoint without resolving it: an address, or a name with a
+/// port.
+fn check_endpoint(s: &str) -> Result<(), String> {
+    if s.parse::<SocketAddr>().is_err() && !s.contains(':') {
         return Err(format!(
             "{s:?} has no port; write HOST:PORT, e.g. \"198.51.100.2:{DEFAULT_PORT}\""
         ));
     }
+    Ok(())
+}
+
+fn resolve_endpoint(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    check_endpoint(s)?;
     s.to_socket_addrs()
         .map_err(|e| format!("cannot resolve {s:?}: {e}"))?
         .next()
@@ -582,16 +710,14 @@ fn read_psk(path: &Path) -> Result<Psk, String> {
     let text = Zeroizing::new(
         std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?,
     );
-    let bytes = Zeroizing::new(STANDARD.decode(text.trim()).map_err(|_| {
-        format!(
+    let key = crate::psk::decode(&text).map_err(|e| match e {
+        PskTextError::NotBase64 => format!(
             "{} is not base64; make one with: (umask 077; head -c 32 /dev/urandom | base64 > FILE)",
             path.display()
-        )
-    })?);
-    let arr: [u8; 32] = bytes[..]
-        .try_into()
-        .map_err(|_| format!("{} must hold exactly 32 bytes", path.display()))?;
-    Ok(Psk::from_bytes(arr))
+        ),
+        PskTextError::Length(_) => format!("{} must hold exactly 32 bytes", path.display()),
+    })?;
+    Ok(Psk::from_bytes(*key))
 }
 
 #[cfg(test)]
@@ -675,6 +801,48 @@ mod tests {
     }
 
     #[test]
+    fn the_text_step_reads_no_file_and_resolve_locates_what_it_reads() {
+        let (dir, peer) = setup("text");
+        let text = format!(
+            "[interface]\nprivate_key_file = \"missing.key\"\naddress = [\"10.8.0.1/24\"]\n\n\
+             [[peer]]\npublic_key = \"{peer}\"\nendpoint = \"vpn.example.invalid:51820\"\n\
+             allowed_ips = [\"10.8.0.2/32\"]\npreshared_key_file = \"missing.psk\"\n"
+        );
+        let path = dir.0.join("wg-test.toml");
+        let t = VpnConfigText::parse(&path, &text).unwrap();
+        assert_eq!(t.private_key_file, dir.0.join("missing.key"));
+        assert_eq!(
+            t.peers[0].preshared_key_file,
+            Some(dir.0.join("missing.psk"))
+        );
+        assert_eq!(
+            t.peers[0].endpoint.as_deref(),
+            Some("vpn.example.invalid:51820")
+        );
+        let e = t.resolve().unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (2, "interface.private_key_file")
+        );
+        // A mistake in the text is reported before the missing key file.
+        let e = parse(&dir, &text.replace("10.8.0.2/32", "10.8.0.2/33")).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (8, "peer[1].allowed_ips"));
+        // With the key there, the missing pre-shared key is next (an address endpoint: no
+        // DNS).
+        let text = text
+            .replace("missing.key", "me.key")
+            .replace("vpn.example.invalid", "192.0.2.2");
+        let e = VpnConfigText::parse(&path, &text)
+            .unwrap()
+            .resolve()
+            .unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (9, "peer[1].preshared_key_file")
+        );
+    }
+
+    #[test]
     fn mistakes_name_line_and_field() {
         let (dir, peer) = setup("bad");
         let head = "[interface]\nprivate_key_file = \"me.key\"\naddress = [\"10.8.0.1/24\"]\n";
@@ -703,6 +871,8 @@ mod tests {
                 "interface.address",
             ),
             (format!("{head}lisen_port = 5\n"), 4, "lisen_port"),
+            // Found by the vpn_config fuzz target: an empty key made an empty field name.
+            (format!("\"\" = 1\n{head}"), 1, "\"\""),
             (format!("{head}routes = \"yes\"\n"), 4, "interface.routes"),
             (format!("{head}table = \"a b\"\n"), 4, "interface.table"),
             (format!("{head}fwmark = -1\n"), 4, "interface.fwmark"),

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-pub use config::{ConfigError, Hooks, PeerEntry, VpnConfig};
+pub use config::{ConfigError, Hooks, PeerEntry, PeerText, VpnConfig, VpnConfigText};
 pub use control::{down, set, show, syncconf, vpn_control_dir, NotRunning};
 pub use device::PeerChange;
 pub use tun::TunError;

@@ -1,0 +1,7 @@
+//! `trust_files`: see `sessionkey_proto_fuzz::trust` (fuzz/src/trust.rs) for the input format and
+//! the properties checked.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| sessionkey_proto_fuzz::trust::run(data));
