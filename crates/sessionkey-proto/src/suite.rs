@@ -309,6 +309,7 @@ impl KeyState {
         })
     }
 
+    #[inline]
     fn nonce(&self, counter: u64) -> [u8; NONCE_LEN] {
         record_nonce(&self.iv, counter)
     }
@@ -345,6 +346,7 @@ impl SealingKey {
 
     /// Encrypt `in_out` in place, authenticating `aad` too, and return the tag. Refuses with
     /// [`Error::LimitReached`] once the suite's confidentiality limit would be passed.
+    #[inline]
     pub fn seal_in_place(&mut self, aad: &[u8], in_out: &mut [u8]) -> Result<[u8; TAG_LEN], Error> {
         let suite = self.state.suite;
         let limits = self.state.limits;
@@ -434,6 +436,7 @@ impl OpeningKey {
     /// The receiver enforces the suite's confidentiality limits too: a peer that seals past
     /// them under one key (it should have rotated at half) is refused, so a broken or hostile
     /// sender cannot make this side accept records under a worn-out key.
+    #[inline]
     pub fn open_in_place<'a>(
         &mut self,
         aad: &[u8],
@@ -469,6 +472,7 @@ impl OpeningKey {
 
     /// Open the record with explicit counter `counter` (datagrams carry it; streams do not).
     /// The implicit counter is not touched; a failure counts against the integrity limit.
+    #[inline]
     pub(crate) fn open_at<'a>(
         &mut self,
         counter: u64,

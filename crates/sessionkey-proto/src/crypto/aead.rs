@@ -55,6 +55,7 @@ impl AeadKey {
 
     /// Encrypt `in_out` in place and return the tag. The caller guarantees `nonce` is unique
     /// under this key.
+    #[inline]
     pub(crate) fn seal_in_place(
         &self,
         nonce: [u8; NONCE_LEN],
@@ -72,6 +73,7 @@ impl AeadKey {
 
     /// Decrypt `ciphertext || tag` in place; returns the plaintext, a prefix of `in_out`.
     /// On failure the plaintext is never released.
+    #[inline]
     pub(crate) fn open_in_place<'a>(
         &self,
         nonce: [u8; NONCE_LEN],

@@ -81,6 +81,7 @@ pub(crate) enum Frame {
 
 /// Find the first frame in `buf`. Fails as soon as the length prefix is known to be out of
 /// `min..=max`.
+#[inline]
 pub(crate) fn frame(buf: &[u8], min: usize, max: usize) -> Result<Frame, Error> {
     let Some(prefix) = buf.get(..LEN_PREFIX) else {
         return Ok(Frame::Incomplete(LEN_PREFIX));
@@ -103,6 +104,7 @@ pub(crate) fn frame(buf: &[u8], min: usize, max: usize) -> Result<Frame, Error> 
 }
 
 /// Write a frame length prefix.
+#[inline]
 pub(crate) fn write_prefix(out: &mut [u8], body_len: usize) {
     debug_assert!(body_len <= MAX_BODY);
     out[..LEN_PREFIX].copy_from_slice(&(body_len as u16).to_be_bytes());

@@ -128,6 +128,7 @@ impl Sealer {
 
     /// Seal the plaintext at `buf[LEN_PREFIX..LEN_PREFIX + plain]` into a whole frame in
     /// `buf`; returns the frame length.
+    #[inline]
     pub(crate) fn seal_frame(&mut self, buf: &mut [u8], plain: usize) -> Result<usize, Error> {
         let body = body_len(self.suite(), plain);
         let total = LEN_PREFIX + body;
@@ -212,6 +213,7 @@ impl Opener {
 
     /// Open a whole frame (`prefix || body`) in place; returns the plaintext length (the
     /// plaintext starts at `LEN_PREFIX`).
+    #[inline]
     pub(crate) fn open_frame(&mut self, frame: &mut [u8]) -> Result<usize, Error> {
         let (prefix, body) = frame.split_at_mut(LEN_PREFIX);
         match self {

@@ -66,6 +66,7 @@ impl SendDirection {
 
     /// Seal the record whose content is already at `buf[LEN_PREFIX..LEN_PREFIX + len]`;
     /// returns the frame length.
+    #[inline]
     pub(crate) fn seal_in_place(
         &mut self,
         kind: RecordType,
@@ -163,6 +164,7 @@ impl RecvDirection {
 
     /// Open a whole frame (`prefix || body`) in place; returns the record type and the
     /// content's length (the content starts at `LEN_PREFIX`).
+    #[inline]
     pub(crate) fn open_in_place(&mut self, frame: &mut [u8]) -> Result<(RecordType, usize), Error> {
         let n = self.key.open_frame(frame)?;
         let plain = &mut frame[LEN_PREFIX..LEN_PREFIX + n];

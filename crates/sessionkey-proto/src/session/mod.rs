@@ -616,8 +616,10 @@ impl Session {
             }
             .into());
         }
-        let result = match &mut self.state {
+        let result = match &self.state {
             State::Handshaking(_) => self.transmit_handshake(now, out),
+            // The common case, checked once per record: nothing to send.
+            State::Established(_) if !self.must_transmit_first() => return Ok(None),
             State::Established(_) => self.transmit_control(now, out),
             State::Confirming(_) | State::Closed(_) => Ok(None),
         };
@@ -629,6 +631,7 @@ impl Session {
         }
     }
 
+    #[inline(never)] // rare: keeps the per-record path small
     fn transmit_handshake(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error> {
         let State::Handshaking(hs) = &mut self.state else {
             return Ok(None);
@@ -701,11 +704,13 @@ impl Session {
         self.establish(now, state, header, wrote_last)
     }
 
+    #[inline(never)] // rare: keeps the per-record path small
     fn transmit_control(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error> {
         let cfg_records = self.config.key_update_records;
         let cfg_bytes = self.config.key_update_bytes;
         let rehandshake_bytes = self.config.rehandshake_bytes;
-        let deadline = now + self.config.rehandshake_deadline;
+        // Computed where a deadline is armed, not per record.
+        let deadline = || now + self.config.rehandshake_deadline;
         let State::Established(est) = &mut self.state else {
             return Ok(None);
         };
@@ -746,7 +751,7 @@ impl Session {
                 if est.recv.open {
                     est.rekey = Rekey::AwaitingFinish { recv };
                     self.timers
-                        .set_if_unset(Timer::RehandshakeDeadline, deadline);
+                        .set_if_unset(Timer::RehandshakeDeadline, deadline());
                 } else {
                     // The requester closed after asking: it will send no finish, and its
                     // records stay under the old key.
@@ -786,7 +791,7 @@ impl Session {
                         .seal_in_place(RecordType::RehandshakeRequest, out, request.len())?;
                 est.rekey = requested;
                 self.timers
-                    .set_if_unset(Timer::RehandshakeDeadline, deadline);
+                    .set_if_unset(Timer::RehandshakeDeadline, deadline());
                 n
             }
             other => {
@@ -837,6 +842,7 @@ impl Session {
     }
 
     /// Whether [`poll_transmit`](Self::poll_transmit) has something to send.
+    #[inline]
     fn must_transmit_first(&self) -> bool {
         let State::Established(est) = &self.state else {
             return false;
@@ -855,6 +861,7 @@ impl Session {
                 .wants_update(self.config.key_update_records, self.config.key_update_bytes)
     }
 
+    #[inline]
     fn check_can_send(&self) -> Result<(), Error> {
         match &self.state {
             State::Established(est) if est.send.open && !est.pending.close => {
@@ -885,10 +892,6 @@ impl Session {
     ) -> Result<usize, Error> {
         let _ = now;
         self.check_can_send()?;
-        let max = self.record_sizes().0;
-        if len > max {
-            return Err(ApiMisuse::PayloadTooLarge { len, max }.into());
-        }
         if self.must_transmit_first() {
             return Err(
                 ApiMisuse::OutOfOrder("seal data before the pending control records").into(),
@@ -897,6 +900,10 @@ impl Session {
         let State::Established(est) = &mut self.state else {
             return Err(ApiMisuse::NotEstablished.into());
         };
+        let max = est.send.record_sizes().0;
+        if len > max {
+            return Err(ApiMisuse::PayloadTooLarge { len, max }.into());
+        }
         match est.send.seal_in_place(RecordType::Data, buf, len) {
             Ok(n) => Ok(n),
             Err(e @ Error::LimitReached(_)) => self.fail_with(e),
@@ -970,6 +977,7 @@ impl Session {
         self.config.max_record_len.min(record::MAX_BODY)
     }
 
+    #[inline(never)] // rare: keeps the per-record path small
     fn read_handshake(&mut self, now: Instant, buf: &mut [u8]) -> Result<Received, Error> {
         let len = match record::frame(buf, 1, self.max_body())? {
             Frame::Incomplete(needed) => return Ok(Received::Incomplete { needed }),
@@ -1085,6 +1093,7 @@ impl Session {
     }
 
     /// The responder's first record from the initiator must be its key confirmation.
+    #[inline(never)] // rare: keeps the per-record path small
     fn read_confirmation(&mut self, now: Instant, buf: &mut [u8]) -> Result<Received, Error> {
         let max = self.max_body();
         let State::Confirming(est) = &mut self.state else {
@@ -1112,6 +1121,7 @@ impl Session {
     }
 
     /// After a clean close: the peer's acknowledgement of this side's close, nothing else.
+    #[inline(never)] // rare: keeps the per-record path small
     fn read_trailing_ack(&mut self, buf: &mut [u8]) -> Result<Received, Error> {
         let max = self.max_body();
         let Some(trailing) = self.trailing.as_mut() else {
@@ -1145,30 +1155,11 @@ impl Session {
 
     fn read_record(&mut self, now: Instant, buf: &mut [u8]) -> Result<Received, Error> {
         let max = self.max_body();
-        let role = self.role;
-        let deadline = now + self.config.rehandshake_deadline;
         let State::Established(est) = &mut self.state else {
             unreachable!()
         };
         if !est.recv.open {
-            if buf.is_empty() {
-                return Ok(Received::Incomplete { needed: 1 });
-            }
-            // Except one: when both closed at once, the peer's acknowledgement of this
-            // side's close follows its own close (PROTOCOL.md 9.3), and can arrive before
-            // this side sent its own acknowledgement.
-            if est.send.open || self.acknowledged.is_some() {
-                return Err(
-                    PeerMisbehaved::UnexpectedRecord("record after the peer's close").into(),
-                );
-            }
-            let sent = est.closed_totals;
-            let (received, acked) = match open_ack(&mut est.recv, buf, max)? {
-                (received, Some(acked)) => (received, acked),
-                (incomplete, None) => return Ok(incomplete),
-            };
-            self.acknowledge(sent, acked)?;
-            return Ok(received);
+            return self.read_after_close(buf, max);
         }
         let len = match record::frame(buf, MIN_RECORD_BODY, max)? {
             Frame::Incomplete(needed) => return Ok(Received::Incomplete { needed }),
@@ -1180,6 +1171,56 @@ impl Session {
         if let Some(idle) = self.config.idle_timeout {
             self.timers.set(Timer::Idle, now + idle);
         }
+        if kind == RecordType::Data {
+            let content = LEN_PREFIX..LEN_PREFIX + clen;
+            return Ok(Received::Data { frame_len, content });
+        }
+        self.read_control(now, buf, frame_len, kind, clen, first)
+    }
+
+    /// A record after the peer's close: only the acknowledgement of this side's close.
+    // Out of line, like `read_control`: the per-record path stays small.
+    #[inline(never)]
+    fn read_after_close(&mut self, buf: &mut [u8], max: usize) -> Result<Received, Error> {
+        let State::Established(est) = &mut self.state else {
+            unreachable!()
+        };
+        if buf.is_empty() {
+            return Ok(Received::Incomplete { needed: 1 });
+        }
+        // Except one: when both closed at once, the peer's acknowledgement of this
+        // side's close follows its own close (PROTOCOL.md 9.3), and can arrive before
+        // this side sent its own acknowledgement.
+        if est.send.open || self.acknowledged.is_some() {
+            return Err(PeerMisbehaved::UnexpectedRecord("record after the peer's close").into());
+        }
+        let sent = est.closed_totals;
+        let (received, acked) = match open_ack(&mut est.recv, buf, max)? {
+            (received, Some(acked)) => (received, acked),
+            (incomplete, None) => return Ok(incomplete),
+        };
+        self.acknowledge(sent, acked)?;
+        Ok(received)
+    }
+
+    /// A control record, already opened in place: its content is at
+    /// `buf[LEN_PREFIX..LEN_PREFIX + clen]`.
+    #[inline(never)]
+    fn read_control(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        frame_len: usize,
+        kind: RecordType,
+        clen: usize,
+        first: bool,
+    ) -> Result<Received, Error> {
+        let role = self.role;
+        // Computed where a deadline is armed, not per record.
+        let deadline = || now + self.config.rehandshake_deadline;
+        let State::Established(est) = &mut self.state else {
+            unreachable!()
+        };
         let content = LEN_PREFIX..LEN_PREFIX + clen;
         let empty = |what| {
             if clen == 0 {
@@ -1256,7 +1297,7 @@ impl Session {
                         };
                         est.pending.rehandshake = false;
                         self.timers
-                            .set_if_unset(Timer::RehandshakeDeadline, deadline);
+                            .set_if_unset(Timer::RehandshakeDeadline, deadline());
                     }
                     _ => {
                         return Err(PeerMisbehaved::UnexpectedRecord(
