@@ -30,7 +30,9 @@
 #   N=3               rounds (medians are taken over them)
 #   SK_SUITE=aes-256-gcm   --suite for the sessionkey tunnel (aes-256-gcm, aes-128-gcm,
 #                     chacha20-poly1305); the headline row
-#   SK_EXTRA_SUITES=""     more suites to measure as extra rows (not in the ratio)
+#   SK_EXTRA_SUITES=""     more suites to measure as extra rows (not in the ratio); with
+#                          both aes-256-gcm and chacha20-poly1305 measured, a line
+#                          chacha-ratio-aes: sessionkey's ChaCha20 / AES-GCM, and ssh's
 #   SK_TLS=1               also measure the TLS transport (row "sessionkey tunnel, tls ...",
 #                          and a line tls-ratio-stunnel4: sessionkey TLS / stunnel4)
 #   SK_CLASSIC=0      1: --classic (X25519 only; only the handshake differs)
@@ -488,6 +490,14 @@ TABLE=$WORK/table.md
 		metrics_g=$(awk -F'\t' -v l="$HEADLINE, metrics scraped every 1 s" '$2 == l { print $3 }' "$SUMMARY")
 		echo "sessionkey ($SK_SUITE) with metrics scraped every 1 s: ${metrics_g:-FAIL} Gbit/s; without: $SK_G Gbit/s"
 		echo "metrics-ratio-on-off: $(ratio "${metrics_g:-0}" "$SK_G")"
+	fi
+	chacha_g=$(awk -F'\t' -v l="sessionkey tunnel, chacha20-poly1305$CLASSIC_TAG" '$2 == l { print $3 }' "$SUMMARY")
+	aes_g=$(awk -F'\t' -v l="sessionkey tunnel, aes-256-gcm$CLASSIC_TAG" '$2 == l { print $3 }' "$SUMMARY")
+	if [ -n "$chacha_g" ] && [ -n "$aes_g" ]; then
+		# ssh's default cipher is chacha20-poly1305@openssh.com: the same cipher pair in a peer.
+		ssh_chacha=$(awk -F'\t' '$2 ~ /^ssh -L.*default cipher/ && $3 != "FAIL" { print $3; exit }' "$SUMMARY")
+		ssh_aes=$(awk -F'\t' '$2 ~ /^ssh -L.*aes256-gcm/ && $3 != "FAIL" { print $3; exit }' "$SUMMARY")
+		echo "chacha-ratio-aes: $(ratio "$chacha_g" "$aes_g") (sessionkey chacha20-poly1305 / aes-256-gcm); ssh: $(ratio "${ssh_chacha:-0}" "${ssh_aes:-0}") (default chacha20-poly1305 / aes256-gcm)"
 	fi
 	echo "total wall time: ${SECONDS}s"
 } >"$TABLE"
