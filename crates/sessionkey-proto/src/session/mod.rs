@@ -1179,8 +1179,7 @@ impl Session {
     }
 
     /// A record after the peer's close: only the acknowledgement of this side's close.
-    // Out of line, like `read_control`: the per-record path stays small.
-    #[inline(never)]
+    #[inline(never)] // rare: keeps the per-record path small
     fn read_after_close(&mut self, buf: &mut [u8], max: usize) -> Result<Received, Error> {
         let State::Established(est) = &mut self.state else {
             unreachable!()
@@ -1205,7 +1204,7 @@ impl Session {
 
     /// A control record, already opened in place: its content is at
     /// `buf[LEN_PREFIX..LEN_PREFIX + clen]`.
-    #[inline(never)]
+    #[inline(never)] // rare: keeps the per-record path small
     fn read_control(
         &mut self,
         now: Instant,
