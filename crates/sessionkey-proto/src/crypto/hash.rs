@@ -31,6 +31,17 @@ impl HashChoice {
     pub(crate) fn hash2(self, a: &[u8], b: &[u8]) -> [u8; HASH_LEN] {
         match self {
             Self::Sha256 => {
+                // Most calls hash h and a key or a tag: one-shot on a stack copy is cheaper
+                // than aws-lc-rs's `Context`, which allocates its state on the heap.
+                const SMALL: usize = 128;
+                if a.len() + b.len() <= SMALL {
+                    let mut buf = [0u8; SMALL];
+                    buf[..a.len()].copy_from_slice(a);
+                    buf[a.len()..a.len() + b.len()].copy_from_slice(b);
+                    return to_array(
+                        digest::digest(&digest::SHA256, &buf[..a.len() + b.len()]).as_ref(),
+                    );
+                }
                 let mut ctx = digest::Context::new(&digest::SHA256);
                 ctx.update(a);
                 ctx.update(b);

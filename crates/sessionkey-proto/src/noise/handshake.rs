@@ -153,7 +153,7 @@ impl<'a> HandshakeBuilder<'a> {
             .into());
         }
 
-        let mut symmetric = SymmetricState::initialize(&p.to_string(), p.cipher, p.hash);
+        let mut symmetric = p.with_name(|name| SymmetricState::initialize(name, p.cipher, p.hash));
         symmetric.mix_hash(self.prologue);
         // Pre-messages: the initiator's first, then the responder's (section 7.1).
         let local = self.s.as_ref().map(|s| *s.public_key().as_bytes());
