@@ -8,7 +8,8 @@
 //! they came from), `SecretKey`, `Psk`, the messaging ratchet's root, chain and message
 //! keys, and whole established stream sessions (after key updates and a re-handshake),
 //! whose live traffic secrets are recognised by their key fingerprints (section 10 of
-//! docs/PROTOCOL.md) without the test knowing them. Only heap memory is seen: stack copies
+//! docs/PROTOCOL.md) without the test knowing them; and Noise's chaining key, which
+//! must leave nothing behind while the key schedule runs. Only heap memory is seen: stack copies
 //! made by moves are out of reach of any such test.
 //!
 //! This file holds the only `unsafe` of the crate's tests: a `GlobalAlloc` cannot be
@@ -88,20 +89,26 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// Drop `value` while capturing what its drop frees; the freed bytes.
 fn freed_by<T>(value: T) -> Vec<u8> {
+    freed_while(|| drop(value)).1
+}
+
+/// Run `f` while capturing what it frees; its result and the freed bytes.
+fn freed_while<R>(f: impl FnOnce() -> R) -> (R, Vec<u8>) {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     CAPTURED_LEN.store(0, Ordering::SeqCst);
     WATCHING.with(|w| w.set(true));
-    drop(value);
+    let result = f();
     WATCHING.with(|w| w.set(false));
     let len = CAPTURED_LEN.load(Ordering::SeqCst);
     assert!(
         len <= CAPACITY,
         "{len} bytes freed, more than the {CAPACITY} captured"
     );
-    CAPTURED[..len]
+    let freed = CAPTURED[..len]
         .iter()
         .map(|b| b.load(Ordering::Relaxed))
-        .collect()
+        .collect();
+    (result, freed)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -239,4 +246,55 @@ fn a_dropped_session_leaves_no_traffic_secret_behind() {
             "{pattern:?} {suite}: a dropped server Session left a traffic secret in freed memory"
         );
     }
+}
+
+#[test]
+fn the_noise_key_schedule_leaves_no_chaining_key_behind() {
+    use aws_lc_rs::hmac::{sign, Key, HMAC_SHA256};
+    use sessionkey_proto::crypto::SystemRandom;
+    use sessionkey_proto::keys::Identity;
+    use sessionkey_proto::noise::HandshakeBuilder;
+    use std::sync::Arc;
+
+    // Split's first output from a candidate chaining key: HMAC(HMAC(ck, ""), 0x01).
+    let split_key = |ck: &[u8]| {
+        let temp = sign(&Key::new(HMAC_SHA256, ck), &[]);
+        sign(&Key::new(HMAC_SHA256, temp.as_ref()), &[1])
+    };
+    let server = Arc::new(Identity::generate(&mut SystemRandom).unwrap());
+    let client = Arc::new(Identity::generate(&mut SystemRandom).unwrap());
+    let params = "Noise_IKhfs_25519+MLKEM768_AESGCM_SHA256".parse().unwrap();
+    let mut initiator = HandshakeBuilder::new(params)
+        .local_static(client)
+        .remote_static(*server.public_key())
+        .build_initiator()
+        .unwrap();
+    let mut responder = HandshakeBuilder::new(params)
+        .local_static(server)
+        .build_responder()
+        .unwrap();
+    let (mut msg, mut payload) = (vec![0; 4096], vec![0; 4096]);
+    let n = initiator.write_message(&[], &mut msg).unwrap();
+    responder.read_message(&msg[..n], &mut payload).unwrap();
+    let n = responder.write_message(&[], &mut msg).unwrap();
+    initiator.read_message(&msg[..n], &mut payload).unwrap();
+    // Split's HKDF runs under the final chaining key, from which both transport keys come.
+    let (split, freed) = freed_while(|| initiator.split().unwrap());
+    let k1 = *split.initiator_to_responder.expose();
+    // The chaining key is recognised by the key it gives. This failed while Noise's HKDF
+    // used aws-lc-rs's `hkdf::Salt`, which copies its value to the heap and frees it as is.
+    assert!(
+        !freed.windows(32).any(|w| split_key(w).as_ref() == k1),
+        "Split left the chaining key in freed memory"
+    );
+}
+
+#[test]
+fn the_root_ratchet_leaves_no_root_key_behind() {
+    // The root key is KDF_RK's HKDF salt: a heap copy of it, freed as is, would be a secret
+    // left behind by every ratchet step.
+    let bytes = [0x3eu8; 32];
+    let root = RootKey::from_bytes(bytes);
+    let (_, freed) = freed_while(|| root.ratchet(&[0x11; 32]));
+    assert!(!contains(&freed, &bytes), "RootKey::ratchet");
 }

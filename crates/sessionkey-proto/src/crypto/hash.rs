@@ -31,6 +31,17 @@ impl HashChoice {
     pub(crate) fn hash2(self, a: &[u8], b: &[u8]) -> [u8; HASH_LEN] {
         match self {
             Self::Sha256 => {
+                // Most calls hash h and a key or a tag: one-shot on a stack copy is cheaper
+                // than aws-lc-rs's `Context`, which allocates its state on the heap.
+                const SMALL: usize = 128;
+                if a.len() + b.len() <= SMALL {
+                    let mut buf = [0u8; SMALL];
+                    buf[..a.len()].copy_from_slice(a);
+                    buf[a.len()..a.len() + b.len()].copy_from_slice(b);
+                    return to_array(
+                        digest::digest(&digest::SHA256, &buf[..a.len() + b.len()]).as_ref(),
+                    );
+                }
                 let mut ctx = digest::Context::new(&digest::SHA256);
                 ctx.update(a);
                 ctx.update(b);
@@ -58,7 +69,7 @@ impl HashChoice {
 
     /// Noise's HKDF(chaining_key, input_key_material, n), for n = 2 or 3 outputs. For
     /// SHA-256 this is exactly RFC 5869 (extract with the chaining key as salt, expand with
-    /// empty info), done by aws-lc in one pass; BLAKE2s follows section 4.3's HMAC steps.
+    /// empty info), done by aws-lc; BLAKE2s follows section 4.3's HMAC steps.
     pub(crate) fn hkdf<const N: usize>(
         self,
         chaining_key: &[u8; HASH_LEN],
@@ -67,17 +78,10 @@ impl HashChoice {
         debug_assert!(N == 2 || N == 3);
         match self {
             Self::Sha256 => {
-                use aws_lc_rs::hkdf::{KeyType, Salt, HKDF_SHA256};
-                struct Len(usize);
-                impl KeyType for Len {
-                    fn len(&self) -> usize {
-                        self.0
-                    }
-                }
+                // RFC 5869 with the chaining key as salt and empty info.
                 let mut okm = Zeroizing::new([0u8; 3 * HASH_LEN]);
                 let okm = &mut okm[..N * HASH_LEN];
-                Salt::new(HKDF_SHA256, chaining_key)
-                    .extract(ikm)
+                hkdf_sha256_extract(chaining_key, ikm)
                     .expand(&[], Len(okm.len()))
                     .and_then(|k| k.fill(okm))
                     .unwrap_or_else(|_| unreachable!("at most 96 bytes of HKDF output"));
@@ -135,14 +139,31 @@ pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
 }
 
+/// An HKDF output length.
+struct Len(usize);
+
+impl aws_lc_rs::hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+/// HKDF-SHA256-Extract (RFC 5869): HMAC(salt, ikm), as a PRK to expand.
+///
+/// Not aws-lc-rs's `hkdf::Salt`: it keeps a heap copy of the salt and frees it without
+/// zeroizing it, and salts here are often secret (Noise's chaining key, the ratchets' root
+/// keys). aws-lc cleanses the HMAC key, and `Prk` zeroizes its copy of the result.
+pub(crate) fn hkdf_sha256_extract(salt: &[u8], ikm: &[u8]) -> aws_lc_rs::hkdf::Prk {
+    use aws_lc_rs::hmac::{sign_to_buffer, Key, HMAC_SHA256};
+    let mut prk = Zeroizing::new([0u8; HASH_LEN]);
+    sign_to_buffer(&Key::new(HMAC_SHA256, salt), ikm, &mut prk[..])
+        .map(|_| ())
+        .unwrap_or_else(|_| unreachable!("HMAC-SHA256 into a 32-byte buffer"));
+    aws_lc_rs::hkdf::Prk::new_less_safe(aws_lc_rs::hkdf::HKDF_SHA256, &prk[..])
+}
+
 /// HKDF-SHA256 (RFC 5869) expand of a pseudorandom key with a label, into `out`.
 pub(crate) fn hkdf_sha256_expand(prk: &[u8; HASH_LEN], label: &[u8], out: &mut [u8]) {
-    struct Len(usize);
-    impl aws_lc_rs::hkdf::KeyType for Len {
-        fn len(&self) -> usize {
-            self.0
-        }
-    }
     let prk = aws_lc_rs::hkdf::Prk::new_less_safe(aws_lc_rs::hkdf::HKDF_SHA256, prk);
     let info = [label];
     // Lengths used here are at most 255 * 32 bytes, the only failure condition of expand.
@@ -154,15 +175,8 @@ pub(crate) fn hkdf_sha256_expand(prk: &[u8; HASH_LEN], label: &[u8], out: &mut [
 /// HKDF-SHA256 (RFC 5869): extract with `salt`, then expand with `info`, into `out`
 /// (at most 255 * 32 bytes; the callers ask for at most 64).
 pub(crate) fn hkdf_sha256(salt: &[u8], ikm: &[u8], info: &[u8], out: &mut [u8]) {
-    struct Len(usize);
-    impl aws_lc_rs::hkdf::KeyType for Len {
-        fn len(&self) -> usize {
-            self.0
-        }
-    }
     let info = [info];
-    aws_lc_rs::hkdf::Salt::new(aws_lc_rs::hkdf::HKDF_SHA256, salt)
-        .extract(ikm)
+    hkdf_sha256_extract(salt, ikm)
         .expand(&info, Len(out.len()))
         .and_then(|okm| okm.fill(out))
         .unwrap_or_else(|_| unreachable!("HKDF output length within 255 * HashLen"));
@@ -172,8 +186,8 @@ pub(crate) fn hkdf_sha256(salt: &[u8], ikm: &[u8], info: &[u8], out: &mut [u8]) 
 mod tests {
     use super::*;
 
-    // Noise section 4.3's HKDF, step by step with HMAC-SHA256, against the one-pass
-    // RFC 5869 implementation used for SHA-256.
+    // Noise section 4.3's HKDF against its steps written out with aws-lc's HMAC, and against
+    // aws-lc's one-pass RFC 5869 HKDF.
     #[test]
     fn noise_hkdf_matches_section_4_3() {
         use aws_lc_rs::hmac::{sign, Key, HMAC_SHA256};
@@ -188,6 +202,13 @@ mod tests {
         assert_eq!(o1.as_ref(), &a[..]);
         assert_eq!(o2.as_ref(), &b[..]);
         assert_eq!(o3.as_ref(), &c[..]);
+        // And RFC 5869 in aws-lc's one pass: the chaining key as salt, empty info.
+        let mut okm = [0u8; 96];
+        hkdf_sha256(&ck, ikm, &[], &mut okm);
+        assert_eq!(okm[..], [&a[..], &b[..], &c[..]].concat()[..]);
+        let [a2, b2] = HashChoice::Sha256.hkdf::<2>(&ck, &[]);
+        hkdf_sha256(&ck, &[], &[], &mut okm[..64]);
+        assert_eq!(okm[..64], [&a2[..], &b2[..]].concat()[..]);
     }
 
     fn wycheproof(file: &str) -> serde_json::Value {

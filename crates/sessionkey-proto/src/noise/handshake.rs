@@ -153,7 +153,7 @@ impl<'a> HandshakeBuilder<'a> {
             .into());
         }
 
-        let mut symmetric = SymmetricState::initialize(&p.to_string(), p.cipher, p.hash);
+        let mut symmetric = p.with_name(|name| SymmetricState::initialize(name, p.cipher, p.hash));
         symmetric.mix_hash(self.prologue);
         // Pre-messages: the initiator's first, then the responder's (section 7.1).
         let local = self.s.as_ref().map(|s| *s.public_key().as_bytes());
@@ -361,7 +361,8 @@ impl HandshakeState {
     /// message (UDP): a message that fails, or whose payload `check` refuses, leaves this
     /// state exactly as it was, not failed, so a forgery does not end the handshake and
     /// the genuine message can still be read. Costs a copy of the symmetric state (a hash,
-    /// a chaining key and an AEAD key schedule) per call. Retrying is sound: each attempt
+    /// a chaining key and a key; a restored copy rebuilds its AEAD key schedule when next
+    /// used) per call. Retrying is sound: each attempt
     /// runs the same deterministic steps from the same state on attacker-chosen input, as
     /// WireGuard's response handling does, and ML-KEM decapsulation is safe against
     /// chosen ciphertexts.
@@ -372,7 +373,7 @@ impl HandshakeState {
         check: impl FnOnce(&[u8]) -> Result<(), Error>,
     ) -> Result<usize, Error> {
         self.check_turn(false)?;
-        let symmetric = self.symmetric.try_clone()?;
+        let symmetric = self.symmetric.clone_for_retry();
         let (re, rs, had_re1, next_psk) = (self.re, self.rs, self.re1.is_some(), self.next_psk);
         let (index, failed) = (self.message_index, self.failed);
         let result = self

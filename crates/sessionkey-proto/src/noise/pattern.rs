@@ -300,6 +300,33 @@ impl NoiseParams {
     }
 }
 
+impl NoiseParams {
+    /// Run `f` on the protocol name, formatted on the stack: every handshake hashes it, and
+    /// a `String` would be an allocation per handshake.
+    pub(crate) fn with_name<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        /// Longer than any name: "Noise_", a pattern, "hfs", eight "+pskN", the rest.
+        const MAX: usize = 128;
+        struct Buf([u8; MAX], usize);
+        impl fmt::Write for Buf {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                let end = self.1 + s.len();
+                self.0
+                    .get_mut(self.1..end)
+                    .ok_or(fmt::Error)?
+                    .copy_from_slice(s.as_bytes());
+                self.1 = end;
+                Ok(())
+            }
+        }
+        let mut buf = Buf([0; MAX], 0);
+        match fmt::write(&mut buf, format_args!("{self}")) {
+            // Only whole `&str`s were copied in, so the bytes are UTF-8.
+            Ok(()) => f(std::str::from_utf8(&buf.0[..buf.1]).unwrap_or_else(|_| unreachable!())),
+            Err(_) => f(&self.to_string()),
+        }
+    }
+}
+
 impl fmt::Display for NoiseParams {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Noise_{}", self.pattern.name())?;
@@ -446,6 +473,9 @@ mod tests {
             "Noise_NN_25519_AESGCM_SHA256",
         ] {
             assert_eq!(good.parse::<NoiseParams>().unwrap().to_string(), good);
+            good.parse::<NoiseParams>()
+                .unwrap()
+                .with_name(|name| assert_eq!(name, good));
         }
     }
 }

@@ -36,12 +36,18 @@ impl CipherState {
     }
 
     fn initialize_key(&mut self, key: &[u8; 32]) -> Result<(), Error> {
+        self.load_key(key)?;
+        self.n = 0;
+        Ok(())
+    }
+
+    /// Build the AEAD key schedule for `key`; the counter is left as it is.
+    fn load_key(&mut self, key: &[u8; 32]) -> Result<(), Error> {
         let alg = match self.cipher {
             CipherChoice::AesGcm => AeadAlg::Aes256Gcm,
             CipherChoice::ChaChaPoly => AeadAlg::ChaCha20Poly1305,
         };
         self.key = Some(AeadKey::new(alg, key)?);
-        self.n = 0;
         Ok(())
     }
 
@@ -169,10 +175,13 @@ pub(crate) struct SymmetricState {
     hash: HashChoice,
     ck: Zeroizing<[u8; HASH_LEN]>,
     h: [u8; HASH_LEN],
+    /// The CipherState's nonce, and its AEAD key schedule once built from `k`.
     cipher: CipherState,
-    /// The cipher's key bytes and nonce, kept only so the state can be copied for a read
-    /// that must leave no trace when it fails ([`try_clone`](Self::try_clone)). Handshake
-    /// only: transport CipherStates keep no copy.
+    /// The CipherState's key (section 5.2's `k`). Its AEAD key schedule (for AES-GCM, the key
+    /// expansion and GHASH table) is built on the first encryption or decryption under it:
+    /// a key that MixKey replaces before any use (IK's second message: the key after
+    /// `ekem1`, or after `ee` when classical) never costs one, and a copy of the state for
+    /// [`clone_for_retry`](Self::clone_for_retry) needs none.
     k: Option<Zeroizing<[u8; 32]>>,
 }
 
@@ -196,26 +205,38 @@ impl SymmetricState {
     }
 
     /// A copy, to restore if a message read into this state fails.
-    pub(crate) fn try_clone(&self) -> Result<Self, Error> {
-        let mut cipher = match &self.k {
-            Some(k) => CipherState::with_key(self.cipher.cipher, k)?,
-            None => CipherState::empty(self.cipher.cipher),
-        };
-        cipher.n = self.cipher.n;
-        Ok(Self {
+    pub(crate) fn clone_for_retry(&self) -> Self {
+        Self {
             hash: self.hash,
             ck: self.ck.clone(),
             h: self.h,
-            cipher,
+            cipher: CipherState {
+                cipher: self.cipher.cipher,
+                key: None,
+                n: self.cipher.n,
+            },
             k: self.k.clone(),
-        })
+        }
+    }
+
+    /// The CipherState, with its AEAD key schedule built if it has a key.
+    fn cipher(&mut self) -> Result<&mut CipherState, Error> {
+        if let (Some(k), None) = (&self.k, &self.cipher.key) {
+            self.cipher.load_key(k)?;
+        }
+        Ok(&mut self.cipher)
+    }
+
+    /// InitializeKey (section 5.1), deferred: see `k`.
+    fn initialize_key(&mut self, key: Zeroizing<[u8; 32]>) {
+        self.cipher = CipherState::empty(self.cipher.cipher);
+        self.k = Some(key);
     }
 
     pub(crate) fn mix_key(&mut self, ikm: &[u8]) -> Result<(), Error> {
         let [ck, temp_k] = self.hash.hkdf::<2>(&self.ck, ikm);
         self.ck = ck;
-        self.cipher.initialize_key(&temp_k)?;
-        self.k = Some(Zeroizing::new(*temp_k));
+        self.initialize_key(temp_k);
         Ok(())
     }
 
@@ -227,13 +248,12 @@ impl SymmetricState {
         let [ck, temp_h, temp_k] = self.hash.hkdf::<3>(&self.ck, ikm);
         self.ck = ck;
         self.mix_hash(&temp_h[..]);
-        self.cipher.initialize_key(&temp_k)?;
-        self.k = Some(Zeroizing::new(*temp_k));
+        self.initialize_key(temp_k);
         Ok(())
     }
 
     pub(crate) fn has_key(&self) -> bool {
-        self.cipher.has_key()
+        self.k.is_some()
     }
 
     pub(crate) fn handshake_hash(&self) -> &[u8; HASH_LEN] {
@@ -246,7 +266,7 @@ impl SymmetricState {
         out: &mut [u8],
     ) -> Result<usize, Error> {
         let h = self.h;
-        let len = self.cipher.encrypt_with_ad(&h, plaintext, out)?;
+        let len = self.cipher()?.encrypt_with_ad(&h, plaintext, out)?;
         self.mix_hash(&out[..len]);
         Ok(len)
     }
@@ -257,7 +277,7 @@ impl SymmetricState {
         out: &mut [u8],
     ) -> Result<usize, Error> {
         let h = self.h;
-        let len = self.cipher.decrypt_with_ad(&h, ciphertext, out)?;
+        let len = self.cipher()?.decrypt_with_ad(&h, ciphertext, out)?;
         self.mix_hash(ciphertext);
         Ok(len)
     }

@@ -1,7 +1,7 @@
 //! The session key schedule (docs/PROTOCOL.md section 10): from the handshake's Split() to
 //! per-direction traffic secrets, the one-way key-update ratchet, and re-handshakes.
 
-use aws_lc_rs::hkdf::{self, KeyType, Salt, HKDF_SHA256};
+use aws_lc_rs::hkdf::{self, KeyType, HKDF_SHA256};
 use zeroize::Zeroizing;
 
 use crate::keys::SecretKey;
@@ -33,7 +33,8 @@ fn expand(prk: &hkdf::Prk, label: &[u8]) -> SecretKey {
 /// HKDF-Extract(salt, ikm), then the three labelled secrets.
 fn derive(salt: &[u8], ikm: &[&[u8]]) -> Secrets {
     let ikm: Zeroizing<Vec<u8>> = Zeroizing::new(ikm.concat());
-    let prk = Salt::new(HKDF_SHA256, salt).extract(&ikm);
+    // The salt is a secret after the first exchange (the last rehandshake secret).
+    let prk = crate::crypto::hash::hkdf_sha256_extract(salt, &ikm);
     Secrets {
         initiator_to_responder: expand(&prk, b"sessionkey v1 traffic i2r"),
         responder_to_initiator: expand(&prk, b"sessionkey v1 traffic r2i"),
