@@ -391,7 +391,13 @@ impl Session {
 
     /// The next lifecycle event.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if self.events.is_empty() {
+            // Events are rare (establishment, key updates, the end): an idle session should
+            // not keep the queue's room for four of them (1.1 KiB).
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.
