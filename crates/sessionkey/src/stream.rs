@@ -751,7 +751,9 @@ impl SecureStream<TcpStream> {
         // Stay until the peer acknowledges this side's close (or goes away): closing first
         // would reset the connection under the acknowledgement the peer still owes.
         if self.session.awaits_acknowledgement() && !self.read_eof {
-            match tokio::time::timeout(RELAY_LINGER, self.acknowledged()).await {
+            // Boxed: only a closing session needs this state, and unboxed it would be the
+            // largest part of every relay's future (so of an idle session's task).
+            match Box::pin(tokio::time::timeout(RELAY_LINGER, self.acknowledged())).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::debug!("the close was not acknowledged: {e}"),
                 Err(_) => tracing::debug!("no acknowledgement of the close in {RELAY_LINGER:?}"),
