@@ -146,9 +146,17 @@ fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
         if io.kind() == NotFound {
             return Some(NOINPUT);
         }
+        // The peer is gone. A peer that dies mid-transfer resets the connection, and which
+        // of our calls sees the reset first (a read: ConnectionReset, a write after it:
+        // BrokenPipe) is a race: both mean the same to the user.
         if matches!(
             io.kind(),
-            ConnectionRefused | ConnectionReset | NotConnected | AddrNotAvailable
+            ConnectionRefused
+                | ConnectionReset
+                | ConnectionAborted
+                | BrokenPipe
+                | NotConnected
+                | AddrNotAvailable
         ) {
             return Some(UNAVAILABLE);
         }
@@ -171,5 +179,20 @@ fn tls_exit_code(e: &rustls::Error) -> u8 {
             | A::UnknownCA,
         ) => 77,
         _ => 76,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_gone_mid_transfer_is_unavailable_whichever_call_saw_it() {
+        use std::io::ErrorKind::*;
+        for kind in [ConnectionReset, BrokenPipe, ConnectionAborted] {
+            let e = anyhow::Error::new(std::io::Error::from(kind))
+                .context("the session from the peer failed");
+            assert_eq!(exit_code(&e), 69, "{kind:?}");
+        }
     }
 }
