@@ -20,7 +20,7 @@ use sessionkey_proto::noise::Pattern;
 use sessionkey_proto::session::SessionConfig;
 use sessionkey_proto::suite::Suite;
 use sessionkey_proto::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::admission::{self, Gate, Limits, Reporter};
@@ -30,10 +30,6 @@ use crate::trust::{
     HostKey, KnownPeers, LivePeers, LiveSession, LiveSessions, PeerKey, TrustError,
 };
 use crate::SecureStream;
-
-/// Copy buffer per direction: a whole number of full records, so a full read never leaves
-/// a small tail record (an extra AEAD call, send and wakeup each time).
-const COPY_BUF: usize = 4 * sessionkey_proto::record::MAX_CONTENT;
 
 /// How a client decides the server is the right one.
 #[derive(Debug)]
@@ -647,9 +643,8 @@ pub async fn forward(
 ) {
     let mut stream = match secure {
         Secure::Native(stream) => stream,
-        // Boxed: its copy loops' state would otherwise set the size of every native
-        // session's task too.
-        tls => return Box::pin(forward_copy(tls, plain, name, cut)).await,
+        // Boxed: its state would otherwise set the size of every native session's task too.
+        Secure::Tls(tls) => return Box::pin(forward_tls(tls, plain, name, cut)).await,
     };
     let mut plain = plain;
     let result = tokio::select! {
@@ -663,27 +658,15 @@ pub async fn forward(
     }
 }
 
-/// [`forward`] for a TLS session: a copy loop each way.
-async fn forward_copy(
-    secure: Secure,
-    plain: TcpStream,
+/// [`forward`] for a TLS session: [`TlsStream::relay`].
+async fn forward_tls(
+    mut stream: Box<TlsStream<TcpStream>>,
+    mut plain: TcpStream,
     name: &str,
     cut: impl std::future::Future<Output = ()>,
 ) {
-    let (mut s_read, mut s_write) = tokio::io::split(secure);
-    let (mut p_read, mut p_write) = plain.into_split();
-    // plain -> secure: end of the plain input closes the session's sending direction.
-    let up = async {
-        copy(&mut p_read, &mut s_write).await?;
-        s_write.shutdown().await
-    };
-    // secure -> plain: a clean close (the peer's close record) ends the plain side with FIN.
-    let down = async {
-        copy(&mut s_read, &mut p_write).await?;
-        p_write.shutdown().await
-    };
     let result = tokio::select! {
-        result = async { tokio::try_join!(up, down) } => result.map(drop),
+        result = stream.relay(&mut plain) => result,
         () = cut => Err(cut_error()),
     };
     if let Err(e) = result {
@@ -692,31 +675,8 @@ async fn forward_copy(
         } else {
             tracing::warn!(tunnel = %name, "session ended in error, resetting the connection: {e}");
         }
-        let plain = p_read.reunite(p_write).ok();
-        let secure = s_read.unsplit(s_write);
-        if let Some(p) = plain {
-            abort(p);
-        }
-        abort(secure.into_tcp());
-    }
-}
-
-async fn copy<R, W>(r: &mut R, w: &mut W) -> io::Result<u64>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; COPY_BUF];
-    let mut total = 0;
-    loop {
-        let n = r.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(total);
-        }
-        w.write_all(&buf[..n]).await?;
-        // Interactive traffic must not wait in a send buffer for more to come.
-        w.flush().await?;
-        total += n as u64;
+        abort(plain);
+        abort(stream.into_inner());
     }
 }
 

@@ -405,3 +405,231 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<T> {
         Poll::Ready(r.map_err(|e| this.fail(e)))
     }
 }
+
+/// What a relay buffer holds first, and until a read fills it.
+const RELAY_SMALL: usize = 4 * 1024;
+/// A relay buffer once a read filled the small one: whole TLS records, so a full read
+/// never leaves a small tail record.
+const RELAY_FULL: usize = 16 * super::MAX_FRAGMENT;
+/// Full-size buffers stay this long after the last bytes moved (bulk traffic would
+/// otherwise allocate them again at every pause).
+const RELAY_RELEASE: Duration = Duration::from_secs(1);
+/// Rounds of one poll before the relay yields to other tasks.
+const RELAY_ROUNDS: usize = 32;
+
+/// One direction of [`TlsStream::relay`]: bytes read and not yet written, in a buffer that
+/// exists only while bytes flow.
+#[derive(Default)]
+struct Pipe {
+    buf: Vec<u8>,
+    pos: usize,
+    len: usize,
+    /// A read filled the small buffer: the next one is full size.
+    bulk: bool,
+    /// The source ended.
+    eof: bool,
+    /// The end is passed on too (close_notify or FIN): the direction is over.
+    done: bool,
+}
+
+impl Pipe {
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.pos..self.len]
+    }
+
+    /// An empty buffer to read into, sized for the traffic seen.
+    fn space(&mut self) -> &mut [u8] {
+        let want = if self.bulk { RELAY_FULL } else { RELAY_SMALL };
+        if self.buf.len() != want {
+            self.buf = vec![0; want];
+        }
+        (self.pos, self.len) = (0, 0);
+        &mut self.buf
+    }
+
+    fn filled(&mut self, n: usize) {
+        self.len = n;
+        self.bulk |= n == self.buf.len();
+    }
+
+    fn release(&mut self) {
+        self.buf = Vec::new();
+        (self.pos, self.len) = (0, 0);
+        self.bulk = false;
+    }
+}
+
+/// The state of [`TlsStream::relay`].
+#[derive(Default)]
+struct Relay {
+    /// Plain side to TLS, and whether the TLS side owes a flush of what was written.
+    up: Pipe,
+    flush: bool,
+    /// TLS side to plain.
+    down: Pipe,
+    /// When bytes last moved, and the timer that frees full-size buffers after
+    /// [`RELAY_RELEASE`] without traffic (only while they are held).
+    last_active: Option<Instant>,
+    release: Option<Pin<Box<Sleep>>>,
+}
+
+impl TlsStream<tokio::net::TcpStream> {
+    /// Carry bytes between this session and `plain`, both ways, in one poll loop, until
+    /// both directions end: the end of `plain`'s input sends close_notify (and FIN), the
+    /// peer's close_notify closes `plain`'s sending side. Errors (a cut without
+    /// close_notify included) end it at once; the caller resets the connections.
+    ///
+    /// Buffers exist only while bytes flow: 4 KiB first, full size once a read fills one,
+    /// freed when idle, so an idle session holds none.
+    pub async fn relay(&mut self, plain: &mut tokio::net::TcpStream) -> io::Result<()> {
+        let mut relay = Relay::default();
+        std::future::poll_fn(|cx| relay.poll(self, plain, cx)).await
+    }
+}
+
+impl Relay {
+    fn poll(
+        &mut self,
+        s: &mut TlsStream<tokio::net::TcpStream>,
+        plain: &mut tokio::net::TcpStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        for _ in 0..RELAY_ROUNDS {
+            let up = self.poll_up(s, plain, cx)?;
+            let down = self.poll_down(s, plain, cx)?;
+            if self.up.done && self.down.done {
+                return Poll::Ready(Ok(()));
+            }
+            if !(up || down) {
+                // Nothing moved: each direction registered for the wake-up it waits on.
+                self.poll_release(cx);
+                return Poll::Pending;
+            }
+            self.last_active = Some(Instant::now());
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Plain side to TLS. Returns whether anything moved; if not, a wake-up is registered.
+    fn poll_up(
+        &mut self,
+        s: &mut TlsStream<tokio::net::TcpStream>,
+        plain: &mut tokio::net::TcpStream,
+        cx: &mut Context<'_>,
+    ) -> io::Result<bool> {
+        let mut moved = false;
+        while !self.up.done {
+            if !self.up.pending().is_empty() {
+                let n = match Pin::new(&mut *s).poll_write(cx, self.up.pending()) {
+                    Poll::Pending => break,
+                    Poll::Ready(r) => r?,
+                };
+                if n == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                self.up.pos += n;
+                self.flush = true;
+                moved = true;
+            } else if self.flush {
+                // Interactive traffic must not wait in a buffer for more to come.
+                match Pin::new(&mut *s).poll_flush(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(r) => r?,
+                }
+                self.flush = false;
+            } else if self.up.eof {
+                match Pin::new(&mut *s).poll_shutdown(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(r) => r?,
+                }
+                self.up.done = true;
+                moved = true;
+            } else {
+                // Wait for readiness first: no buffer for a read that would block.
+                if plain.poll_read_ready(cx)?.is_pending() {
+                    break;
+                }
+                match plain.try_read(self.up.space()) {
+                    Ok(0) => self.up.eof = true,
+                    Ok(n) => self.up.filled(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+                moved = true;
+            }
+        }
+        Ok(moved)
+    }
+
+    /// TLS side to plain. Returns whether anything moved; if not, a wake-up is registered.
+    fn poll_down(
+        &mut self,
+        s: &mut TlsStream<tokio::net::TcpStream>,
+        plain: &mut tokio::net::TcpStream,
+        cx: &mut Context<'_>,
+    ) -> io::Result<bool> {
+        let mut moved = false;
+        while !self.down.done {
+            if !self.down.pending().is_empty() {
+                let n = match Pin::new(&mut *plain).poll_write(cx, self.down.pending()) {
+                    Poll::Pending => break,
+                    Poll::Ready(r) => r?,
+                };
+                if n == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                self.down.pos += n;
+                moved = true;
+            } else if self.down.eof {
+                match Pin::new(&mut *plain).poll_shutdown(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(r) => r?,
+                }
+                self.down.done = true;
+                moved = true;
+            } else {
+                // A read also drives the timed key update, so it is polled even when idle.
+                let mut buf = ReadBuf::new(self.down.space());
+                match Pin::new(&mut *s).poll_read(cx, &mut buf) {
+                    Poll::Pending => break,
+                    Poll::Ready(r) => r?,
+                }
+                // Zero bytes into a non-empty buffer: the peer's close_notify.
+                match buf.filled().len() {
+                    0 => self.down.eof = true,
+                    n => self.down.filled(n),
+                }
+                moved = true;
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Free the buffers when nothing is pending in them: small ones at once (they cost
+    /// little to get back), full-size ones once nothing moved for [`RELAY_RELEASE`].
+    fn poll_release(&mut self, cx: &mut Context<'_>) {
+        let idle = self.up.pending().is_empty() && self.down.pending().is_empty();
+        let held = self.up.buf.len().max(self.down.buf.len());
+        if !idle || held == 0 {
+            self.release = None;
+            return;
+        }
+        if held > RELAY_SMALL {
+            let last = *self.last_active.get_or_insert_with(Instant::now);
+            let due = tokio::time::Instant::from_std(last + RELAY_RELEASE);
+            let timer = self
+                .release
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+            if timer.deadline() != due {
+                timer.as_mut().reset(due);
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return;
+            }
+        }
+        self.up.release();
+        self.down.release();
+        self.release = None;
+    }
+}
