@@ -447,6 +447,20 @@ impl Pipe {
         &mut self.buf
     }
 
+    /// Write some of what is pending to `to`.
+    fn poll_write_to<W: AsyncWrite + Unpin>(
+        &mut self,
+        to: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        let n = std::task::ready!(Pin::new(to).poll_write(cx, self.pending()))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        self.pos += n;
+        Poll::Ready(Ok(()))
+    }
+
     fn filled(&mut self, n: usize) {
         self.len = n;
         self.bulk |= n == self.buf.len();
@@ -521,14 +535,9 @@ impl Relay {
         let mut moved = false;
         while !self.up.done {
             if !self.up.pending().is_empty() {
-                let n = match Pin::new(&mut *s).poll_write(cx, self.up.pending()) {
-                    Poll::Pending => break,
-                    Poll::Ready(r) => r?,
-                };
-                if n == 0 {
-                    return Err(io::ErrorKind::WriteZero.into());
+                if self.up.poll_write_to(&mut *s, cx)?.is_pending() {
+                    break;
                 }
-                self.up.pos += n;
                 self.flush = true;
                 moved = true;
             } else if self.flush {
@@ -572,14 +581,9 @@ impl Relay {
         let mut moved = false;
         while !self.down.done {
             if !self.down.pending().is_empty() {
-                let n = match Pin::new(&mut *plain).poll_write(cx, self.down.pending()) {
-                    Poll::Pending => break,
-                    Poll::Ready(r) => r?,
-                };
-                if n == 0 {
-                    return Err(io::ErrorKind::WriteZero.into());
+                if self.down.poll_write_to(&mut *plain, cx)?.is_pending() {
+                    break;
                 }
-                self.down.pos += n;
                 moved = true;
             } else if self.down.eof {
                 match Pin::new(&mut *plain).poll_shutdown(cx) {
